@@ -1,0 +1,60 @@
+"""Shared fixtures: the real-data folder, a CLI runner, markers."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from vvk.testing import CliResult, shared_data_reason, shared_data_root
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two xdist workers on two cores: one intra-op thread each avoids oversubscription.
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (or ``$VVK_TEST_DATA``); skips the test when it is absent."""
+    root = shared_data_root()
+    if root is None:
+        pytest.skip(shared_data_reason())
+    return root
+
+
+@pytest.fixture(scope="session")
+def full_scale() -> bool:
+    """True when VVK_TEST_FULL=1: `slow` tests then run their full-size form."""
+    return os.environ.get("VVK_TEST_FULL") == "1"
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run ``vvk`` in-process: ``cli("weights", "list", stdin="...")`` -> CliResult."""
+    from vvk.cli import main
+
+    def run(*args: str, stdin: str | None = None) -> CliResult:
+        if stdin is not None:
+            monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        capsys.readouterr()
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run

@@ -1,0 +1,5 @@
+import sys
+
+from vvk.cli import main
+
+sys.exit(main())

@@ -1,0 +1,47 @@
+"""``vvk models``: the model registry."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from vvk.commands._options import JsonOpt
+from vvk.commands._output import Output
+
+app = typer.Typer(help="The model registry: names, tasks, sizes.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_(
+    pattern: Annotated[str | None, typer.Argument(help="Shell-style filter, e.g. 'r3d-rs-*'.")] = None,
+    task: Annotated[str | None, typer.Option(help="Only models of this task.")] = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """List registered models with task, parameter count and default input.
+
+    EXAMPLES: vvk models list  ·  vvk models list 'spinenet-*' --json
+    """
+    from vvk.models import get_entry, list_models
+    from vvk.models.profile import count_params_by_name
+
+    rows = []
+    for name in list_models(pattern, task=task):
+        entry = get_entry(name)
+        rows.append(
+            {
+                "name": name,
+                "task": entry.task,
+                "params": count_params_by_name(name),
+                "default_input": list(entry.default_input),
+                "source": entry.source,
+            }
+        )
+    out = Output(json_output)
+    if not rows and not json_output:
+        out.note("no models match" if pattern or task else "the registry is empty")
+    display = [{**r, "params": f"{r['params'] / 1e6:.2f}M"} for r in rows]
+    out.table(
+        rows if json_output else display,
+        [("name", "name"), ("task", "task"), ("params", "params"), ("default_input", "default input")],
+    )

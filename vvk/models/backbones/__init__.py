@@ -1,0 +1,1 @@
+"""Backbone families, one module each; importing a module registers its variants."""
