@@ -1,0 +1,1 @@
+"""Built-in example data that installs with the package and needs no download."""
