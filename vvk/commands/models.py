@@ -16,14 +16,23 @@ app = typer.Typer(help="The model registry: names, tasks, sizes.", no_args_is_he
 def list_(
     pattern: Annotated[str | None, typer.Argument(help="Shell-style filter, e.g. 'r3d-rs-*'.")] = None,
     task: Annotated[str | None, typer.Option(help="Only models of this task.")] = None,
+    flops: Annotated[
+        bool,
+        typer.Option(
+            "--flops",
+            help="Also count multiply-accumulates (MACs, the papers' 'FLOPs') at the default input.",
+        ),
+    ] = False,
     json_output: JsonOpt = False,
 ) -> None:
     """List registered models with task, parameter count and default input.
 
-    EXAMPLES: vvk models list  ·  vvk models list 'spinenet-*' --json
+    Counts are taken on the meta device: nothing is allocated, no weights are needed.
+
+    EXAMPLES: vvk models list  ·  vvk models list 'spinenet-*' --json  ·  vvk models list 'r3d-rs-*' --flops
     """
     from vvk.models import get_entry, list_models
-    from vvk.models.profile import count_params_by_name
+    from vvk.models.profile import count_macs_by_name, count_params_by_name
 
     rows = []
     for name in list_models(pattern, task=task):
@@ -37,11 +46,14 @@ def list_(
                 "source": entry.source,
             }
         )
+        if flops:
+            rows[-1]["macs"] = count_macs_by_name(name)
     out = Output(json_output)
     if not rows and not json_output:
         out.note("no models match" if pattern or task else "the registry is empty")
     display = [{**r, "params": f"{r['params'] / 1e6:.2f}M"} for r in rows]
-    out.table(
-        rows if json_output else display,
-        [("name", "name"), ("task", "task"), ("params", "params"), ("default_input", "default input")],
-    )
+    columns = [("name", "name"), ("task", "task"), ("params", "params"), ("default_input", "default input")]
+    if flops:
+        display = [{**r, "macs": f"{r['macs'] / 1e9:.2f}G"} for r in display]
+        columns.insert(3, ("macs", "MACs"))
+    out.table(rows if json_output else display, columns)

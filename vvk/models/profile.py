@@ -1,11 +1,23 @@
-"""Model size without allocating weights: parameters counted on the meta device."""
+"""Model size and cost without allocating weights: parameters and MACs counted on the meta device.
+
+MACs (multiply-accumulates) are what the Google papers in our references call "FLOPs":
+``torch.utils.flop_counter`` counts 2 FLOPs per multiply-add of convolutions, matmuls and
+attention, so MACs = FLOPs / 2. Element-wise ops, norms and pooling are not counted (nor are
+they in the published tables).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
-from vvk.models.registry import build
+from vvk.models.registry import build, get_entry
+
+# Tasks whose input is integer token ids rather than a float signal.
+_TOKEN_TASKS = frozenset({"text-backbone"})
 
 
 def count_params(model: nn.Module, *, trainable_only: bool = True) -> int:
@@ -17,3 +29,33 @@ def count_params_by_name(name: str, **kwargs) -> int:
     """Parameter count of registry model ``name`` built on the meta device (no memory, fast)."""
     with torch.device("meta"):
         return count_params(build(name, **kwargs))
+
+
+def count_macs(model: nn.Module, *inputs: torch.Tensor) -> int:
+    """Multiply-accumulates of one ``model(*inputs)`` call in eval mode (works on the meta device)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(*inputs)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+def example_input(
+    name: str, input_shape: Sequence[int] | None = None, *, device: str = "meta"
+) -> torch.Tensor:
+    """A batch of one for registry model ``name``: its default input, or ``input_shape`` (no batch axis)."""
+    entry = get_entry(name)
+    shape = (1, *(input_shape or entry.default_input))
+    if entry.task in _TOKEN_TASKS:
+        return torch.zeros(shape, dtype=torch.long, device=device)
+    return torch.zeros(shape, device=device)
+
+
+def count_macs_by_name(name: str, input_shape: Sequence[int] | None = None, **kwargs) -> int:
+    """MACs of registry model ``name`` on one sample of ``input_shape`` (default: its default input)."""
+    with torch.device("meta"):
+        model = build(name, **kwargs)
+    return count_macs(model, example_input(name, input_shape))

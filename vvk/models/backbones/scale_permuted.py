@@ -1,0 +1,145 @@
+"""The scale-permuted network shared by SpineNet, SpineNet-Mobile and Eff-SpineNet.
+
+The three families differ only in their stem, block function and resampling; the wiring is the
+same (``tensorflow/tpu: models/official/detection/modeling/architecture/spinenet.py``,
+``spinenetv2.py``; ``tensorflow/models: official/vision/modeling/backbones/spinenet_mobile.py``):
+
+- features are nodes ``[stem0, stem1, block0, block1, ...]``; block *i* reads two earlier nodes,
+  resamples each to its own level and width, sums them, applies the activation, then runs;
+- an *output* block also sums every earlier node that nobody has consumed yet (out-degree 0)
+  and that already has the block's level and input width. The two parents' out-degrees are
+  incremented *before* this check (all three reference files do this; the PyTorch port
+  lucifer443/SpineNet-Pytorch increments after, so a parent can be merged twice there);
+- endpoints: a 1×1 conv + BN + activation on each output block of levels min..max.
+
+Endpoint keys are ``"P3"``..``"P7"`` (detectron2's pyramid naming); spatial stride ``2**level``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from vvk.models.backbones.base import Backbone, FeatureSpec
+from vvk.models.layers import ConvNormAct, activation_layer
+
+
+@dataclass(frozen=True)
+class Node:
+    """A feature in the graph: its level (stride ``2**level``), channels, and the block that made it."""
+
+    level: int
+    channels: int
+    kind: str = ""
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One block of a searched spec: ``(level, kind or learned filters, (input0, input1), is_output)``."""
+
+    level: int
+    inputs: tuple[int, int]
+    is_output: bool
+    kind: str = ""
+    filters: int = 0
+
+
+# make_block(index, spec) -> (block module, its input channels, its output node)
+BlockFactory = Callable[[int, BlockSpec], tuple[nn.Module, int, Node]]
+# make_resample(parent node, target level, target input channels) -> module
+ResampleFactory = Callable[[Node, int, int], nn.Module]
+
+
+class ScalePermutedBackbone(Backbone):
+    """Stem, scale-permuted blocks, endpoints.
+
+    Args:
+        stem: maps the image to one feature per entry of ``stem_nodes`` (a tuple).
+        stem_nodes: level and channels of the stem's features.
+        specs: the searched block specs.
+        make_block, make_resample: the family's block function and resampling.
+        endpoint_channels: width of every returned level.
+        activation: applied after each merge and in the endpoints.
+    """
+
+    def __init__(
+        self,
+        *,
+        stem: nn.Module,
+        stem_nodes: Sequence[Node],
+        specs: Sequence[BlockSpec],
+        make_block: BlockFactory,
+        make_resample: ResampleFactory,
+        endpoint_channels: int,
+        min_level: int = 3,
+        max_level: int = 7,
+        activation: str = "swish",
+        norm: dict[str, float] | None = None,
+    ):
+        super().__init__()
+        self.stem = stem
+        nodes = list(stem_nodes)
+        out_degree = [0] * len(nodes)
+        self.blocks, self.resamplers = nn.ModuleList(), nn.ModuleList()
+        self.parents: list[tuple[int, ...]] = []  # per block: nodes read through a resampler
+        self.extras: list[tuple[int, ...]] = []  # per block: out-degree-0 nodes summed as they are
+        outputs: dict[int, int] = {}
+        for i, spec in enumerate(specs):
+            block, in_channels, out_node = make_block(i, spec)
+            for p in spec.inputs:
+                if p >= len(nodes):
+                    raise ValueError(f"block {i} reads node {p}, but only {len(nodes)} exist")
+                out_degree[p] += 1
+            self.resamplers.append(
+                nn.ModuleList(make_resample(nodes[p], spec.level, in_channels) for p in spec.inputs)
+            )
+            extras = []
+            if spec.is_output:
+                for j, node in enumerate(nodes):
+                    if out_degree[j] == 0 and node.level == spec.level and node.channels == in_channels:
+                        out_degree[j] += 1
+                        extras.append(j)
+                if spec.level in outputs:
+                    raise ValueError(f"two output blocks at level {spec.level}")
+                outputs[spec.level] = len(nodes)
+            self.parents.append(tuple(spec.inputs))
+            self.extras.append(tuple(extras))
+            self.blocks.append(block)
+            nodes.append(out_node)
+            out_degree.append(0)
+        missing = [lvl for lvl in range(min_level, max_level + 1) if lvl not in outputs]
+        if missing:
+            raise ValueError(f"no output block at level(s) {missing}")
+        self.levels = tuple(range(min_level, max_level + 1))
+        self.output_node = {f"P{lvl}": outputs[lvl] for lvl in self.levels}
+        self.max_block_level = max(n.level for n in nodes)
+        self.act = activation_layer(activation)
+        self.endpoints = nn.ModuleDict(
+            {
+                key: ConvNormAct(
+                    nodes[idx].channels, endpoint_channels, 1, activation=activation, **(norm or {})
+                )
+                for key, idx in self.output_node.items()
+            }
+        )
+        self.endpoint_channels = endpoint_channels
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """``x``: (B, 3, H, W), H and W multiples of ``2**7`` -> {"P3": (B, C, H/8, W/8), ...}."""
+        step = 2**self.max_block_level
+        if x.shape[-2] % step or x.shape[-1] % step:
+            raise ValueError(f"input height and width must be multiples of {step}, got {tuple(x.shape[-2:])}")
+        feats = list(self.stem(x))
+        for block, resamplers, parents, extras in zip(
+            self.blocks, self.resamplers, self.parents, self.extras, strict=True
+        ):
+            merged = sum(resample(feats[p]) for resample, p in zip(resamplers, parents, strict=True))
+            for j in extras:
+                merged = merged + feats[j]
+            feats.append(block(self.act(merged)))
+        return {key: self.endpoints[key](feats[idx]) for key, idx in self.output_node.items()}
+
+    def output_shape(self) -> dict[str, FeatureSpec]:
+        return {f"P{lvl}": FeatureSpec(self.endpoint_channels, 2**lvl) for lvl in self.levels}
