@@ -1,0 +1,431 @@
+"""Copy-Paste over a whole COCO dataset, written as a new COCO dataset.
+
+    SRC (read only) --load, validate, probe images--> Plan --render copies (W processes)-->
+    images in DST's temporary twin --gather in order, number--> instances json --rename--> DST
+
+Determinism: each copy draws from its own generator (``render.copy_rng``) and ids are given
+after gathering in (destination, copy) order, so the bytes do not depend on ``workers``.
+Safety: SRC is never written; everything goes to a hidden folder beside DST that is renamed
+into place at the end, so an interrupted run leaves no half dataset.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from vvk import __version__
+from vvk.augment.jitter import source_box
+from vvk.augment.render import (
+    CopyPasteOptions,
+    Plan,
+    PlannedImage,
+    PlannedObject,
+    RenderedCopy,
+    annotation_record,
+    render_copy,
+)
+from vvk.data.coco import (
+    CocoDataset,
+    ImageReadError,
+    find_coco_layout,
+    load_coco,
+    load_rgb,
+    probe_image,
+    write_jpeg,
+)
+from vvk.errors import VvkError
+
+Progress = Callable[[int, int], None]  # (destinations done, destinations in all)
+
+
+def augment_coco(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    options: CopyPasteOptions,
+    images: str | os.PathLike | None = None,
+    annotations: str | os.PathLike | None = None,
+    source: str | os.PathLike | None = None,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Write ``options.copies`` copy-pasted images per image of SRC as a new COCO dataset at DST.
+
+    Returns a summary: images written, objects pasted / dropped by occlusion / cut by the crop,
+    the warnings (skipped or converted inputs, by reason) and the seconds taken.
+    """
+    start = time.perf_counter()
+    ann_path, images_dir = find_coco_layout(src, images=images, annotations=annotations)
+    src_roots = [Path(src), ann_path.parent, images_dir]
+    source_layout = find_coco_layout(source) if source is not None else None
+    if source_layout is not None:
+        src_roots += [Path(source), source_layout[0].parent, source_layout[1]]
+    dst = _check_destination(Path(dst), src_roots, overwrite=overwrite)
+    dataset = load_coco(ann_path, images_dir)
+    paste_from = load_coco(*source_layout) if source_layout is not None else dataset
+    with _pool(workers) as pool, _one_torch_thread():
+        plan, categories, issues = build_plan(dataset, paste_from, options, mapper=pool.map)
+        with _staging(dst, overwrite=overwrite) as stage:
+            image_dir = stage / dataset.split
+            image_dir.mkdir()
+            pool.start(plan, image_dir)
+            copies = _gather(pool.run(len(plan.destinations)), len(plan.destinations), progress)
+            instances = _coco_json(dataset, paste_from, plan, categories, copies, source=source)
+            ann_out = stage / "annotations" / f"instances_{dataset.split}.json"
+            ann_out.parent.mkdir()
+            ann_out.write_text(json.dumps(instances, separators=(",", ":")) + "\n", encoding="utf-8")
+    for copy in copies:
+        issues.update(copy["issues"])
+    return {
+        "dst": str(dst),
+        "annotations": str(dst / "annotations" / ann_out.name),
+        "images_written": len(instances["images"]),
+        "objects_written": len(instances["annotations"]),
+        "objects_pasted": sum(c["num_pasted"] for c in copies),
+        "objects_dropped": sum(c["num_dropped"] for c in copies),
+        "objects_cropped_out": sum(c["num_cropped_out"] for c in copies),
+        "seconds": round(time.perf_counter() - start, 3),
+        "warnings": dict(sorted((+issues).items())),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Planning: which images and objects take part, with which output category ids
+
+
+def build_plan(
+    dataset: CocoDataset,
+    paste_from: CocoDataset,
+    options: CopyPasteOptions,
+    *,
+    mapper: Callable[..., Iterable] = map,
+) -> tuple[Plan, list[dict[str, Any]], Counter]:
+    """The plan, the output category list and the input problems found (by reason)."""
+    categories, category_map = merge_categories(dataset, paste_from, options.categories)
+    issues = Counter(dataset.issues)
+    probes = _probe_all(dataset, mapper, issues, prefix="")
+    destinations = tuple(
+        _planned(dataset, image_id, probe, {c["id"]: c["id"] for c in dataset.categories}, crowd=True)
+        for image_id, probe in probes.items()
+    )
+    if paste_from is dataset:
+        source_probes = probes
+    else:
+        issues.update({f"source_{k}": v for k, v in paste_from.issues.items()})
+        source_probes = _probe_all(paste_from, mapper, issues, prefix="source_")
+    sources = tuple(
+        image
+        for image_id, probe in source_probes.items()
+        if (image := _planned(paste_from, image_id, probe, category_map, crowd=False)).objects
+    )
+    if not destinations:
+        raise VvkError(f"{dataset.annotations_path}: none of its images can be read")
+    if not sources:
+        wanted = f" of categories {','.join(options.categories)}" if options.categories else ""
+        raise VvkError(f"{paste_from.annotations_path}: no objects{wanted} to paste")
+    return Plan(destinations, sources, options), categories, issues
+
+
+def merge_categories(
+    dataset: CocoDataset, paste_from: CocoDataset, wanted: tuple[str, ...] | None
+) -> tuple[list[dict[str, Any]], dict[int, int]]:
+    """Output categories (the destination's, then pasteable source ones it lacks, by name) and
+    a map from pasteable source category ids to output ids."""
+    by_name = {c["name"]: c for c in paste_from.categories}
+    if wanted is not None:
+        for name in wanted:
+            if name not in by_name:
+                close = difflib.get_close_matches(name, list(by_name), n=1)
+                hint = f"did you mean {close[0]!r}" if close else "see the categories in the source json"
+                raise VvkError(f"--categories: no category named {name!r} in the source", hint=hint)
+    pasteable = [c for c in paste_from.categories if wanted is None or c["name"] in wanted]
+    categories = [dict(c) for c in dataset.categories]
+    out_ids = {c["name"]: c["id"] for c in categories}
+    next_id = max((c["id"] for c in categories), default=0) + 1
+    category_map = {}
+    for cat in pasteable:
+        if cat["name"] not in out_ids:
+            categories.append({**cat, "id": next_id})
+            out_ids[cat["name"]] = next_id
+            next_id += 1
+        category_map[cat["id"]] = out_ids[cat["name"]]
+    return categories, category_map
+
+
+def _probe_task(args: tuple[str, tuple[int, int]]) -> Any:
+    path, expected = args
+    try:
+        return probe_image(path, expected_size=expected)
+    except ImageReadError as e:
+        return "image_missing" if str(e) == "missing" else "image_unreadable"
+
+
+def _probe_all(dataset: CocoDataset, mapper: Callable, issues: Counter, *, prefix: str) -> dict[int, Any]:
+    """Probes of the readable images whose size matches the json (others counted in issues)."""
+    images = list(dataset.images.values())
+    jobs = [(str(dataset.image_path(im)), (im.width, im.height)) for im in images]
+    usable = {}
+    for image, probe in zip(images, mapper(_probe_task, jobs), strict=True):
+        if isinstance(probe, str):
+            issues[prefix + probe] += 1
+        elif probe.size != (image.width, image.height):
+            issues[prefix + "image_size_mismatch"] += 1
+        else:
+            usable[image.id] = probe
+            if probe.conversion:
+                issues[f"{prefix}image_converted_{probe.conversion}"] += 1
+            if probe.exif_orientation != 1:
+                issues[prefix + "image_exif_rotated"] += 1
+    return usable
+
+
+def _planned(
+    dataset: CocoDataset, image_id: int, probe: Any, category_map: dict[int, int], *, crowd: bool
+) -> PlannedImage:
+    image = dataset.images[image_id]
+    objects = tuple(
+        PlannedObject(
+            ann_id=a.id,
+            category_id=category_map[a.category_id],
+            segmentation=a.segmentation,
+            iscrowd=a.iscrowd,
+            box=source_box(a.segmentation, image.height, image.width),
+        )
+        for a in dataset.annotations[image_id]
+        if a.category_id in category_map and (crowd or not a.iscrowd)
+    )
+    return PlannedImage(
+        id=image.id,
+        path=str(dataset.image_path(image)),
+        height=image.height,
+        width=image.width,
+        exif_orientation=probe.exif_orientation,
+        license=image.license,
+        objects=objects,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering, in this process or in a pool of spawned ones
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(plan: Plan, image_dir: Path, threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)  # one per process: W processes share W cores
+    _WORKER.update(plan=plan, image_dir=image_dir)
+
+
+def _render_destination(index: int) -> list[dict[str, Any]]:
+    """Every copy of destination ``index``: images written, records returned (ids not yet set)."""
+    plan: Plan = _WORKER["plan"]
+    dst = plan.destinations[index]
+    try:
+        pixels = load_rgb(dst.path, exif_orientation=dst.exif_orientation)
+    except ImageReadError:
+        pixels = None
+    return [
+        _copy_record(plan, dst, render_copy(plan, dst, pixels, copy)) for copy in range(plan.options.copies)
+    ]
+
+
+def _copy_record(plan: Plan, dst: PlannedImage, rendered: RenderedCopy) -> dict[str, Any]:
+    """Write the copy's image; its COCO records and counts, as plain data for the parent."""
+    issues = Counter(rendered.issues)
+    annotations = []
+    file_name = None
+    if rendered.image is not None:
+        file_name = f"{dst.id:012d}_cp{rendered.copy:02d}.jpg"
+        write_jpeg(_WORKER["image_dir"] / file_name, rendered.image)
+        for inst in rendered.instances:
+            ann = annotation_record(inst, plan.options.mask_format)
+            if ann is None:
+                issues["objects_lost_as_polygons"] += 1
+            else:
+                annotations.append(ann)
+    return {
+        "destination_id": dst.id,
+        "source_id": rendered.source_id,
+        "copy": rendered.copy,
+        "license": dst.license,
+        "file_name": file_name,
+        "annotations": annotations,
+        "num_pasted": rendered.num_pasted,
+        "num_dropped": rendered.num_dropped,
+        "num_cropped_out": rendered.num_cropped_out,
+        "issues": dict(issues),
+    }
+
+
+class _Pool:
+    """``map`` for probing and ``run`` for rendering, over ``workers`` processes (or this one)."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.executor: ProcessPoolExecutor | None = None
+
+    def map(self, fn: Callable, items: list) -> Iterable:
+        if self.workers == 1 or len(items) < 64:
+            return map(fn, items)
+        return self._executor().map(fn, items, chunksize=64)
+
+    def start(self, plan: Plan, image_dir: Path) -> None:
+        if self.workers == 1:
+            _init_worker(plan, image_dir, None)
+        else:
+            # A fresh pool: the plan goes to each worker once, through the initializer.
+            self.close()
+            self.executor = self._executor(initargs=(plan, image_dir, 1))
+
+    def run(self, count: int) -> Iterator[list[dict[str, Any]]]:
+        if self.executor is None:
+            return map(_render_destination, range(count))
+        return self.executor.map(_render_destination, range(count), chunksize=1)
+
+    def _executor(self, initargs: tuple | None = None) -> ProcessPoolExecutor:
+        if self.executor is None:
+            import multiprocessing
+
+            self.executor = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker if initargs else None,
+                initargs=initargs or (),
+            )
+        return self.executor
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+            self.executor = None
+
+
+@contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Resampling on one thread in this process too: ``workers`` is then the cores used, and
+    torch's intra-op threads do not fight each other on a busy machine (3x slower here)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
+def _pool(workers: int) -> Iterator[_Pool]:
+    if workers < 1:
+        raise VvkError(f"--workers must be at least 1, got {workers}")
+    pool = _Pool(workers)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+def _gather(results: Iterable[list[dict]], total: int, progress: Progress | None) -> list[dict]:
+    copies = []
+    for done, records in enumerate(results, start=1):
+        copies.extend(records)
+        if progress is not None:
+            progress(done, total)
+    return copies
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+
+
+def _coco_json(
+    dataset: CocoDataset,
+    paste_from: CocoDataset,
+    plan: Plan,
+    categories: list[dict[str, Any]],
+    copies: list[dict[str, Any]],
+    *,
+    source: str | os.PathLike | None,
+) -> dict[str, Any]:
+    images, annotations = [], []
+    size = plan.options.size
+    for copy in copies:
+        if copy["file_name"] is None:
+            continue
+        image_id = len(images) + 1
+        image = {"id": image_id, "file_name": copy["file_name"], "width": size, "height": size}
+        if copy["license"] is not None:
+            image["license"] = copy["license"]
+        image["vvk"] = {k: copy[k] for k in ("destination_id", "source_id", "copy")}
+        images.append(image)
+        for ann in copy["annotations"]:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, **ann})
+    record = {
+        "version": __version__,
+        "method": "copy-paste",
+        "src": str(dataset.annotations_path),
+        "source": str(paste_from.annotations_path) if source is not None else None,
+        **asdict(plan.options),
+    }
+    info = {**dataset.info, "description": f"Copy-Paste augmentation of {dataset.annotations_path.name}"}
+    return {
+        "info": info,
+        "licenses": dataset.licenses,
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+        "vvk": record,
+    }
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _check_destination(dst: Path, src_roots: list[Path], *, overwrite: bool) -> Path:
+    dst = dst.resolve()
+    for root in (r.resolve() for r in src_roots):
+        root_dir = root if root.is_dir() else root.parent
+        if _inside(dst, root_dir) or _inside(root_dir, dst):
+            raise VvkError(f"{dst}: the output may not be inside, or contain, the input folder {root_dir}")
+    if dst.exists():
+        if not dst.is_dir():
+            raise VvkError(f"{dst}: exists and is not a folder")
+        if any(dst.iterdir()) and not overwrite:
+            raise VvkError(f"{dst}: folder is not empty", hint="pass --overwrite to replace it")
+    return dst
+
+
+@contextmanager
+def _staging(dst: Path, *, overwrite: bool) -> Iterator[Path]:
+    """A hidden folder beside ``dst``; renamed to ``dst`` on success, removed on any failure."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
+    try:
+        yield stage
+        if dst.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
+            os.replace(dst, old / "replaced")  # only reached when dst is empty or --overwrite
+            os.replace(stage, dst)
+            shutil.rmtree(old)
+        else:
+            os.replace(stage, dst)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
