@@ -14,7 +14,7 @@ import click
 import typer
 
 from vvk import __version__
-from vvk.commands import augment, info, models, weights
+from vvk.commands import augment, data, info, models, weights
 from vvk.errors import VvkError
 
 EXIT_INTERNAL = 70
@@ -52,6 +52,7 @@ app.command("info")(info.info)
 app.add_typer(models.app, name="models")
 app.add_typer(weights.app, name="weights")
 app.add_typer(augment.app, name="augment")
+app.add_typer(data.app, name="data")
 
 
 def _debug_enabled(args: list[str]) -> bool:

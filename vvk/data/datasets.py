@@ -1,0 +1,256 @@
+"""Clip datasets: items + index + a sampler -> dicts of tensors, skipping bad files.
+
+A sample is a dict:
+
+- one uint8 tensor per view of the sampler's plan, (C, T, H, W) (``UniformClips``: (N, C, T, H, W)),
+  e.g. ``"video"``, ``"video_b"`` (TwoViews), ``"video_short"`` (LongShortClips);
+- the plan's extras as tensors, e.g. ``"index_map"`` (float32, (T_short,)), ``"gap"``;
+- with a window (AudioVisualClip): ``"audio"`` (float32, (samples,)), ``"audio_mask"`` (bool:
+  the file has audio) and ``"text"`` (list of the captions overlapping the clip);
+- ``"label"`` (int64, -1 without labels), ``"index"`` (int64), ``"path"`` (str), and
+  ``"skipped"``: the bad files met (and replaced) while making this sample.
+
+Bad files are skipped, never fatal: those the index knows are dropped when the dataset is built,
+those that fail while loading are replaced by another video (chosen by the sample's own random
+generator, so it stays deterministic). Each is warned about once, counted in ``bad_files``, and
+the training loop reports them in its summary.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from vvk.data.backends import Decoder, get_decoder
+from vvk.data.decode import SizeArg
+from vvk.data.index import VideoIndex, build_index, cache_path
+from vvk.data.media import PROBLEMS, BadVideo, VideoMeta
+from vvk.data.samplers import Caption, ClipSampler, overlapping_captions, window_seconds
+from vvk.data.sources import VideoItem, open_source, read_captions
+from vvk.errors import VvkError
+
+
+def _warn_on_rank0(line: str) -> None:
+    # Every rank builds the same dataset; only the first one speaks (torchrun sets RANK).
+    if os.environ.get("RANK", "0") == "0":
+        sys.stderr.write(f"vvk: warning: {line}\n")
+
+
+class BadFiles:
+    """The files a dataset skipped: each warned about once (one line), counted by problem.
+
+    Args:
+        warn: where the warning lines go (default: stderr, on rank 0 only).
+    """
+
+    def __init__(self, warn: Callable[[str], None] | None = None):
+        self.warn = warn or _warn_on_rank0
+        self.files: dict[str, tuple[str, str]] = {}
+
+    def add(self, path: str, problem: str, detail: str = "") -> None:
+        if path in self.files:
+            return
+        self.files[path] = (problem, detail)
+        self.warn(f"{path}: {PROBLEMS[problem]}" + (f" ({detail})" if detail else "") + "; skipped")
+
+    def merge(self, records: Sequence[Mapping[str, str]]) -> None:
+        for r in records:
+            self.add(r["path"], r["problem"], r.get("detail", ""))
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def summary(self) -> dict[str, Any]:
+        """``{"count", "by_problem", "files": [{"path", "problem", "detail"}]}`` for run summaries."""
+        return {
+            "count": len(self.files),
+            "by_problem": dict(Counter(problem for problem, _ in self.files.values())),
+            "files": [{"path": p, "problem": k, "detail": d} for p, (k, d) in sorted(self.files.items())],
+        }
+
+
+class ClipDataset(Dataset):
+    """Clips of indexed videos, as the sampler plans them.
+
+    Args:
+        items: the videos (from ``vvk.data.sources``).
+        index: their metadata (``build_index``); files it marks bad are skipped.
+        sampler: a ``ClipSampler`` (RandomClip, UniformClips, TwoViews, LongShortClips,
+            AudioVisualClip, or your own).
+        decoder: a decoder or its name (auto, pyav, torchcodec).
+        size: frame size: an int resizes the short side to it and keeps the central square
+            (so clips of any aspect batch together; the augmentation crops randomly later),
+            (h, w) resizes exactly, None keeps the native size.
+        audio_rate: sample rate of the audio window, when the sampler asks for one.
+        captions: ``{video_id: [Caption]}`` (``read_captions``); the video id is the file stem.
+        seed: with the sample key, seeds each sample's own generator.
+        max_retries: consecutive failing replacements before giving up with a ``VvkError``.
+        bad_files: where skipped files are recorded (a new ``BadFiles`` by default).
+        classes: class names, by label (from ``VideoSource.classes``).
+
+    Indexing with an int ``i`` draws with ``seed, i``; with a key ``(i, draw)`` (what
+    ``ShardedSampler`` yields) with ``seed, draw``, so every epoch sees new clips and a resumed
+    run sees the same ones.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[VideoItem],
+        index: VideoIndex,
+        *,
+        sampler: ClipSampler,
+        decoder: str | Decoder = "auto",
+        size: SizeArg = 128,
+        audio_rate: int = 16000,
+        captions: Mapping[str, Sequence[Caption]] | None = None,
+        seed: int = 0,
+        max_retries: int = 10,
+        bad_files: BadFiles | None = None,
+        classes: Sequence[str] = (),
+    ):
+        self.sampler = sampler
+        self.decoder = get_decoder(decoder) if isinstance(decoder, str) else decoder
+        self.size = size
+        self.audio_rate = audio_rate
+        self.captions = dict(captions or {})
+        self.seed = seed
+        self.max_retries = max_retries
+        self.bad_files = bad_files or BadFiles()
+        self.classes = list(classes)
+        self.clips: list[tuple[VideoItem, VideoMeta, int]] = []
+        for item in items:
+            entry = index[str(Path(item.path).resolve())]
+            if not entry.ok:
+                self.bad_files.add(entry.path, entry.problem, entry.detail)
+                continue
+            grid = self._grid_frames(item, entry.meta)
+            if grid < sampler.min_frames():
+                fps = sampler.fps or entry.meta.fps
+                detail = f"{grid} frames at {fps:.4g} fps, the clip needs {sampler.min_frames()}"
+                self.bad_files.add(entry.path, "too_short", detail)
+                continue
+            self.clips.append((item, entry.meta, grid))
+        if not self.clips:
+            raise VvkError(f"no usable videos: all {len(items)} were skipped ({_counts(self.bad_files)})")
+
+    def _grid_frames(self, item: VideoItem, meta: VideoMeta) -> int:
+        start = item.start or 0.0
+        end = meta.duration if item.end is None else min(item.end, meta.duration)
+        # A small epsilon keeps 10.0 s at 30 fps at 300 positions despite float error.
+        return max(0, math.floor((end - start) * (self.sampler.fps or meta.fps) + 1e-6))
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, draw = (key, key) if isinstance(key, int | np.integer) else key
+        rng = np.random.default_rng([self.seed, int(draw)])
+        skipped: list[dict[str, str]] = []
+        for _ in range(self.max_retries + 1):
+            item = self.clips[index][0]
+            try:
+                sample = self.load(int(index), rng)
+            except BadVideo as e:
+                skipped.append(
+                    {"path": str(Path(item.path).resolve()), "problem": e.kind, "detail": e.detail}
+                )
+                index = int(rng.integers(len(self.clips)))
+                continue
+            sample["skipped"] = skipped
+            return sample
+        raise VvkError(
+            f"{self.max_retries + 1} videos in a row failed to decode, last: {skipped[-1]['path']}"
+        )
+
+    def load(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        """One sample of video ``index`` (raises ``BadVideo``)."""
+        item, meta, grid = self.clips[index]
+        fps = self.sampler.fps or meta.fps
+        offset = item.start or 0.0
+        plan = self.sampler(grid, rng)
+        # All views are decoded in one pass: overlapping views share their frames.
+        flat = np.concatenate([positions.reshape(-1) for positions in plan.views.values()])
+        frames = self.decoder.frames(item.path, offset + (flat + 0.5) / fps, meta=meta, size=self.size)
+        if isinstance(self.size, int):
+            frames = _center_square(frames)
+        sample: dict[str, Any] = {}
+        first = 0
+        for name, positions in plan.views.items():
+            chunk = torch.from_numpy(frames[first : first + positions.size])
+            first += positions.size
+            # (N*T, H, W, C) -> (N, T, H, W, C) -> (N, C, T, H, W); one clip: (C, T, H, W)
+            sample[name] = chunk.reshape(*positions.shape, *chunk.shape[1:]).movedim(-1, -4).contiguous()
+        sample.update({name: torch.as_tensor(value) for name, value in plan.extras.items()})
+        if plan.window is not None:
+            t0, t1 = (offset + t for t in window_seconds(plan.window, fps))
+            wave = self.decoder.audio(item.path, t0, t1, meta=meta, sample_rate=self.audio_rate)
+            sample["audio"] = torch.from_numpy(wave)
+            sample["audio_mask"] = torch.tensor(meta.has_audio)
+            sample["text"] = [
+                c.text for c in overlapping_captions(self.captions.get(item.video_id, ()), t0, t1)
+            ]
+        sample.update(label=torch.tensor(item.label), index=torch.tensor(index), path=item.path)
+        return sample
+
+
+def _center_square(frames: np.ndarray) -> np.ndarray:
+    """(N, H, W, C) -> (N, S, S, C) with S = min(H, W), the centre kept."""
+    h, w = frames.shape[1:3]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return frames[:, top : top + side, left : left + side]
+
+
+def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Stack tensors along a new batch axis; keep other values as lists; merge ``skipped``."""
+    batch: dict[str, Any] = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        if key == "skipped":
+            batch[key] = [record for v in values for record in v]
+        elif isinstance(values[0], torch.Tensor):
+            batch[key] = torch.stack(values)
+        else:
+            batch[key] = values
+    return batch
+
+
+def open_video_dataset(
+    source: str | os.PathLike,
+    *,
+    sampler: ClipSampler,
+    captions: str | os.PathLike | Mapping[str, Sequence[Caption]] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    decoder: str = "auto",
+    progress: bool = False,
+    **dataset_kwargs: Any,
+) -> ClipDataset:
+    """A ``ClipDataset`` over a folder or list file, with its index cached in ``cache_dir``
+    (e.g. the run folder; default the user cache). ``dataset_kwargs`` go to ``ClipDataset``."""
+    found = open_source(source)
+    cache = cache_path(source, cache_dir)
+    index = build_index([item.path for item in found.items], cache=cache, decoder=decoder, progress=progress)
+    if captions is not None and not isinstance(captions, Mapping):
+        captions = read_captions(captions)
+    return ClipDataset(
+        found.items,
+        index,
+        sampler=sampler,
+        decoder=decoder,
+        captions=captions,
+        classes=found.classes,
+        **dataset_kwargs,
+    )
+
+
+def _counts(bad: BadFiles) -> str:
+    return ", ".join(f"{n} {problem}" for problem, n in sorted(bad.summary()["by_problem"].items())) or "none"

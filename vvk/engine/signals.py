@@ -1,0 +1,42 @@
+"""SIGINT / SIGTERM as a request to stop after the current step, with a checkpoint.
+
+A cluster scheduler sends SIGTERM before it kills a job, Ctrl-C sends SIGINT: both set a flag
+the loop reads between steps (the loop then saves and returns). A second signal while the
+first is handled restores the default behaviour, so a stuck run can still be interrupted.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopRequest:
+    """Context manager: ``requested`` becomes the signal number once one arrives."""
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.requested is not None:  # the second one: give up on a clean stop
+            self._restore()
+            signal.raise_signal(signum)
+            return
+        self.requested = signum
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():  # handlers only work there
+            self._previous = {s: signal.signal(s, self._handle) for s in _SIGNALS}
+        return self
+
+    def _restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
