@@ -42,6 +42,14 @@ BAD_INPUT: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
     ("weights", "verify"): [
         (["weights", "verify", "/no/such/file.safetensors"], "neither a registry name nor a file")
     ],
+    ("data", "check"): [
+        (["data", "check", "/no/such/videos"], "no such folder or file"),
+        (["data", "check", ".", "--decoder", "ffmpeg"], "Invalid value for '--decoder'"),
+    ],
+    ("data", "index"): [
+        (["data", "index", "/no/such/list.csv"], "no such folder or file"),
+        (["data", "index", ".", "--out", "./index.json"], "never writes into its input"),
+    ],
 }
 
 

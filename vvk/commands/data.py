@@ -95,11 +95,8 @@ def index(
     """
     from vvk.data.index import build_index, cache_path, ensure_outside
 
+    out_file = cache_path(source) if out_file is None else ensure_outside(out_file, source)
     paths = _media_paths(source)
-    if out_file is None:
-        out_file = cache_path(source)
-    else:
-        ensure_outside(out_file, source)
     built = build_index(paths, cache=out_file, decoder=decoder, workers=workers, progress=not json_output)
     problems = built.problems()
     record = {
