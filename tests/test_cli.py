@@ -35,7 +35,10 @@ def leaf_commands() -> list[tuple[str, ...]]:
 # when a command is added without an entry here.
 BAD_INPUT: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
     ("info",): [(["info", "--jsn"], "No such option")],
-    ("models", "list"): [(["models", "list", "--task"], "requires an argument")],
+    ("models", "list"): [
+        (["models", "list", "--task"], "requires an argument"),
+        (["models", "list", "--flops=yes"], "does not take a value"),
+    ],
     ("weights", "list"): [(["weights", "list", "--task", "nope"], "Invalid value for '--task'")],
     ("weights", "info"): [(["weights", "info", "clip-vit-b-32.opena"], "did you mean clip-vit-b-32.openai")],
     ("weights", "pull"): [(["weights", "pull"], "Missing argument")],

@@ -32,7 +32,7 @@ def list_(
     EXAMPLES: vvk models list  ·  vvk models list 'spinenet-*' --json  ·  vvk models list 'r3d-rs-*' --flops
     """
     from vvk.models import get_entry, list_models
-    from vvk.models.profile import count_macs_by_name, count_params_by_name
+    from vvk.models.profile import count_macs_by_name, count_params_by_name, human_count
 
     rows = []
     for name in list_models(pattern, task=task):
@@ -54,6 +54,6 @@ def list_(
     display = [{**r, "params": f"{r['params'] / 1e6:.2f}M"} for r in rows]
     columns = [("name", "name"), ("task", "task"), ("params", "params"), ("default_input", "default input")]
     if flops:
-        display = [{**r, "macs": f"{r['macs'] / 1e9:.2f}G"} for r in display]
+        display = [{**r, "macs": human_count(r["macs"])} for r in display]
         columns.insert(3, ("macs", "MACs"))
     out.table(rows if json_output else display, columns)

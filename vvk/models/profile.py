@@ -9,6 +9,7 @@ they in the published tables).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,6 +19,14 @@ from vvk.models.registry import build, get_entry
 
 # Tasks whose input is integer token ids rather than a float signal.
 _TOKEN_TASKS = frozenset({"text-backbone"})
+
+
+def human_count(value: int) -> str:
+    """``88023531520`` -> ``"88.02G"``; ``1073280`` -> ``"1.07M"`` (K, M, G, T)."""
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if value >= scale:
+            return f"{value / scale:.2f}{suffix}"
+    return str(value)
 
 
 def count_params(model: nn.Module, *, trainable_only: bool = True) -> int:
@@ -33,14 +42,19 @@ def count_params_by_name(name: str, **kwargs) -> int:
 
 def count_macs(model: nn.Module, *inputs: torch.Tensor) -> int:
     """Multiply-accumulates of one ``model(*inputs)`` call in eval mode (works on the meta device)."""
+    return run_counted(model, *inputs)[1]
+
+
+def run_counted(model: nn.Module, *inputs: torch.Tensor) -> tuple[Any, int]:
+    """``(model(*inputs), MACs)`` of one eval-mode call without gradients."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(*inputs)
+            outputs = model(*inputs)
     finally:
         model.train(was_training)
-    return counter.get_total_flops() // 2
+    return outputs, counter.get_total_flops() // 2
 
 
 def example_input(

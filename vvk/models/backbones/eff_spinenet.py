@@ -191,7 +191,12 @@ def _register(name: str) -> None:
     source = (
         "tensorflow/tpu: models/official/detection/modeling/architecture/spinenetv2.py (DEFAULT_SCALING_MAP)"
     )
-    register(name, task="image-backbone", default_input=(3, size, size), source=source)(builder)
+    register(
+        name,
+        task="image-backbone",
+        default_input=(3, size, size),
+        source=source + ("; tiny test variant" if "tiny" in name else ""),
+    )(builder)
 
 
 for _name in VARIANTS:

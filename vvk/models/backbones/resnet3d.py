@@ -301,9 +301,12 @@ def _register(name: str, default_input: tuple[int, ...]) -> None:
         return ResNet3D(**{**asdict(VARIANTS[name]), **kwargs})
 
     builder.__name__ = name.replace("-", "_")
-    register(name, task="video-backbone", default_input=default_input, source=_SOURCES.get(name, _SOURCE))(
-        builder
-    )
+    register(
+        name,
+        task="video-backbone",
+        default_input=default_input,
+        source=_SOURCES.get(name, _SOURCE) + ("; tiny test variant" if "tiny" in name else ""),
+    )(builder)
 
 
 for _name in VARIANTS:

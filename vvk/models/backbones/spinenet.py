@@ -211,7 +211,12 @@ def _register(name: str) -> None:
 
     builder.__name__ = name.replace("-", "_")
     source = "tensorflow/tpu: models/official/detection/modeling/architecture/spinenet.py (SCALING_MAP)"
-    register(name, task="image-backbone", default_input=(3, size, size), source=source)(builder)
+    register(
+        name,
+        task="image-backbone",
+        default_input=(3, size, size),
+        source=source + ("; tiny test variant" if "tiny" in name else ""),
+    )(builder)
 
 
 for _name in VARIANTS:

@@ -150,7 +150,12 @@ def _register(name: str) -> None:
 
     builder.__name__ = name.replace("-", "_")
     source = "tensorflow/models: official/vision/modeling/backbones/spinenet_mobile.py (SCALING_MAP)"
-    register(name, task="image-backbone", default_input=(3, size, size), source=source)(builder)
+    register(
+        name,
+        task="image-backbone",
+        default_input=(3, size, size),
+        source=source + ("; tiny test variant" if "tiny" in name else ""),
+    )(builder)
 
 
 for _name in VARIANTS:

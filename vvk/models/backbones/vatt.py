@@ -260,7 +260,7 @@ class UniversalVatt(Backbone):
         keep = 1 - drop_token_rate
         self.keep_tokens = {"video": int(keep * math.prod(video_buckets)), "audio": int(keep * audio_buckets)}
         self.drop_token = drop_token_rate > 0
-        self.d_post_proj = d_post_proj
+        self.d_post_proj, self.video_patch = d_post_proj, tuple(video_patch)
         init_transformer_weights(self)
 
     def encode(self, x: Tensor, modality: str, attention_mask: Tensor | None = None) -> dict[str, Tensor]:
@@ -286,7 +286,10 @@ class UniversalVatt(Backbone):
         return self.encode(x, modality)
 
     def output_shape(self) -> dict[str, FeatureSpec]:
-        return {"tokens": FeatureSpec(self.d_post_proj, 1), "pooled": FeatureSpec(self.d_post_proj, 1)}
+        """Strides of *video* tokens (the default input); audio tokens stride ``audio_patch``
+        samples, text tokens one id."""
+        t, s = self.video_patch[0], self.video_patch[1]
+        return {"tokens": FeatureSpec(self.d_post_proj, s, t), "pooled": FeatureSpec(self.d_post_proj, 1)}
 
 
 # vatt/configs/{video,audio,unified}.py: (d_model, d_ff, num_heads, num_layers), d_kv 64.
@@ -295,7 +298,7 @@ SIZES = {
     "medium": {"d_model": 1024, "d_ff": 4096, "num_heads": 16, "num_layers": 12},
     "large": {"d_model": 1024, "d_ff": 4096, "num_heads": 16, "num_layers": 24},
     "xlarge": {"d_model": 1536, "d_ff": 4096, "num_heads": 24, "num_layers": 24},
-    "tiny": {"d_model": 32, "d_kv": 16, "d_ff": 64, "num_heads": 2, "num_layers": 2},  # tests
+    "tiny": {"d_model": 32, "d_kv": 16, "d_ff": 64, "num_heads": 2, "num_layers": 2},  # test variants
 }
 _VIDEO = {"modality": "video", "patch": (4, 16, 16), "buckets": (8, 14, 14)}  # 32x224² -> 8x14x14
 _AUDIO = {"modality": "audio", "patch": (128,), "buckets": (1200,)}  # 3.2 s at 48 kHz -> 1200
@@ -308,6 +311,9 @@ _TINY_UT = {
     "d_post_proj": 32,
 }
 _SRC = "google-research/google-research: vatt/"
+_VIDEO_SRC = _SRC + "configs/video.py, modeling/backbones/video/vitx3d.py"
+_AUDIO_SRC = _SRC + "configs/audio.py, modeling/backbones/audio/autx1d.py"
+_UT_SRC = _SRC + "configs/unified.py, modeling/backbones/unified/uvatt.py"
 # name -> (builder class, fixed kwargs, default input, source)
 VARIANTS = {
     **{
@@ -315,7 +321,7 @@ VARIANTS = {
             VattTransformer,
             {**_VIDEO, **SIZES[s]},
             (3, 32, 224, 224),
-            _SRC + "configs/video.py, modeling/backbones/video/vitx3d.py",
+            _VIDEO_SRC,
         )
         for s in ("base", "medium", "large", "xlarge")
     },
@@ -324,7 +330,7 @@ VARIANTS = {
             VattTransformer,
             {**_AUDIO, **SIZES[s]},
             (1, 153600),
-            _SRC + "configs/audio.py, modeling/backbones/audio/autx1d.py",
+            _AUDIO_SRC,
         )
         for s in ("base", "medium", "large")
     },
@@ -333,7 +339,7 @@ VARIANTS = {
             UniversalVatt,
             SIZES[s],
             (3, 32, 224, 224),
-            _SRC + "configs/unified.py, modeling/backbones/unified/uvatt.py",
+            _UT_SRC,
         )
         for s in ("base", "medium", "large")
     },
@@ -341,15 +347,15 @@ VARIANTS = {
         VattTransformer,
         {"modality": "video", "patch": (2, 8, 8), "buckets": (2, 4, 4), **SIZES["tiny"]},
         (3, 4, 32, 32),
-        "tests",
+        _VIDEO_SRC,
     ),
     "vatt-audio-tiny": (
         VattTransformer,
         {"modality": "audio", "patch": (16,), "buckets": (32,), **SIZES["tiny"]},
         (1, 512),
-        "tests",
+        _AUDIO_SRC,
     ),
-    "vatt-ut-tiny": (UniversalVatt, {**SIZES["tiny"], **_TINY_UT}, (3, 4, 32, 32), "tests"),
+    "vatt-ut-tiny": (UniversalVatt, {**SIZES["tiny"], **_TINY_UT}, (3, 4, 32, 32), _UT_SRC),
 }
 
 
@@ -361,7 +367,12 @@ def _register(name: str) -> None:
 
     builder.__name__ = name.replace("-", "_")
     task = "multimodal-backbone" if cls is UniversalVatt else f"{fixed['modality']}-backbone"
-    register(name, task=task, default_input=default_input, source=source)(builder)
+    register(
+        name,
+        task=task,
+        default_input=default_input,
+        source=source + ("; tiny test variant" if "tiny" in name else ""),
+    )(builder)
 
 
 for _name in VARIANTS:

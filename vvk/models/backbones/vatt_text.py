@@ -170,7 +170,12 @@ def _register(name: str) -> None:
     source = (
         "google-research/google-research: vatt/configs/text.py (T5Small), vatt/modeling/backbones/text/t5.py"
     )
-    register(name, task="text-backbone", default_input=(16,), source=source)(builder)
+    register(
+        name,
+        task="text-backbone",
+        default_input=(16,),
+        source=source + ("; tiny test variant" if "tiny" in name else ""),
+    )(builder)
 
 
 for _name in VARIANTS:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from torch import nn
 
 _ACTIVATIONS = {
@@ -57,19 +59,17 @@ class ConvNormAct(nn.Sequential):
         conv_cls = {2: nn.Conv2d, 3: nn.Conv3d}[dims]
         norm_cls = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dims]
         kernel = _tuple(kernel_size, dims)
-        super().__init__(
-            conv_cls(
-                in_channels,
-                out_channels,
-                kernel,
-                stride=_tuple(stride, dims),
-                padding=tuple(k // 2 for k in kernel),
-                groups=groups,
-                bias=False,
-            ),
-            norm_cls(out_channels, momentum=norm_momentum, eps=norm_eps),
-            activation_layer(activation),
+        conv = conv_cls(
+            in_channels,
+            out_channels,
+            kernel,
+            stride=_tuple(stride, dims),
+            padding=tuple(k // 2 for k in kernel),
+            groups=groups,
+            bias=False,
         )
+        norm = norm_cls(out_channels, momentum=norm_momentum, eps=norm_eps)
+        super().__init__(OrderedDict(conv=conv, bn=norm, act=activation_layer(activation)))
 
 
 def init_conv_weights(model: nn.Module) -> None:

@@ -28,8 +28,10 @@ class StochasticDepth(nn.Module):
             return x
         keep = 1.0 - self.rate
         # One Bernoulli draw per sample, broadcast over every other axis: (B, 1, 1, ...).
-        mask = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device)
-        return x * mask.bernoulli_(keep) / keep
+        mask = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device).bernoulli_(
+            keep
+        )
+        return x * mask / keep if keep > 0 else x * mask
 
     def extra_repr(self) -> str:
         return f"rate={self.rate}"
