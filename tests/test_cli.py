@@ -45,6 +45,11 @@ BAD_INPUT: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
     ("weights", "verify"): [
         (["weights", "verify", "/no/such/file.safetensors"], "neither a registry name nor a file")
     ],
+    ("augment", "copy-paste"): [
+        (["augment", "copy-paste", "/no/such/coco", "/no/such/out"], "/no/such/coco: no such file or folder"),
+        (["augment", "copy-paste", "in", "out", "--scale-jitter", "big"], "--scale-jitter: expected MIN,MAX"),
+        (["augment", "copy-paste", "in", "out", "--copies", "0"], "Invalid value for '--copies'"),
+    ],
     ("data", "check"): [
         (["data", "check", "/no/such/videos"], "no such folder or file"),
         (["data", "check", ".", "--decoder", "ffmpeg"], "Invalid value for '--decoder'"),

@@ -118,7 +118,8 @@ def copy_paste(
 
 
 class _progress:
-    """A rich progress bar on stderr, fed by the library's (done, total) callback."""
+    """A rich progress bar on stderr, fed by the library's (done, total) callback. It appears
+    with the first image, so an error before that stays a single line."""
 
     def __init__(self, out: Output):
         self.out = out
@@ -126,18 +127,23 @@ class _progress:
         self.task = None
 
     def __enter__(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-        self.bar = Progress(
-            "copy-paste", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=self.out.stderr
-        )
-        self.bar.start()
         return self.update
 
     def update(self, done: int, total: int) -> None:
-        if self.task is None:
+        if self.bar is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+            self.bar = Progress(
+                "copy-paste",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=self.out.stderr,
+            )
+            self.bar.start()
             self.task = self.bar.add_task("images", total=total)
         self.bar.update(self.task, completed=done)
 
     def __exit__(self, *exc) -> None:
-        self.bar.stop()
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,66 @@
+"""LocalMask: window arithmetic and encodings must equal the full-frame computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from vvk.augment.masks import LocalMask
+from vvk.data.coco import decode_segmentation, tight_box
+
+
+def random_masks():
+    rng = np.random.default_rng(1)
+    frames = []
+    for _ in range(40):
+        h, w = rng.integers(1, 40, size=2)
+        full = np.zeros((h, w), bool)
+        y0, x0 = rng.integers(0, h), rng.integers(0, w)
+        y1, x1 = rng.integers(y0, h + 1), rng.integers(x0, w + 1)
+        full[y0:y1, x0:x1] = rng.random((y1 - y0, x1 - x0)) < rng.uniform(0.2, 1.0)
+        frames.append(full)
+    edge = np.zeros((5, 7), bool)
+    edge[0, 0] = edge[4, 6] = True  # first and last pixel of the frame
+    frames += [edge, np.ones((3, 4), bool), np.zeros((6, 2), bool)]
+    return frames
+
+
+@pytest.mark.parametrize("full", random_masks())
+def test_rle_equals_pycocotools_encoding_of_the_full_frame(full):
+    mask = LocalMask.from_full(full)
+    expected = mask_utils.encode(np.asfortranarray(full.astype(np.uint8)))
+    assert mask.to_rle() == {"size": list(full.shape), "counts": expected["counts"].decode("ascii")}
+    assert mask.area == int(full.sum())
+    assert mask.box == tight_box(full)
+    assert np.array_equal(mask.to_full(), full)
+
+
+def test_minus_paint_and_tight_in_a_frame():
+    frame = (10, 12)
+    bits = np.ones((4, 5), bool)
+    mask = LocalMask(3, 2, bits, frame)
+    assert mask.box == (2, 3, 7, 7) and mask.area == 20
+    cover = np.zeros(frame, bool)
+    cover[3:7, 2:4] = True  # the left two columns
+    rest = mask.minus(cover).tight()
+    assert rest.box == (4, 3, 7, 7) and rest.area == 12 and (rest.top, rest.left) == (3, 4)
+    canvas = np.zeros(frame, bool)
+    rest.paint(canvas)
+    assert canvas.sum() == 12 and canvas[3:7, 4:7].all()
+    assert mask.minus(np.ones(frame, bool)).tight().box is None
+    assert mask.tight() is mask  # already tight: no copy
+
+
+def test_polygons_rasterise_back_to_the_same_pixels():
+    full = np.zeros((30, 40), bool)
+    full[5:20, 8:30] = True
+    full[10:14, 12:16] = False  # a hole: polygons cannot hold it, it is filled
+    full[24:27, 2:5] = True  # a second component
+    polygons = LocalMask.from_full(full).to_polygons()
+    assert len(polygons) == 2
+    back = decode_segmentation(polygons, 30, 40)
+    filled = full.copy()
+    filled[10:14, 12:16] = True
+    assert np.array_equal(back, filled)
+    assert LocalMask.from_full(np.zeros((4, 4), bool)).to_polygons() == []
