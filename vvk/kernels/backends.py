@@ -1,9 +1,28 @@
-"""Which kernel backends can run on this machine, and why not when they cannot."""
+"""Which kernel backends can run on this machine, which one an op call uses, and the CUDA build.
+
+Every op in ``vvk.kernels`` has three implementations:
+
+- ``reference``: pure PyTorch. Runs everywhere, is deterministic, and is what a CPU tensor or
+  ``torch.use_deterministic_algorithms(True)`` gets.
+- ``triton``: Triton kernels; the default for CUDA tensors. On the CPU they run only under the
+  interpreter (``TRITON_INTERPRET=1`` set before the first ``vvk.kernels.*.triton`` import), in
+  fp32: that is how CI tests them.
+- ``cuda``: a C++/CUDA extension compiled on first use with ``torch.utils.cpp_extension`` and
+  cached in torch's extension folder (``TORCH_EXTENSIONS_DIR``). Never chosen automatically.
+
+A call picks its backend from, in order: the op's ``backend=`` argument, the ``VVK_KERNEL_BACKEND``
+environment variable, then the rule above.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+from pathlib import Path
+
+BACKENDS = ("reference", "triton", "cuda")
+ENV_VAR = "VVK_KERNEL_BACKEND"
 
 
 def _triton_status(cuda: bool) -> tuple[bool, str]:
@@ -18,11 +37,17 @@ def _triton_status(cuda: bool) -> tuple[bool, str]:
     return False, "no CUDA device (set TRITON_INTERPRET=1 to run the interpreter on the CPU)"
 
 
-def _cuda_ext_status(cuda: bool) -> tuple[bool, str]:
+def nvcc_path() -> str | None:
+    """The nvcc executable (PATH, then $CUDA_HOME/bin), or None."""
     nvcc = shutil.which("nvcc") or (
         os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc") if os.environ.get("CUDA_HOME") else None
     )
-    if not nvcc or not os.path.exists(nvcc):
+    return nvcc if nvcc and os.path.exists(nvcc) else None
+
+
+def _cuda_ext_status(cuda: bool) -> tuple[bool, str]:
+    nvcc = nvcc_path()
+    if not nvcc:
         return False, "nvcc not found"
     if not cuda:
         return False, "no CUDA device"
@@ -38,3 +63,66 @@ def available_backends() -> dict[str, dict[str, object]]:
     report["triton"] = _triton_status(cuda)
     report["cuda"] = _cuda_ext_status(cuda)
     return {name: {"usable": ok, "detail": detail} for name, (ok, detail) in report.items()}
+
+
+def resolve_backend(requested: str | None, device) -> str:
+    """The backend an op call on ``device`` runs, or ValueError naming why the request cannot run.
+
+    Args:
+        requested: ``None`` (automatic), or one of ``BACKENDS``.
+        device: the ``torch.device`` of the op's inputs.
+    """
+    import torch
+
+    choice = requested or os.environ.get(ENV_VAR) or None
+    if choice is None:
+        if device.type != "cuda" or torch.are_deterministic_algorithms_enabled():
+            return "reference"
+        return "triton" if _triton_status(True)[0] else "reference"
+    if choice not in BACKENDS:
+        raise ValueError(
+            f"kernel backend {choice!r} is not one of {', '.join(BACKENDS)} (backend= or {ENV_VAR})"
+        )
+    if choice == "triton" and device.type != "cuda":
+        usable, detail = _triton_status(False)
+        if not usable or device.type != "cpu":
+            raise ValueError(f"the triton backend cannot run on {device}: {detail}")
+    if choice == "cuda" and device.type != "cuda":
+        raise ValueError(f"the cuda backend needs CUDA tensors, got {device}")
+    return choice
+
+
+def _pip_cuda_includes() -> list[str]:
+    """Header folders of pip's CUDA wheels (``nvidia/cu*/include``).
+
+    ATen's CUDA headers include ``cusparse.h`` and ``cublas_v2.h``; a minimal CUDA toolkit (nvcc
+    and cudart only) lacks them, while the wheels torch depends on ship them.
+    """
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["purelib"]) / "nvidia"
+    return sorted(str(p) for p in root.glob("cu*/include") if (p / "cusparse.h").exists())
+
+
+@functools.cache
+def load_cuda_extension(name: str, folder: Path):
+    """Compile (first call) or load (later calls, and later processes) the extension in ``folder``.
+
+    All ``*.cpp`` and ``*.cu`` files in ``folder`` are built into one Python module named
+    ``name``; torch caches the build under ``TORCH_EXTENSIONS_DIR`` and rebuilds when a source
+    changes.
+    """
+    if nvcc_path() is None:
+        raise RuntimeError(f"cannot build the {name} CUDA extension: nvcc not found (set CUDA_HOME)")
+    from torch.utils.cpp_extension import load
+
+    sources = sorted(str(p) for p in folder.iterdir() if p.suffix in (".cpp", ".cu"))
+    return load(
+        name=name,
+        sources=sources,
+        extra_include_paths=_pip_cuda_includes(),
+        extra_cflags=["-O3"],
+        # No --use_fast_math: the kernels are tested for parity with the reference.
+        extra_cuda_cflags=["-O3", "--expt-relaxed-constexpr"],
+        verbose=os.environ.get("VVK_VERBOSE_BUILD") == "1",
+    )
