@@ -16,10 +16,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from vvk.models.backbones.base import register_variants
 from vvk.models.backbones.scale_permuted import BlockSpec, Node, ScalePermutedBackbone
-from vvk.models.layers import ConvNormAct, MBConv, activation_layer, init_conv_weights
-from vvk.models.layers.stochastic_depth import drop_rate_for_block
-from vvk.models.registry import register
+from vvk.models.layers import ConvNormAct, activation_layer, mbconv_group
 
 # SPINENET_BLOCK_SPECS of spinenetv2.py: (level, learned filters, (input0, input1), is_output);
 # inputs index into [stem base1, stem base2, block0, ...].
@@ -82,26 +81,15 @@ class _ResampleSpaceToDepth(nn.Module):
         return self.layers(x)
 
 
-def _group(in_channels: int, out_channels: int, repeats: int, *, stride: int = 1, **block) -> nn.Sequential:
-    return nn.Sequential(
-        *(
-            MBConv(
-                in_channels if r == 0 else out_channels, out_channels, stride=stride if r == 0 else 1, **block
-            )
-            for r in range(repeats)
-        )
-    )
-
-
 class _EffStem(nn.Module):
     """3×3/2 conv (8), MBConv 8→16, MBConv 16→24 /2, MBConv 24→16; returns the last two (level 2)."""
 
     def __init__(self, width, repeats: list[int], activation: str, block, norm):
         super().__init__()
         self.conv = ConvNormAct(3, width(8), 3, stride=2, activation=activation, **norm)
-        self.base0 = _group(width(8), width(16), repeats[0], **block)
-        self.base1 = _group(width(16), width(24), repeats[1], stride=2, **block)
-        self.base2 = _group(width(24), width(16), repeats[2], **block)
+        self.base0 = mbconv_group(width(8), width(16), repeats[0], **block)
+        self.base1 = mbconv_group(width(16), width(24), repeats[1], stride=2, **block)
+        self.base2 = mbconv_group(width(24), width(16), repeats[2], **block)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         base1 = self.base1(self.base0(self.conv(x)))
@@ -140,15 +128,18 @@ def eff_spinenet(
         **norm,
     }
 
-    def make_block(i: int, spec: BlockSpec):
+    def make_block(i: int, spec: BlockSpec, drop: float):
         c = width(spec.filters)
-        drop = drop_rate_for_block(stochastic_depth_rate, i + 1, len(BLOCK_SPECS))
-        return _group(c, c, block_repeats[i + 3], **block, drop_rate=drop), c, Node(spec.level, c, spec.kind)
+        return (
+            mbconv_group(c, c, block_repeats[i + 3], **block, drop_rate=drop),
+            c,
+            Node(spec.level, c, spec.kind),
+        )
 
     def make_resample(parent: Node, level: int, out_channels: int):
         return _ResampleSpaceToDepth(parent, level, out_channels, activation=activation, norm=norm)
 
-    model = ScalePermutedBackbone(
+    return ScalePermutedBackbone(
         stem=_EffStem(width, list(block_repeats[:3]), activation, block, norm),
         stem_nodes=[Node(2, width(24), "mbconv"), Node(2, width(16), "mbconv")],
         specs=BLOCK_SPECS,
@@ -158,46 +149,37 @@ def eff_spinenet(
         min_level=min_level,
         max_level=max_level,
         activation=activation,
+        stochastic_depth_rate=stochastic_depth_rate,
         norm=norm,
     )
-    init_conv_weights(model)
-    return model
 
 
 _D1 = (2, 2, 1, 1, 2, 2, 2, 1, 1, 2, 1, 2, 1, 1, 1, 1, 1, 1)
+_D3 = (2, 2, 1, 1, 2, 2, 2, 1, 2, 2, 1, 2, 2, 2, 1, 1, 1, 1)
+_D4 = (2, 2, 2, 1, 3, 2, 3, 1, 2, 3, 1, 2, 2, 2, 2, 2, 1, 1)
 # DEFAULT_SCALING_MAP of spinenetv2.py: (block repeats, filter scale, endpoint filters). The
 # default inputs (384 for m*, 640 for d*) are our assumption: the reference code sets none.
-VARIANTS: dict[str, tuple[tuple[int, ...], float, int, int]] = {
+SCALING_MAP = {
     "eff-spinenet-m0": ((1,) * 18, 0.4, 24, 384),
     "eff-spinenet-m1": ((1,) * 18, 0.5, 40, 384),
     "eff-spinenet-m2": ((1,) * 18, 0.8, 64, 384),
     "eff-spinenet-d0": ((1,) * 18, 1.0, 64, 640),
     "eff-spinenet-d1": (_D1, 1.0, 88, 640),
     "eff-spinenet-d2": (_D1, 1.1, 112, 640),
-    "eff-spinenet-d3": ((2, 2, 1, 1, 2, 2, 2, 1, 2, 2, 1, 2, 2, 2, 1, 1, 1, 1), 1.2, 160, 640),
-    "eff-spinenet-d4": ((2, 2, 2, 1, 3, 2, 3, 1, 2, 3, 1, 2, 2, 2, 2, 2, 1, 1), 1.4, 224, 640),
-    "eff-spinenet-tiny": ((1,) * 18, 0.25, 16, 128),  # tests
+    "eff-spinenet-d3": (_D3, 1.2, 160, 640),
+    "eff-spinenet-d4": (_D4, 1.4, 224, 640),
+    "eff-spinenet-tiny": ((1,) * 18, 0.25, 16, 128),
 }
-
-
-def _register(name: str) -> None:
-    repeats, scale, endpoints, size = VARIANTS[name]
-
-    def builder(**kwargs) -> ScalePermutedBackbone:
-        spec = {"block_repeats": repeats, "filter_size_scale": scale, "endpoint_channels": endpoints}
-        return eff_spinenet(**{**spec, **kwargs})
-
-    builder.__name__ = name.replace("-", "_")
-    source = (
-        "tensorflow/tpu: models/official/detection/modeling/architecture/spinenetv2.py (DEFAULT_SCALING_MAP)"
-    )
-    register(
-        name,
-        task="image-backbone",
-        default_input=(3, size, size),
-        source=source + ("; tiny test variant" if "tiny" in name else ""),
-    )(builder)
-
-
-for _name in VARIANTS:
-    _register(_name)
+register_variants(
+    eff_spinenet,
+    {
+        name: (
+            {"block_repeats": repeats, "filter_size_scale": scale, "endpoint_channels": endpoints},
+            (3, size, size),
+        )
+        for name, (repeats, scale, endpoints, size) in SCALING_MAP.items()
+    },
+    task="image-backbone",
+    source="tensorflow/tpu: models/official/detection/modeling/architecture/spinenetv2.py"
+    " (DEFAULT_SCALING_MAP)",
+)

@@ -14,12 +14,10 @@ ConST-CL's Y-shaped backbone (``official/projects/const_cl/modeling/backbones/re
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 from torch import Tensor, nn
 
-from vvk.models.backbones.base import Backbone, FeatureSpec
+from vvk.models.backbones.base import Backbone, FeatureSpec, register_variants
 from vvk.models.layers import (
     ConvNormAct,
     SqueezeExcitation,
@@ -28,7 +26,6 @@ from vvk.models.layers import (
     init_conv_weights,
 )
 from vvk.models.layers.stochastic_depth import drop_rate_for_block
-from vvk.models.registry import register
 
 _BASE_FILTERS = (64, 128, 256, 512)  # bottleneck widths of res2..res5; outputs are 4x these
 _STAGES = ("res2", "res3", "res4", "res5")
@@ -259,60 +256,44 @@ def _stage(
     return nn.Sequential(*blocks)
 
 
-@dataclass(frozen=True)
-class _Variant:
-    depths: tuple[int, int, int, int]
-    stem: str
-    se_ratio: float | None = None
-    self_gating: bool = False
-    stochastic_depth_rate: float = 0.0
-    y_shaped: bool = False
-    width: float = 1.0
-
-
-# RESNET_SPECS of tensorflow/models resnet_3d.py; RS settings from configs/backbones_3d.py::ResNet3DRS
-# and configs/experiments/video_classification/k400_resnet3drs_50_tpu.yaml (se_ratio 0.25, init
-# stochastic depth 0.1); R3D-50 from official/projects/video_ssl/configs (CVRL) and const_cl/configs.
-_RS = {"se_ratio": 0.25, "self_gating": True, "stochastic_depth_rate": 0.1}
-VARIANTS: dict[str, _Variant] = {
-    "r3d-50": _Variant((3, 4, 6, 3), "v0"),
-    "r3d-50-y": _Variant((3, 4, 6, 3), "v0", y_shaped=True),
-    "r3d-rs-50": _Variant((3, 4, 6, 3), "v1", **_RS),
-    "r3d-rs-101": _Variant((3, 4, 23, 3), "v1", **_RS),
-    "r3d-rs-152": _Variant((3, 8, 36, 3), "v1", **_RS),
-    "r3d-rs-200": _Variant((3, 24, 36, 3), "v1", **_RS),
-    "r3d-rs-270": _Variant((4, 29, 53, 4), "v1", **_RS),
-    "r3d-rs-300": _Variant((4, 36, 54, 4), "v1", **_RS),
-    "r3d-rs-350": _Variant((4, 36, 72, 4), "v1", **_RS),
-    # Test variants: one block per stage, 1/8 width, every optional piece switched on.
-    "r3d-tiny": _Variant((1, 1, 1, 1), "v1", **_RS, width=0.125),
-    "r3d-y-tiny": _Variant((1, 1, 1, 1), "v0", y_shaped=True, width=0.125),
+# RESNET_SPECS of tensorflow/models resnet_3d.py: bottleneck blocks per stage.
+RESNET_SPECS = {
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+    200: (3, 24, 36, 3),
+    270: (4, 29, 53, 4),
+    300: (4, 36, 54, 4),
+    350: (4, 36, 72, 4),
 }
+# RS settings: configs/backbones_3d.py::ResNet3DRS and configs/experiments/video_classification/
+# k400_resnet3drs_50_tpu.yaml (se_ratio 0.25, init stochastic depth 0.1, stem v1).
+_RS = {"stem": "v1", "se_ratio": 0.25, "self_gating": True, "stochastic_depth_rate": 0.1}
+# Test variants: one block per stage, 1/8 width.
+_TINY = {"depths": (1, 1, 1, 1), "width": 0.125}
+_CLIP16, _CLIP32, _TINY_CLIP = (3, 16, 224, 224), (3, 32, 224, 224), (3, 4, 32, 32)
 
-_SOURCE = "tensorflow/models: official/vision/modeling/backbones/resnet_3d.py"
-_SOURCES = {
-    "r3d-50": "tensorflow/models: official/projects/video_ssl (CVRL R3D-50); README 31.7M",
-    "r3d-50-y": "tensorflow/models: official/projects/const_cl/modeling/backbones/resnet_3d.py (ResNet3DY)",
-}
-
-
-def _register(name: str, default_input: tuple[int, ...]) -> None:
-    def builder(**kwargs) -> ResNet3D:
-        return ResNet3D(**{**asdict(VARIANTS[name]), **kwargs})
-
-    builder.__name__ = name.replace("-", "_")
-    register(
-        name,
-        task="video-backbone",
-        default_input=default_input,
-        source=_SOURCES.get(name, _SOURCE) + ("; tiny test variant" if "tiny" in name else ""),
-    )(builder)
-
-
-for _name in VARIANTS:
-    if "tiny" in _name:
-        _register(_name, (3, 4, 32, 32))
-    elif _name.startswith("r3d-rs"):
-        _register(_name, (3, 32, 224, 224))
-    else:
-        _register(_name, (3, 16, 224, 224))
+register_variants(
+    ResNet3D,
+    {"r3d-50": ({"depths": RESNET_SPECS[50], "stem": "v0"}, _CLIP16)},
+    task="video-backbone",
+    source="tensorflow/models: official/projects/video_ssl (CVRL R3D-50, README 31.7M)",
+)
+register_variants(
+    ResNet3D,
+    {
+        "r3d-50-y": ({"depths": RESNET_SPECS[50], "stem": "v0", "y_shaped": True}, _CLIP16),
+        "r3d-y-tiny": ({**_TINY, "stem": "v0", "y_shaped": True}, _TINY_CLIP),
+    },
+    task="video-backbone",
+    source="tensorflow/models: official/projects/const_cl/modeling/backbones/resnet_3d.py (ResNet3DY)",
+)
+register_variants(
+    ResNet3D,
+    {
+        **{f"r3d-rs-{depth}": ({"depths": blocks, **_RS}, _CLIP32) for depth, blocks in RESNET_SPECS.items()},
+        "r3d-tiny": ({**_TINY, **_RS}, _TINY_CLIP),  # every optional piece switched on
+    },
+    task="video-backbone",
+    source="tensorflow/models: official/vision/modeling/backbones/resnet_3d.py",
+)

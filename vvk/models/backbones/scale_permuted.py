@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from vvk.models.backbones.base import Backbone, FeatureSpec
-from vvk.models.layers import ConvNormAct, activation_layer
+from vvk.models.layers import ConvNormAct, activation_layer, drop_rate_for_block, init_conv_weights
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,8 @@ class BlockSpec:
     filters: int = 0
 
 
-# make_block(index, spec) -> (block module, its input channels, its output node)
-BlockFactory = Callable[[int, BlockSpec], tuple[nn.Module, int, Node]]
+# make_block(index, spec, stochastic-depth rate) -> (block module, its input channels, its output node)
+BlockFactory = Callable[[int, BlockSpec, float], tuple[nn.Module, int, Node]]
 # make_resample(parent node, target level, target input channels) -> module
 ResampleFactory = Callable[[Node, int, int], nn.Module]
 
@@ -62,6 +62,7 @@ class ScalePermutedBackbone(Backbone):
         make_block, make_resample: the family's block function and resampling.
         endpoint_channels: width of every returned level.
         activation: applied after each merge and in the endpoints.
+        stochastic_depth_rate: block *i* of *n* drops its residual branch with ``rate · (i+1) / n``.
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class ScalePermutedBackbone(Backbone):
         min_level: int = 3,
         max_level: int = 7,
         activation: str = "swish",
+        stochastic_depth_rate: float = 0.0,
         norm: dict[str, float] | None = None,
     ):
         super().__init__()
@@ -87,7 +89,8 @@ class ScalePermutedBackbone(Backbone):
         self.extras: list[tuple[int, ...]] = []  # per block: out-degree-0 nodes summed as they are
         outputs: dict[int, int] = {}
         for i, spec in enumerate(specs):
-            block, in_channels, out_node = make_block(i, spec)
+            drop_rate = drop_rate_for_block(stochastic_depth_rate, i + 1, len(specs))
+            block, in_channels, out_node = make_block(i, spec, drop_rate)
             for p in spec.inputs:
                 if p >= len(nodes):
                     raise ValueError(f"block {i} reads node {p}, but only {len(nodes)} exist")
@@ -125,6 +128,7 @@ class ScalePermutedBackbone(Backbone):
             }
         )
         self.endpoint_channels = endpoint_channels
+        init_conv_weights(self)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """``x``: (B, 3, H, W), H and W multiples of ``2**7`` -> {"P3": (B, C, H/8, W/8), ...}."""

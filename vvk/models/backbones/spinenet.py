@@ -14,14 +14,11 @@ the same; the legacy ``spinenet_lib`` builder uses 0.75. We follow the code (0.6
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import Tensor, nn
 
+from vvk.models.backbones.base import register_variants
 from vvk.models.backbones.scale_permuted import BlockSpec, Node, ScalePermutedBackbone
-from vvk.models.layers import ConvNormAct, StochasticDepth, activation_layer, init_conv_weights
-from vvk.models.layers.stochastic_depth import drop_rate_for_block
-from vvk.models.registry import register
+from vvk.models.layers import ConvNormAct, StochasticDepth, activation_layer
 
 FILTER_SIZE_MAP = {1: 32, 2: 64, 3: 128, 4: 256, 5: 256, 6: 256, 7: 256}
 
@@ -146,10 +143,9 @@ def spinenet(
     filters_at = lambda level: int(FILTER_SIZE_MAP[level] * filter_size_scale)  # noqa: E731
     stem_filters = filters_at(2)
 
-    def make_block(i: int, spec: BlockSpec):
+    def make_block(i: int, spec: BlockSpec, drop: float):
         filters = filters_at(spec.level)
         width = filters * _EXPANSION[spec.kind]
-        drop = drop_rate_for_block(stochastic_depth_rate, i + 1, len(BLOCK_SPECS))
         group = _block_group(
             width,
             filters,
@@ -166,7 +162,7 @@ def spinenet(
             parent, level, out_channels, alpha=resample_alpha, activation=activation, norm=norm
         )
 
-    model = ScalePermutedBackbone(
+    return ScalePermutedBackbone(
         stem=_Stem(stem_channels, stem_filters, block_repeats, activation, norm),
         stem_nodes=[Node(2, 4 * stem_filters, "bottleneck")] * 2,
         specs=BLOCK_SPECS,
@@ -176,48 +172,35 @@ def spinenet(
         min_level=min_level,
         max_level=max_level,
         activation=activation,
+        stochastic_depth_rate=stochastic_depth_rate,
         norm=norm,
     )
-    init_conv_weights(model)
-    return model
 
 
-@dataclass(frozen=True)
-class _Scaling:
-    endpoint_channels: int
-    filter_size_scale: float
-    resample_alpha: float
-    block_repeats: int
-    stem_channels: int = 64
+def _scaling(
+    endpoints: int, scale: float, alpha: float, repeats: int, size: int, **extra
+) -> tuple[dict, tuple]:
+    spec = {
+        "endpoint_channels": endpoints,
+        "filter_size_scale": scale,
+        "resample_alpha": alpha,
+        "block_repeats": repeats,
+    }
+    return {**spec, **extra}, (3, size, size)
 
 
 # SCALING_MAP of tensorflow/tpu spinenet.py (endpoints, filter scale, alpha, repeats); default
 # inputs from configs/spinenet/spinenet*_retinanet.yaml and MODEL_ZOO.md.
-VARIANTS: dict[str, tuple[_Scaling, int]] = {
-    "spinenet-49s": (_Scaling(128, 0.65, 0.5, 1), 640),
-    "spinenet-49": (_Scaling(256, 1.0, 0.5, 1), 640),
-    "spinenet-96": (_Scaling(256, 1.0, 0.5, 2), 1024),
-    "spinenet-143": (_Scaling(256, 1.0, 1.0, 3), 1280),
-    "spinenet-190": (_Scaling(512, 1.3, 1.0, 4), 1280),
-    "spinenet-tiny": (_Scaling(16, 0.125, 0.5, 1, stem_channels=16), 128),  # tests
-}
-
-
-def _register(name: str) -> None:
-    scaling, size = VARIANTS[name]
-
-    def builder(**kwargs) -> ScalePermutedBackbone:
-        return spinenet(**{**scaling.__dict__, **kwargs})
-
-    builder.__name__ = name.replace("-", "_")
-    source = "tensorflow/tpu: models/official/detection/modeling/architecture/spinenet.py (SCALING_MAP)"
-    register(
-        name,
-        task="image-backbone",
-        default_input=(3, size, size),
-        source=source + ("; tiny test variant" if "tiny" in name else ""),
-    )(builder)
-
-
-for _name in VARIANTS:
-    _register(_name)
+register_variants(
+    spinenet,
+    {
+        "spinenet-49s": _scaling(128, 0.65, 0.5, 1, 640),
+        "spinenet-49": _scaling(256, 1.0, 0.5, 1, 640),
+        "spinenet-96": _scaling(256, 1.0, 0.5, 2, 1024),
+        "spinenet-143": _scaling(256, 1.0, 1.0, 3, 1280),
+        "spinenet-190": _scaling(512, 1.3, 1.0, 4, 1280),
+        "spinenet-tiny": _scaling(16, 0.125, 0.5, 1, 128, stem_channels=16),
+    },
+    task="image-backbone",
+    source="tensorflow/tpu: models/official/detection/modeling/architecture/spinenet.py (SCALING_MAP)",
+)

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from vvk.models.backbones.base import register_variants
 from vvk.models.backbones.scale_permuted import BlockSpec, Node, ScalePermutedBackbone
-from vvk.models.layers import ConvNormAct, MBConv, init_conv_weights
-from vvk.models.layers.stochastic_depth import drop_rate_for_block
-from vvk.models.registry import register
+from vvk.models.layers import ConvNormAct, MBConv, mbconv_group
 
 FILTER_SIZE_MAP = {0: 8, 1: 16, 2: 24, 3: 40, 4: 80, 5: 112, 6: 112, 7: 112}
 
@@ -107,16 +106,14 @@ def spinenet_mobile(
         **norm,
     }
 
-    def make_block(i: int, spec: BlockSpec):
+    def make_block(i: int, spec: BlockSpec, drop: float):
         c = width(spec.level)
-        drop = drop_rate_for_block(stochastic_depth_rate, i + 1, len(BLOCK_SPECS))
-        group = nn.Sequential(*(MBConv(c, c, drop_rate=drop, **block) for _ in range(block_repeats)))
-        return group, c, Node(spec.level, c, spec.kind)
+        return mbconv_group(c, c, block_repeats, drop_rate=drop, **block), c, Node(spec.level, c, spec.kind)
 
     def make_resample(parent: Node, level: int, out_channels: int):
         return _ResampleWithSepConv(parent, level, out_channels, activation=activation, norm=norm)
 
-    model = ScalePermutedBackbone(
+    return ScalePermutedBackbone(
         stem=_MobileStem([width(0), width(1), width(2)], block),
         stem_nodes=[Node(1, width(1), "mbconv"), Node(2, width(2), "mbconv")],
         specs=BLOCK_SPECS,
@@ -126,37 +123,24 @@ def spinenet_mobile(
         min_level=min_level,
         max_level=max_level,
         activation=activation,
+        stochastic_depth_rate=stochastic_depth_rate,
         norm=norm,
     )
-    init_conv_weights(model)
-    return model
 
 
 # SCALING_MAP of spinenet_mobile.py (endpoints, filter scale); inputs from the
 # coco_spinenet49{,s,xs}_mobile_tpu.yaml configs (384; 256 for 49XS).
-VARIANTS: dict[str, tuple[int, float, int]] = {
-    "spinenet-mobile-49": (48, 1.0, 384),
-    "spinenet-mobile-49s": (40, 0.65, 384),
-    "spinenet-mobile-49xs": (24, 0.6, 256),
-    "spinenet-mobile-tiny": (16, 0.35, 128),  # tests
-}
-
-
-def _register(name: str) -> None:
-    endpoints, scale, size = VARIANTS[name]
-
-    def builder(**kwargs) -> ScalePermutedBackbone:
-        return spinenet_mobile(**{"endpoint_channels": endpoints, "filter_size_scale": scale, **kwargs})
-
-    builder.__name__ = name.replace("-", "_")
-    source = "tensorflow/models: official/vision/modeling/backbones/spinenet_mobile.py (SCALING_MAP)"
-    register(
-        name,
-        task="image-backbone",
-        default_input=(3, size, size),
-        source=source + ("; tiny test variant" if "tiny" in name else ""),
-    )(builder)
-
-
-for _name in VARIANTS:
-    _register(_name)
+register_variants(
+    spinenet_mobile,
+    {
+        name: ({"endpoint_channels": endpoints, "filter_size_scale": scale}, (3, size, size))
+        for name, endpoints, scale, size in [
+            ("spinenet-mobile-49", 48, 1.0, 384),
+            ("spinenet-mobile-49s", 40, 0.65, 384),
+            ("spinenet-mobile-49xs", 24, 0.6, 256),
+            ("spinenet-mobile-tiny", 16, 0.35, 128),
+        ]
+    },
+    task="image-backbone",
+    source="tensorflow/models: official/vision/modeling/backbones/spinenet_mobile.py (SCALING_MAP)",
+)

@@ -25,10 +25,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from vvk.models.backbones.base import Backbone, FeatureSpec
+from vvk.models.backbones.base import Backbone, FeatureSpec, register_variants
 from vvk.models.backbones.vatt_text import CLIP_VOCAB_SIZE, clip_padding_mask
 from vvk.models.layers.transformer import TransformerLayer, init_transformer_weights
-from vvk.models.registry import register
 
 
 def _resize_table(table: Tensor, length: int) -> Tensor:
@@ -311,69 +310,34 @@ _TINY_UT = {
     "d_post_proj": 32,
 }
 _SRC = "google-research/google-research: vatt/"
-_VIDEO_SRC = _SRC + "configs/video.py, modeling/backbones/video/vitx3d.py"
-_AUDIO_SRC = _SRC + "configs/audio.py, modeling/backbones/audio/autx1d.py"
-_UT_SRC = _SRC + "configs/unified.py, modeling/backbones/unified/uvatt.py"
-# name -> (builder class, fixed kwargs, default input, source)
-VARIANTS = {
-    **{
-        f"vatt-video-{s}": (
-            VattTransformer,
-            {**_VIDEO, **SIZES[s]},
-            (3, 32, 224, 224),
-            _VIDEO_SRC,
-        )
-        for s in ("base", "medium", "large", "xlarge")
+_CLIP, _WAVE = (3, 32, 224, 224), (1, 153600)
+register_variants(
+    VattTransformer,
+    {
+        **{f"vatt-video-{s}": ({**_VIDEO, **SIZES[s]}, _CLIP) for s in ("base", "medium", "large", "xlarge")},
+        "vatt-video-tiny": (
+            {**_VIDEO, "patch": (2, 8, 8), "buckets": (2, 4, 4), **SIZES["tiny"]},
+            (3, 4, 32, 32),
+        ),
     },
-    **{
-        f"vatt-audio-{s}": (
-            VattTransformer,
-            {**_AUDIO, **SIZES[s]},
-            (1, 153600),
-            _AUDIO_SRC,
-        )
-        for s in ("base", "medium", "large")
+    task="video-backbone",
+    source=_SRC + "configs/video.py, modeling/backbones/video/vitx3d.py",
+)
+register_variants(
+    VattTransformer,
+    {
+        **{f"vatt-audio-{s}": ({**_AUDIO, **SIZES[s]}, _WAVE) for s in ("base", "medium", "large")},
+        "vatt-audio-tiny": ({**_AUDIO, "patch": (16,), "buckets": (32,), **SIZES["tiny"]}, (1, 512)),
     },
-    **{
-        f"vatt-ut-{s}": (
-            UniversalVatt,
-            SIZES[s],
-            (3, 32, 224, 224),
-            _UT_SRC,
-        )
-        for s in ("base", "medium", "large")
+    task="audio-backbone",
+    source=_SRC + "configs/audio.py, modeling/backbones/audio/autx1d.py",
+)
+register_variants(
+    UniversalVatt,
+    {
+        **{f"vatt-ut-{s}": (SIZES[s], _CLIP) for s in ("base", "medium", "large")},
+        "vatt-ut-tiny": ({**SIZES["tiny"], **_TINY_UT}, (3, 4, 32, 32)),
     },
-    "vatt-video-tiny": (
-        VattTransformer,
-        {"modality": "video", "patch": (2, 8, 8), "buckets": (2, 4, 4), **SIZES["tiny"]},
-        (3, 4, 32, 32),
-        _VIDEO_SRC,
-    ),
-    "vatt-audio-tiny": (
-        VattTransformer,
-        {"modality": "audio", "patch": (16,), "buckets": (32,), **SIZES["tiny"]},
-        (1, 512),
-        _AUDIO_SRC,
-    ),
-    "vatt-ut-tiny": (UniversalVatt, {**SIZES["tiny"], **_TINY_UT}, (3, 4, 32, 32), _UT_SRC),
-}
-
-
-def _register(name: str) -> None:
-    cls, fixed, default_input, source = VARIANTS[name]
-
-    def builder(**kwargs) -> Backbone:
-        return cls(**{**fixed, **kwargs})
-
-    builder.__name__ = name.replace("-", "_")
-    task = "multimodal-backbone" if cls is UniversalVatt else f"{fixed['modality']}-backbone"
-    register(
-        name,
-        task=task,
-        default_input=default_input,
-        source=source + ("; tiny test variant" if "tiny" in name else ""),
-    )(builder)
-
-
-for _name in VARIANTS:
-    _register(_name)
+    task="multimodal-backbone",
+    source=_SRC + "configs/unified.py, modeling/backbones/unified/uvatt.py",
+)

@@ -22,9 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from vvk.models.backbones.base import Backbone, FeatureSpec
+from vvk.models.backbones.base import Backbone, FeatureSpec, register_variants
 from vvk.models.layers.transformer import TransformerLayer, init_transformer_weights
-from vvk.models.registry import register
 
 CLIP_VOCAB_SIZE = 49408
 CLIP_EOT_TOKEN = 49407  # open_clip pads with 0 after <end_of_text>
@@ -148,35 +147,17 @@ class VattTextTransformer(Backbone):
         return {"tokens": FeatureSpec(self.d_model, 1), "pooled": FeatureSpec(self.d_model, 1)}
 
 
-# vatt/configs/text.py::T5Small (and T5Base for reference); the tiny variant is for tests.
-VARIANTS = {
-    "vatt-text-small": {},
-    "vatt-text-tiny": {
-        "d_embedding": 32,
-        "d_model": 32,
-        "d_kv": 16,
-        "d_ff": 64,
-        "num_layers": 2,
-        "num_heads": 2,
+# vatt/configs/text.py::T5Small; the tiny variant is for tests.
+register_variants(
+    VattTextTransformer,
+    {
+        "vatt-text-small": ({}, (16,)),
+        "vatt-text-tiny": (
+            {"d_embedding": 32, "d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 2, "num_heads": 2},
+            (16,),
+        ),
     },
-}
-
-
-def _register(name: str) -> None:
-    def builder(**kwargs) -> VattTextTransformer:
-        return VattTextTransformer(**{**VARIANTS[name], **kwargs})
-
-    builder.__name__ = name.replace("-", "_")
-    source = (
-        "google-research/google-research: vatt/configs/text.py (T5Small), vatt/modeling/backbones/text/t5.py"
-    )
-    register(
-        name,
-        task="text-backbone",
-        default_input=(16,),
-        source=source + ("; tiny test variant" if "tiny" in name else ""),
-    )(builder)
-
-
-for _name in VARIANTS:
-    _register(_name)
+    task="text-backbone",
+    source="google-research/google-research: vatt/configs/text.py (T5Small),"
+    " vatt/modeling/backbones/text/t5.py",
+)

@@ -1,7 +1,7 @@
 """Building blocks shared by several model families (written once, imported everywhere)."""
 
 from vvk.models.layers.conv import ConvNormAct, activation_layer, init_conv_weights
-from vvk.models.layers.mbconv import MBConv
+from vvk.models.layers.mbconv import MBConv, mbconv_group
 from vvk.models.layers.squeeze_excitation import SqueezeExcitation
 from vvk.models.layers.stochastic_depth import StochasticDepth, drop_rate_for_block
 
@@ -13,4 +13,5 @@ __all__ = [
     "activation_layer",
     "drop_rate_for_block",
     "init_conv_weights",
+    "mbconv_group",
 ]

@@ -66,3 +66,17 @@ class MBConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         y = self.project(self.se(self.depthwise(self.expand(x))))
         return x + self.drop(y) if self.has_residual else y
+
+
+def mbconv_group(
+    in_channels: int, out_channels: int, repeats: int, *, stride: int = 1, **block
+) -> nn.Sequential:
+    """``repeats`` MBConv blocks; only the first changes width and stride (``block_group``)."""
+    return nn.Sequential(
+        *(
+            MBConv(
+                in_channels if r == 0 else out_channels, out_channels, stride=stride if r == 0 else 1, **block
+            )
+            for r in range(repeats)
+        )
+    )
