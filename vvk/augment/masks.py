@@ -77,18 +77,10 @@ class LocalMask:
         height, width = self.frame
         m = self.tight()
         h, w = m.bits.shape
-        # The window's full-height column strip, column-major, is a contiguous slice of the
-        # frame's column-major pixel order; everything before and after it is background.
-        strip = np.zeros((w, height), dtype=bool)  # (columns, rows): row-major here = column-major
-        strip[:, m.top : m.top + h] = m.bits.T
-        flat = strip.ravel()
-        if flat.size == 0:
+        if h == 0:
             return rle_from_runs([height * width], height, width)
-        changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-        runs = np.diff(np.concatenate(([0], changes, [flat.size]))).tolist()  # python ints
-        if flat[0]:
-            runs.insert(0, 0)  # RLE counts always start with a (possibly empty) run of zeros
-        runs[0] += m.left * height
+        runs = _column_runs(m.bits, m.top, height)
+        runs[0] += m.left * height  # the empty columns left of the window
         trailing = (width - m.left - w) * height
         if len(runs) % 2 == 1:  # the last run is zeros
             runs[-1] += trailing
@@ -119,3 +111,32 @@ class LocalMask:
             flat[0::2], flat[1::2] = xs, ys
             polygons.append([round(float(v), 2) for v in flat])
         return polygons
+
+
+def _column_runs(bits: np.ndarray, top: int, height: int) -> list[int]:
+    """Column-major run lengths (zeros first) of the full-height strip holding ``bits`` at ``top``.
+
+    Each window column is padded with one background pixel above and below; a pad stands for
+    all the background rows on its side, so the work is the window's, not the strip's.
+    """
+    h, w = bits.shape
+    bottom = height - top - h
+    if top == 0 and bottom == 0:  # full height: the window is the strip
+        seq, pitch = bits.T.ravel(), 0
+    else:
+        padded = np.zeros((w, h + 2), dtype=bool)  # (w, h) -> (w, h + 2): pads above and below
+        padded[:, 1:-1] = bits.T
+        seq, pitch = padded.ravel(), h + 2
+    edges = np.concatenate(([0], np.flatnonzero(seq[1:] != seq[:-1]) + 1, [seq.size]))
+    starts, ends = edges[:-1], edges[1:]
+    runs = ends - starts
+    if pitch:
+        tops = (ends + pitch - 1) // pitch - (starts + pitch - 1) // pitch  # top pads in each run
+        bottoms = ends // pitch - starts // pitch  # bottom pads in each run
+        runs = runs + tops * (top - 1) + bottoms * (bottom - 1)
+    runs = runs.tolist()
+    if seq[0]:
+        runs.insert(0, 0)  # RLE counts always start with a (possibly empty) run of zeros
+    if len(runs) > 1 and runs[-1] == 0:
+        runs.pop()  # an empty final run (a zero-height bottom pad) is not written
+    return runs
