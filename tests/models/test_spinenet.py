@@ -8,6 +8,7 @@ import torch
 
 from vvk.models import build
 from vvk.models.backbones.eff_spinenet import round_filters
+from vvk.models.backbones.scale_permuted import BlockSpec, Node, merge_plan
 from vvk.models.backbones.spinenet import spinenet
 
 SIZES = (128, 256, 384, 512, 640)
@@ -99,3 +100,14 @@ def test_round_filters_matches_the_tpu_helper():
     assert round_filters(16, 0.4) == 8  # 6.4 -> minimum 8
     assert round_filters(168, 1.1) == 184  # 184.8 -> 184
     assert round_filters(136, 1.4) == 192  # 190.4 -> 192
+
+
+def test_merge_plan_counts_parents_as_consumed_first():
+    nodes = [Node(3, 8), Node(3, 8), Node(4, 8), Node(3, 8)]  # 3 stem nodes, then block 0's output
+    extras, outputs = merge_plan(nodes, [BlockSpec(3, (0, 2), True)], [8], first_block=3)
+    # node 1 is unconsumed at level 3 and width 8: summed in; parent 0 is not summed a second time
+    assert extras == [(1,)] and outputs == {3: 3}
+    extras, _ = merge_plan(nodes, [BlockSpec(3, (0, 2), True)], [16], first_block=3)
+    assert extras == [()]  # width differs: nothing to merge
+    with pytest.raises(ValueError, match="reads node 3"):
+        merge_plan(nodes, [BlockSpec(3, (0, 3), True)], [8], first_block=3)

@@ -82,36 +82,20 @@ class ScalePermutedBackbone(Backbone):
     ):
         super().__init__()
         self.stem = stem
-        nodes = list(stem_nodes)
-        out_degree = [0] * len(nodes)
-        self.blocks, self.resamplers = nn.ModuleList(), nn.ModuleList()
-        self.parents: list[tuple[int, ...]] = []  # per block: nodes read through a resampler
-        self.extras: list[tuple[int, ...]] = []  # per block: out-degree-0 nodes summed as they are
-        outputs: dict[int, int] = {}
-        for i, spec in enumerate(specs):
-            drop_rate = drop_rate_for_block(stochastic_depth_rate, i + 1, len(specs))
-            block, in_channels, out_node = make_block(i, spec, drop_rate)
-            for p in spec.inputs:
-                if p >= len(nodes):
-                    raise ValueError(f"block {i} reads node {p}, but only {len(nodes)} exist")
-                out_degree[p] += 1
-            self.resamplers.append(
-                nn.ModuleList(make_resample(nodes[p], spec.level, in_channels) for p in spec.inputs)
-            )
-            extras = []
-            if spec.is_output:
-                for j, node in enumerate(nodes):
-                    if out_degree[j] == 0 and node.level == spec.level and node.channels == in_channels:
-                        out_degree[j] += 1
-                        extras.append(j)
-                if spec.level in outputs:
-                    raise ValueError(f"two output blocks at level {spec.level}")
-                outputs[spec.level] = len(nodes)
-            self.parents.append(tuple(spec.inputs))
-            self.extras.append(tuple(extras))
-            self.blocks.append(block)
-            nodes.append(out_node)
-            out_degree.append(0)
+        built = [
+            make_block(i, spec, drop_rate_for_block(stochastic_depth_rate, i + 1, len(specs)))
+            for i, spec in enumerate(specs)
+        ]
+        self.blocks = nn.ModuleList(block for block, _, _ in built)
+        in_widths = [width for _, width, _ in built]
+        nodes = [*stem_nodes, *(node for _, _, node in built)]
+        self.parents = [tuple(spec.inputs) for spec in specs]  # per block: nodes read through a resampler
+        # per block: unconsumed nodes summed as they are; and the node of each output level
+        self.extras, outputs = merge_plan(nodes, specs, in_widths, first_block=len(stem_nodes))
+        self.resamplers = nn.ModuleList(
+            nn.ModuleList(make_resample(nodes[p], spec.level, width) for p in spec.inputs)
+            for spec, width in zip(specs, in_widths, strict=True)
+        )
         missing = [lvl for lvl in range(min_level, max_level + 1) if lvl not in outputs]
         if missing:
             raise ValueError(f"no output block at level(s) {missing}")
@@ -147,3 +131,37 @@ class ScalePermutedBackbone(Backbone):
 
     def output_shape(self) -> dict[str, FeatureSpec]:
         return {f"P{lvl}": FeatureSpec(self.endpoint_channels, 2**lvl) for lvl in self.levels}
+
+
+def merge_plan(
+    nodes: Sequence[Node], specs: Sequence[BlockSpec], in_widths: Sequence[int], *, first_block: int
+) -> tuple[list[tuple[int, ...]], dict[int, int]]:
+    """The output-block merge rule, as pure bookkeeping.
+
+    Returns, per block, the earlier nodes it sums besides its two parents (unconsumed, same level,
+    same width as the block's input), and the node id of the output block of each level.
+    ``nodes`` lists every node (stem first, block *i* is node ``first_block + i``).
+    """
+    out_degree = [0] * len(nodes)
+    extras: list[tuple[int, ...]] = []
+    outputs: dict[int, int] = {}
+    for i, (spec, width) in enumerate(zip(specs, in_widths, strict=True)):
+        here = first_block + i  # only nodes[:here] exist when block i is built
+        for p in spec.inputs:
+            if p >= here:
+                raise ValueError(f"block {i} reads node {p}, but only {here} exist")
+            out_degree[p] += 1  # parents count as consumed before the search (all references)
+        merged: tuple[int, ...] = ()
+        if spec.is_output:
+            merged = tuple(
+                j
+                for j in range(here)
+                if out_degree[j] == 0 and nodes[j].level == spec.level and nodes[j].channels == width
+            )
+            for j in merged:
+                out_degree[j] += 1
+            if spec.level in outputs:
+                raise ValueError(f"two output blocks at level {spec.level}")
+            outputs[spec.level] = here
+        extras.append(merged)
+    return extras, outputs

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from vvk.models.backbones.base import Backbone, FeatureSpec, register_variants
 from vvk.models.backbones.vatt_text import CLIP_VOCAB_SIZE, clip_padding_mask
-from vvk.models.layers.transformer import TransformerLayer, init_transformer_weights
+from vvk.models.layers.transformer import TransformerLayer, init_transformer_weights, token_parameter
 
 
 def _resize_table(table: Tensor, length: int) -> Tensor:
@@ -151,12 +151,6 @@ def _with_agg(agg: Tensor, tokens: Tensor) -> Tensor:
     return torch.cat([agg.expand(tokens.shape[0], 1, -1), tokens], dim=1)  # (B, N, D) -> (B, 1+N, D)
 
 
-def _agg_parameter(dim: int) -> nn.Parameter:
-    agg = nn.Parameter(torch.empty(dim))
-    nn.init.xavier_normal_(agg.view(1, -1))  # glorot_normal in the reference
-    return agg
-
-
 class VattTransformer(Backbone):
     """Video ViT or audio WaT: raw signal -> {"tokens": (B, N, D), "pooled": (B, D)}.
 
@@ -187,7 +181,7 @@ class VattTransformer(Backbone):
         self.tokenizer = _Tokenizer(
             modality, d_model=d_model, patch=patch, buckets=buckets, pre_projection=False, dropout=dropout
         )
-        self.agg_token = _agg_parameter(d_model)
+        self.agg_token = token_parameter(d_model)
         self.encoder = _Encoder(
             d_model=d_model, d_kv=d_kv, d_ff=d_ff, num_layers=num_layers, num_heads=num_heads, dropout=dropout
         )
@@ -249,7 +243,7 @@ class UniversalVatt(Backbone):
                 ),
             }
         )
-        self.agg_tokens = nn.ParameterDict({m: _agg_parameter(d_model) for m in self.tokenizers})
+        self.agg_tokens = nn.ParameterDict({m: token_parameter(d_model) for m in self.tokenizers})
         self.encoder = _Encoder(
             d_model=d_model, d_kv=d_kv, d_ff=d_ff, num_layers=num_layers, num_heads=num_heads, dropout=dropout
         )

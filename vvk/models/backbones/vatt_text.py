@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from vvk.models.backbones.base import Backbone, FeatureSpec, register_variants
-from vvk.models.layers.transformer import TransformerLayer, init_transformer_weights
+from vvk.models.layers.transformer import TransformerLayer, init_transformer_weights, token_parameter
 
 CLIP_VOCAB_SIZE = 49408
 CLIP_EOT_TOKEN = 49407  # open_clip pads with 0 after <end_of_text>
@@ -94,7 +94,7 @@ class VattTextTransformer(Backbone):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, d_embedding)
         self.embedding.weight.requires_grad_(not freeze_embeddings)
-        self.agg_token = nn.Parameter(torch.empty(d_embedding))
+        self.agg_token = token_parameter(d_embedding)
         self.pre_proj = nn.Sequential(nn.Linear(d_embedding, d_model, bias=False), nn.GELU())
         self.relative_bias = nn.Embedding(relative_buckets, num_heads)
         self.layers = nn.ModuleList(
@@ -118,7 +118,6 @@ class VattTextTransformer(Backbone):
         self.d_model = d_model
         init_transformer_weights(self)
         nn.init.trunc_normal_(self.embedding.weight, std=d_embedding**-0.5)
-        nn.init.xavier_normal_(self.agg_token.view(1, -1))
 
     def _position_bias(self, length: int, device: torch.device) -> Tensor:
         pos = torch.arange(length, device=device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -93,6 +94,13 @@ class TransformerLayer(nn.Module):
     def forward(self, x: Tensor, attn_bias: Tensor | None = None) -> Tensor:
         x = x + self.drop(self.attn(self.attn_norm(x), attn_bias))
         return x + self.drop(self.ffn(self.ffn_norm(x)))
+
+
+def token_parameter(dim: int) -> nn.Parameter:
+    """A learned special token (VATT's AGG), Glorot-normal initialised like the reference."""
+    token = nn.Parameter(torch.empty(dim))
+    nn.init.xavier_normal_(token.view(1, -1))  # (D,) seen as a (1, D) matrix for the fan computation
+    return token
 
 
 def init_transformer_weights(model: nn.Module) -> None:
