@@ -19,25 +19,41 @@ P = TypeVar("P")
 
 
 def apply_overrides(preset: P, assignments: list[str]) -> P:
-    """Replace preset fields from ``key=value`` strings (``--set``), type-checked."""
-    hints = typing.get_type_hints(type(preset))
-    changes: dict[str, Any] = {}
+    """Replace preset fields from ``key=value`` strings (``--set``), type-checked.
+
+    Nested dataclass fields are reached with dots: ``train.lr=0.2``.
+    """
     for assignment in assignments:
         key, sep, raw = assignment.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise VvkError(f"--set {assignment!r}: expected key=value")
-        if key not in hints:
-            import difflib
+        path = [part.strip().replace("-", "_") for part in key.split(".")]
+        preset = _replace_path(preset, path, raw.strip(), key.strip())
+    return preset
 
-            close = difflib.get_close_matches(key, hints, n=3)
-            hint = f"did you mean {', '.join(close)}?" if close else f"fields: {', '.join(sorted(hints))}"
-            raise VvkError(f"--set {key}: no such preset field", hint=hint)
-        try:
-            changes[key] = parse_value(raw.strip(), hints[key])
-        except ValueError as e:
-            raise VvkError(f"--set {key}={raw}: {e}") from e
-    return dataclasses.replace(preset, **changes)
+
+def _replace_path(obj: Any, path: list[str], raw: str, full_key: str) -> Any:
+    hints = typing.get_type_hints(type(obj))
+    name = path[0]
+    if name not in hints:
+        import difflib
+
+        close = difflib.get_close_matches(name, hints, n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else f"fields: {', '.join(sorted(hints))}"
+        raise VvkError(f"--set {full_key}: no such preset field", hint=hint)
+    current = getattr(obj, name)
+    if len(path) > 1:
+        if not dataclasses.is_dataclass(current):
+            raise VvkError(f"--set {full_key}: '{name}' has no fields")
+        return dataclasses.replace(obj, **{name: _replace_path(current, path[1:], raw, full_key)})
+    if dataclasses.is_dataclass(current):
+        fields = ", ".join(f"{name}.{f.name}" for f in dataclasses.fields(current))
+        raise VvkError(f"--set {full_key}: set one of its fields instead", hint=fields[:300])
+    try:
+        value = parse_value(raw, hints[name])
+    except ValueError as e:
+        raise VvkError(f"--set {full_key}={raw}: {e}") from e
+    return dataclasses.replace(obj, **{name: value})
 
 
 def parse_value(raw: str, annotation: Any) -> Any:
