@@ -124,7 +124,7 @@ class ClipDataset(Dataset):
         self.captions = dict(captions or {})
         self.seed = seed
         self.max_retries = max_retries
-        self.bad_files = bad_files or BadFiles()
+        self.bad_files = BadFiles() if bad_files is None else bad_files
         self.classes = list(classes)
         self.clips: list[tuple[VideoItem, VideoMeta, int]] = []
         for item in items:

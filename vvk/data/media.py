@@ -80,5 +80,9 @@ class VideoMeta:
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:
-    """The first line of an exception message, for one-line warnings."""
+    """The first line of an exception message, for one-line warnings. FFmpeg and OS errors give
+    their reason alone (their full message repeats the file name, which the warning has)."""
+    reason = getattr(e, "strerror", None)
+    if isinstance(reason, str) and reason:
+        return reason[:limit]
     return (str(e).splitlines() or [type(e).__name__])[0][:limit]

@@ -127,7 +127,8 @@ def long_short_positions(
     long: tuple[int, int],
     short: tuple[int, int],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """TeG: a long clip and a short clip inside it, each (frames, stride).
+    """TeG: a long clip and a short clip inside it, each (frames, stride). The short clip starts
+    on one of the long clip's frames, so with equal strides every short frame is a long one.
 
     Returns (long positions, short positions, index map), where ``index_map[j]`` is where short
     frame j falls on the long clip's frame axis (fractional when it falls between two long
@@ -139,7 +140,7 @@ def long_short_positions(
             f"the short clip ({short_span} positions) does not fit in the long one ({long_span})"
         )
     long_start = random_start(num_frames, long_span, rng)
-    short_start = long_start + int(rng.integers(0, long_span - short_span + 1))
+    short_start = long_start + long[1] * int(rng.integers(0, (long_span - short_span) // long[1] + 1))
     long_pos = clip_positions(long_start, *long)
     short_pos = clip_positions(short_start, *short)
     index_map = (short_pos - long_start) / long[1]

@@ -131,7 +131,8 @@ def _train(
     batches = iter(loader)  # workers start and prefetch here
     if saved:
         set_rng_state(saved["rng"][min(ctx.rank, len(saved["rng"]) - 1)])
-    bad_files = getattr(data, "bad_files", None) or BadFiles()
+    bad_files = getattr(data, "bad_files", None)
+    bad_files = BadFiles() if bad_files is None else bad_files
     log = TrainLog(run, config, active=ctx.is_main, world_size=ctx.world_size, start_step=step)
 
     def checkpoint(at: int) -> None:

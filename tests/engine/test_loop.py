@@ -1,0 +1,268 @@
+"""The training loop in one process: learning, accumulation, signals, non-finite losses, the run folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+import vvk.models
+from vvk.engine import NonFiniteLoss, RunDir, TrainConfig, train
+from vvk.errors import VvkError
+from vvk.models.registry import register, unregister
+
+
+class Regression(Dataset):
+    """y = x · w_true; items keyed like ClipDataset ((index, draw) or index)."""
+
+    def __init__(self, size: int = 32):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(size, 6, generator=g)
+        self.y = self.x @ torch.arange(1.0, 7.0)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, key):
+        index = key[0] if isinstance(key, tuple) else key
+        return {"x": self.x[index], "y": self.y[index], "skipped": []}
+
+
+def mse_step(model, batch):
+    return {"loss": (model(batch["x"]).squeeze(1) - batch["y"]).pow(2).mean()}
+
+
+def _config(**kw):
+    defaults = {"steps": 40, "batch_size": 4, "lr": 0.02, "num_workers": 0, "progress": False, "log_every": 5}
+    return TrainConfig(**{**defaults, **kw})
+
+
+def _linear():
+    torch.manual_seed(0)
+    return nn.Linear(6, 1)
+
+
+def _weights(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_it_learns_and_writes_the_run_folder(tmp_path):
+    model = _linear()
+    result = train(
+        model=model, step_fn=mse_step, data=Regression(), config=_config(), run_dir=tmp_path, method="toy"
+    )
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert lines[-1]["loss"] < 0.05 * lines[0]["loss"]
+    assert {"lr", "steps_per_s", "clips_per_s", "time"} <= set(lines[0])
+    assert json.loads((tmp_path / "run.json").read_text())["method"] == "toy"
+    assert json.loads((tmp_path / "config.json").read_text())["steps"] == 40
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["step"] == 40 and summary["bad_files"]["count"] == 0
+    assert result.status == "finished" and RunDir(tmp_path).latest().name == "step-00000040"
+
+
+def test_gradient_accumulation_equals_the_large_batch(tmp_path):
+    big, small = _linear(), _linear()
+    train(
+        model=big,
+        step_fn=mse_step,
+        data=Regression(),
+        config=_config(steps=6, batch_size=4),
+        run_dir=tmp_path / "a",
+        method="t",
+    )
+    config = _config(steps=6, batch_size=2, grad_accum=2)
+    train(model=small, step_fn=mse_step, data=Regression(), config=config, run_dir=tmp_path / "b", method="t")
+    torch.testing.assert_close(_weights(big), _weights(small), rtol=0, atol=1e-6)
+
+
+def test_without_a_loss_key_the_total_is_the_sum_and_extras_are_logged(tmp_path):
+    def parts(model, batch):
+        err = model(batch["x"]).squeeze(1) - batch["y"]
+        return {"l1": err.abs().mean(), "l2": err.pow(2).mean()}
+
+    train(
+        model=_linear(),
+        step_fn=parts,
+        data=Regression(),
+        config=_config(steps=5),
+        run_dir=tmp_path,
+        method="t",
+    )
+    line = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert line["loss"] == pytest.approx(line["l1"] + line["l2"], rel=1e-5)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_a_checkpoint_and_resuming_matches_an_uninterrupted_run(tmp_path, signum):
+    calls = []
+
+    def step_then_signal(model, batch):
+        calls.append(1)
+        if len(calls) == 7:
+            os.kill(os.getpid(), signum)  # arrives mid-step; the step still completes
+        return mse_step(model, batch)
+
+    config = _config(steps=12, checkpoint_every=0, ema_decay=0.8)
+    stopped = _linear()
+    result = train(
+        model=stopped,
+        step_fn=step_then_signal,
+        data=Regression(),
+        config=config,
+        run_dir=tmp_path / "r",
+        method="t",
+    )
+    assert result.status == "interrupted" and result.step == 7
+    assert RunDir(tmp_path / "r").latest().name == "step-00000007"
+    resumed = train(
+        model=_linear(),
+        step_fn=mse_step,
+        data=Regression(),
+        config=config,
+        run_dir=tmp_path / "r",
+        method="t",
+        resume=True,
+    )
+    assert resumed.status == "finished" and resumed.summary["steps_this_session"] == 5
+    straight = _linear()
+    train(
+        model=straight, step_fn=mse_step, data=Regression(), config=config, run_dir=tmp_path / "s", method="t"
+    )
+    ema_resumed = vvk_weights(tmp_path / "r")
+    torch.testing.assert_close(ema_resumed, vvk_weights(tmp_path / "s"), rtol=0, atol=1e-6)
+
+
+def vvk_weights(run_dir):
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(RunDir(run_dir).latest() / "ema.safetensors"))
+    return torch.cat([tensors[k].flatten() for k in sorted(tensors)])
+
+
+def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    calls = []
+
+    def goes_nan(model, batch):
+        calls.append(1)
+        loss = mse_step(model, batch)["loss"]
+        return {"loss": loss * float("nan") if len(calls) == 5 else loss}
+
+    model = _linear()
+    with pytest.raises(NonFiniteLoss) as e:
+        train(
+            model=model,
+            step_fn=goes_nan,
+            data=Regression(),
+            config=_config(checkpoint_every=3),
+            run_dir=tmp_path,
+            method="t",
+        )
+    assert "non-finite loss at step 5 (loss=nan)" in str(e.value)
+    assert "step-00000003" in str(e.value)
+    assert torch.isfinite(_weights(model)).all()  # the bad step was never applied
+    assert RunDir(tmp_path).latest().name == "step-00000003"
+
+
+def test_resume_is_refused_for_another_method_and_a_used_folder_needs_resume(tmp_path):
+    train(
+        model=_linear(),
+        step_fn=mse_step,
+        data=Regression(),
+        config=_config(steps=2),
+        run_dir=tmp_path,
+        method="teg",
+    )
+    with pytest.raises(VvkError, match="was trained by 'teg', not 'vatt'"):
+        train(
+            model=_linear(),
+            step_fn=mse_step,
+            data=Regression(),
+            config=_config(steps=4),
+            run_dir=tmp_path,
+            method="vatt",
+            resume=True,
+        )
+    with pytest.raises(VvkError, match="already holds a run"):
+        train(
+            model=_linear(),
+            step_fn=mse_step,
+            data=Regression(),
+            config=_config(steps=4),
+            run_dir=tmp_path,
+            method="teg",
+        )
+    with pytest.raises(VvkError, match="holds no run"):
+        train(
+            model=_linear(),
+            step_fn=mse_step,
+            data=Regression(),
+            config=_config(),
+            run_dir=tmp_path / "new",
+            method="teg",
+            resume=True,
+        )
+
+
+def test_checkpoints_are_pruned_and_loadable_with_vvk_models(tmp_path):
+    register("engine-test-linear", task="test", default_input=(6,))(lambda **kw: nn.Linear(6, 1, **kw))
+    try:
+        torch.manual_seed(0)
+        model = vvk.models.build("engine-test-linear")
+        config = _config(steps=10, checkpoint_every=2, keep_checkpoints=2)
+        train(model=model, step_fn=mse_step, data=Regression(), config=config, run_dir=tmp_path, method="t")
+        kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*"))
+        assert kept == ["step-00000008", "step-00000010"]
+        loaded = vvk.models.load(tmp_path / "checkpoints" / "step-00000010" / "model.safetensors")
+        torch.testing.assert_close(_weights(loaded), _weights(model))
+        assert (
+            json.loads((tmp_path / "checkpoints" / "step-00000010" / "model.json").read_text())["step"] == 10
+        )
+    finally:
+        unregister("engine-test-linear")
+
+
+def test_precision_choices_on_the_cpu(tmp_path):
+    result = train(
+        model=_linear(),
+        step_fn=mse_step,
+        data=Regression(),
+        config=_config(steps=3, precision="bf16"),
+        run_dir=tmp_path / "a",
+        method="t",
+    )
+    assert result.status == "finished"
+    with pytest.raises(VvkError, match="fp16 needs a GPU"):
+        train(
+            model=_linear(),
+            step_fn=mse_step,
+            data=Regression(),
+            config=_config(steps=3, precision="fp16"),
+            run_dir=tmp_path / "b",
+            method="t",
+        )
+
+
+def test_tensorboard_is_optional(tmp_path):
+    config = _config(steps=2, tensorboard=True)
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(VvkError, match="pip install tensorboard"):
+            train(
+                model=_linear(),
+                step_fn=mse_step,
+                data=Regression(),
+                config=config,
+                run_dir=tmp_path,
+                method="t",
+            )
+        return
+    train(model=_linear(), step_fn=mse_step, data=Regression(), config=config, run_dir=tmp_path, method="t")
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

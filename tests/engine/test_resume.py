@@ -1,0 +1,68 @@
+"""Deterministic resume: kill a real training process with SIGKILL, resume it, get the same weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import torch
+from safetensors.torch import load_file
+
+
+def _wait_for(path, process, timeout=180.0):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.1)
+
+
+def test_sigkill_then_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, toy_command):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = subprocess.Popen(
+        toy_command(tmp_path / "straight", tmp_path / "straight_out", "--steps", "8"),
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    # Checkpoints at steps 3 and 6; this one blocks inside step 6 (with loader workers running)
+    # and is killed there: steps 4 and 5 are lost and must be redone identically.
+    killed = subprocess.Popen(
+        toy_command(tmp_path / "run", tmp_path / "out", "--steps", "8", "--hang-at", "6"),
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    _wait_for(tmp_path / "out" / "hanging", killed)
+    os.killpg(killed.pid, signal.SIGKILL)  # the process and its loader workers, no chance to clean up
+    killed.communicate()
+    assert killed.returncode == -signal.SIGKILL
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step-00000003"
+
+    resumed = subprocess.run(
+        toy_command(tmp_path / "run", tmp_path / "out", "--steps", "8", "--resume"),
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _, err = straight.communicate(timeout=300)
+    assert straight.returncode == 0, err[-3000:]
+
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["steps_this_session"] == 5
+    ours = torch.load(tmp_path / "out" / "final-rank0.pt")
+    theirs = torch.load(tmp_path / "straight_out" / "final-rank0.pt")
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=1e-6, msg=name)
+    ema_ours = load_file(str(tmp_path / "run" / "checkpoints" / "step-00000008" / "ema.safetensors"))
+    ema_theirs = load_file(str(tmp_path / "straight" / "checkpoints" / "step-00000008" / "ema.safetensors"))
+    for name in ema_ours:
+        torch.testing.assert_close(ema_ours[name], ema_theirs[name], rtol=0, atol=1e-6, msg=name)
+
+    # The losses after resuming are the uninterrupted run's, step by step.
+    def losses(run):
+        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in lines}
+
+    assert {s: v for s, v in losses(tmp_path / "run").items() if s > 3} == {
+        s: v for s, v in losses(tmp_path / "straight").items() if s > 3
+    }
