@@ -142,8 +142,12 @@ class OpTester(ABC):
         for op, args in self.opcheck_cases():
             torch.library.opcheck(op, args)
 
+    def compile_inputs(self) -> dict:
+        """Inputs for the ``torch.compile(fullgraph=True)`` test (data-dependent options left out)."""
+        return self.make_inputs(device="cpu", dtype=torch.float32)
+
     def test_compiles_without_graph_breaks(self):
-        inputs = self.make_inputs(device="cpu", dtype=torch.float32)
+        inputs = self.compile_inputs()
         compiled = torch.compile(lambda inp: self.fn(inp, "reference"), backend="aot_eager", fullgraph=True)
         torch.testing.assert_close(compiled(inputs), self.fn(inputs, "reference"))
 

@@ -198,6 +198,8 @@ def _positives(positives: Tensor | None, n: int, m: int, device) -> Tensor:
             f"contrastive_loss: positives must be integer (N={n}, P), got {tuple(positives.shape)}"
         )
     positives = positives.to(device=device, dtype=torch.long)
+    if torch.compiler.is_compiling():
+        return positives  # the value check syncs with the device and would break the graph
     if bool(((positives < -1) | (positives >= m)).any()) or not bool((positives >= 0).any(1).all()):
         raise ValueError(
             f"contrastive_loss: positives must be in [0, {m}) with -1 padding, at least one per row"
@@ -302,6 +304,7 @@ def contrastive_loss(
     if reduction not in REDUCTIONS:
         raise ValueError(f"contrastive_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
     n, m = q.shape[0], k.shape[0]
+    pairs_on_diagonal = positives is None
     positives = _positives(positives, n, m, q.device)
     group_q, group_k = _groups(groups, exclude_self, n, m, q.device)
     scale = _scale(temperature, q)
@@ -315,7 +318,9 @@ def contrastive_loss(
     loss = _direction(q, k, positives, group_q, group_k, *options)
     if not symmetric:
         return reference.reduce_loss(loss, reduction)
-    loss_t = _direction(k, q, transpose_positives(positives, m), group_k, group_q, *options)
+    # The diagonal is its own transpose; other positive sets have a data-dependent transpose.
+    positives_t = positives if pairs_on_diagonal else transpose_positives(positives, m)
+    loss_t = _direction(k, q, positives_t, group_k, group_q, *options)
     return reference.reduce_symmetric(loss, loss_t, reduction)
 
 
@@ -365,4 +370,4 @@ class ContrastiveLoss(nn.Module):
     def extra_repr(self) -> str:
         shown = {key: value for key, value in self.options.items() if key != "process_group"}
         items = ", ".join(f"{key}={value!r}" for key, value in shown.items())
-        return f"temperature={float(self.temperature):.4g}, {items}"
+        return f"temperature={float(self.temperature.detach()):.4g}, {items}"

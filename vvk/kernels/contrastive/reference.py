@@ -144,6 +144,7 @@ def lse_forward(
     """``lse_i = logsumexp_{j in A(i)} scale * <q_i, k_j>`` for every row: ``(N,)``."""
     q, k = _upcast(q, k)
     scale = scale.to(q.dtype)
+    block_rows, block_cols = block_rows or DEFAULT_BLOCK_ROWS, block_cols or DEFAULT_BLOCK_COLS
     lse = q.new_empty(q.shape[0])
     for r0, r1 in _tiles(q.shape[0], block_rows):
         running_max = q.new_full((r1 - r0,), float("-inf"))
@@ -181,6 +182,7 @@ def lse_backward(
     """
     q32, k32, grad_lse = _upcast(q, k, grad_lse)
     scale = scale.to(q32.dtype)
+    block_rows, block_cols = block_rows or DEFAULT_BLOCK_ROWS, block_cols or DEFAULT_BLOCK_COLS
     dq = torch.zeros_like(q32)
     dk = torch.zeros_like(k32)
     finite_lse = torch.where(torch.isinf(lse), 0.0, lse).to(q32.dtype)  # fully dropped rows: p = 0
