@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
 import pytest
 import torch
 
-from vvk.data.datasets import BadFiles, ClipDataset, collate, open_video_dataset
+from vvk.data.datasets import BadFiles, ClipDataset, ClipTable, collate, open_video_dataset
 from vvk.data.index import build_index
 from vvk.data.loader import ShardedSampler, make_loader
+from vvk.data.media import VideoMeta
 from vvk.data.samplers import AudioVisualClip, LongShortClips, RandomClip, TwoViews, UniformClips
 from vvk.data.sources import VideoItem, read_list
 from vvk.data.synth import read_frame_code, write_video
@@ -106,6 +108,16 @@ def test_vatt_clip_with_audio_and_captions(shared_data):
         t0, t1 = first / 2.0, end / 2.0
         captions = sorted(data.captions[item.video_id], key=lambda c: c.start)
         assert text == [c.text for c in captions if c.start < t1 and c.end > t0]
+
+
+def test_clip_table_round_trips_items_and_metadata():
+    meta = VideoMeta(duration=2.5, fps=29.97, num_frames=75, width=640, height=360, rotation=270, start=0.04,
+                     has_audio=True, audio_rate=44100, codec="h264", clock="dts")  # fmt: skip
+    silent = dataclasses.replace(meta, has_audio=False, audio_rate=None, codec="mpeg4", clock="pts")
+    rows = [(VideoItem("/videos/a.mp4", 3, 1.5, None), meta, 70), (VideoItem("/videos/b.mp4"), silent, 12)]
+    table = ClipTable(rows)
+    assert [table[i] for i in range(len(table))] == rows
+    assert {name for name, _ in ClipTable.META} == {f.name for f in dataclasses.fields(VideoMeta)}
 
 
 def test_sharded_sampler_gives_ranks_disjoint_data_and_resumes_exactly():

@@ -8,6 +8,7 @@ import signal
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -37,25 +38,36 @@ def mse_step(model, batch):
     return {"loss": (model(batch["x"]).squeeze(1) - batch["y"]).pow(2).mean()}
 
 
-def _config(**kw):
-    defaults = {"steps": 40, "batch_size": 4, "lr": 0.02, "num_workers": 0, "progress": False, "log_every": 5}
-    return TrainConfig(**{**defaults, **kw})
-
-
 def _linear():
     torch.manual_seed(0)
     return nn.Linear(6, 1)
+
+
+def run(run_dir, *, model=None, step_fn=mse_step, method="t", resume=False, **config):
+    """``train`` on the regression set with small defaults; ``config`` overrides TrainConfig fields."""
+    defaults = {"steps": 40, "batch_size": 4, "lr": 0.02, "num_workers": 0, "progress": False, "log_every": 5}
+    return train(
+        model=_linear() if model is None else model,
+        step_fn=step_fn,
+        data=Regression(),
+        config=TrainConfig(**{**defaults, **config}),
+        run_dir=run_dir,
+        method=method,
+        resume=resume,
+    )
 
 
 def _weights(model):
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
+def _ema_weights(run_dir):
+    tensors = load_file(str(RunDir(run_dir).latest() / "ema.safetensors"))
+    return torch.cat([tensors[k].flatten() for k in sorted(tensors)])
+
+
 def test_it_learns_and_writes_the_run_folder(tmp_path):
-    model = _linear()
-    result = train(
-        model=model, step_fn=mse_step, data=Regression(), config=_config(), run_dir=tmp_path, method="toy"
-    )
+    result = run(tmp_path, method="toy")
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [5, 10, 15, 20, 25, 30, 35, 40]
     assert lines[-1]["loss"] < 0.05 * lines[0]["loss"]
@@ -69,16 +81,8 @@ def test_it_learns_and_writes_the_run_folder(tmp_path):
 
 def test_gradient_accumulation_equals_the_large_batch(tmp_path):
     big, small = _linear(), _linear()
-    train(
-        model=big,
-        step_fn=mse_step,
-        data=Regression(),
-        config=_config(steps=6, batch_size=4),
-        run_dir=tmp_path / "a",
-        method="t",
-    )
-    config = _config(steps=6, batch_size=2, grad_accum=2)
-    train(model=small, step_fn=mse_step, data=Regression(), config=config, run_dir=tmp_path / "b", method="t")
+    run(tmp_path / "a", model=big, steps=6, batch_size=4)
+    run(tmp_path / "b", model=small, steps=6, batch_size=2, grad_accum=2)
     torch.testing.assert_close(_weights(big), _weights(small), rtol=0, atol=1e-6)
 
 
@@ -87,14 +91,7 @@ def test_without_a_loss_key_the_total_is_the_sum_and_extras_are_logged(tmp_path)
         err = model(batch["x"]).squeeze(1) - batch["y"]
         return {"l1": err.abs().mean(), "l2": err.pow(2).mean()}
 
-    train(
-        model=_linear(),
-        step_fn=parts,
-        data=Regression(),
-        config=_config(steps=5),
-        run_dir=tmp_path,
-        method="t",
-    )
+    run(tmp_path, step_fn=parts, steps=5)
     line = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert line["loss"] == pytest.approx(line["l1"] + line["l2"], rel=1e-5)
 
@@ -109,41 +106,14 @@ def test_a_signal_saves_a_checkpoint_and_resuming_matches_an_uninterrupted_run(t
             os.kill(os.getpid(), signum)  # arrives mid-step; the step still completes
         return mse_step(model, batch)
 
-    config = _config(steps=12, checkpoint_every=0, ema_decay=0.8)
-    stopped = _linear()
-    result = train(
-        model=stopped,
-        step_fn=step_then_signal,
-        data=Regression(),
-        config=config,
-        run_dir=tmp_path / "r",
-        method="t",
-    )
+    settings = {"steps": 12, "checkpoint_every": 0, "ema_decay": 0.8}
+    result = run(tmp_path / "r", step_fn=step_then_signal, **settings)
     assert result.status == "interrupted" and result.step == 7
     assert RunDir(tmp_path / "r").latest().name == "step-00000007"
-    resumed = train(
-        model=_linear(),
-        step_fn=mse_step,
-        data=Regression(),
-        config=config,
-        run_dir=tmp_path / "r",
-        method="t",
-        resume=True,
-    )
+    resumed = run(tmp_path / "r", resume=True, **settings)
     assert resumed.status == "finished" and resumed.summary["steps_this_session"] == 5
-    straight = _linear()
-    train(
-        model=straight, step_fn=mse_step, data=Regression(), config=config, run_dir=tmp_path / "s", method="t"
-    )
-    ema_resumed = vvk_weights(tmp_path / "r")
-    torch.testing.assert_close(ema_resumed, vvk_weights(tmp_path / "s"), rtol=0, atol=1e-6)
-
-
-def vvk_weights(run_dir):
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(RunDir(run_dir).latest() / "ema.safetensors"))
-    return torch.cat([tensors[k].flatten() for k in sorted(tensors)])
+    run(tmp_path / "s", **settings)
+    torch.testing.assert_close(_ema_weights(tmp_path / "r"), _ema_weights(tmp_path / "s"), rtol=0, atol=1e-6)
 
 
 def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -156,14 +126,7 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
     model = _linear()
     with pytest.raises(NonFiniteLoss) as e:
-        train(
-            model=model,
-            step_fn=goes_nan,
-            data=Regression(),
-            config=_config(checkpoint_every=3),
-            run_dir=tmp_path,
-            method="t",
-        )
+        run(tmp_path, model=model, step_fn=goes_nan, checkpoint_every=3)
     assert "non-finite loss at step 5 (loss=nan)" in str(e.value)
     assert "step-00000003" in str(e.value)
     assert torch.isfinite(_weights(model)).all()  # the bad step was never applied
@@ -171,43 +134,13 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_resume_is_refused_for_another_method_and_a_used_folder_needs_resume(tmp_path):
-    train(
-        model=_linear(),
-        step_fn=mse_step,
-        data=Regression(),
-        config=_config(steps=2),
-        run_dir=tmp_path,
-        method="teg",
-    )
+    run(tmp_path, method="teg", steps=2)
     with pytest.raises(VvkError, match="was trained by 'teg', not 'vatt'"):
-        train(
-            model=_linear(),
-            step_fn=mse_step,
-            data=Regression(),
-            config=_config(steps=4),
-            run_dir=tmp_path,
-            method="vatt",
-            resume=True,
-        )
+        run(tmp_path, method="vatt", resume=True, steps=4)
     with pytest.raises(VvkError, match="already holds a run"):
-        train(
-            model=_linear(),
-            step_fn=mse_step,
-            data=Regression(),
-            config=_config(steps=4),
-            run_dir=tmp_path,
-            method="teg",
-        )
+        run(tmp_path, method="teg", steps=4)
     with pytest.raises(VvkError, match="holds no run"):
-        train(
-            model=_linear(),
-            step_fn=mse_step,
-            data=Regression(),
-            config=_config(),
-            run_dir=tmp_path / "new",
-            method="teg",
-            resume=True,
-        )
+        run(tmp_path / "new", method="teg", resume=True)
 
 
 def test_checkpoints_are_pruned_and_loadable_with_vvk_models(tmp_path):
@@ -215,8 +148,7 @@ def test_checkpoints_are_pruned_and_loadable_with_vvk_models(tmp_path):
     try:
         torch.manual_seed(0)
         model = vvk.models.build("engine-test-linear")
-        config = _config(steps=10, checkpoint_every=2, keep_checkpoints=2)
-        train(model=model, step_fn=mse_step, data=Regression(), config=config, run_dir=tmp_path, method="t")
+        run(tmp_path, model=model, steps=10, checkpoint_every=2, keep_checkpoints=2)
         kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*"))
         assert kept == ["step-00000008", "step-00000010"]
         loaded = vvk.models.load(tmp_path / "checkpoints" / "step-00000010" / "model.safetensors")
@@ -229,40 +161,17 @@ def test_checkpoints_are_pruned_and_loadable_with_vvk_models(tmp_path):
 
 
 def test_precision_choices_on_the_cpu(tmp_path):
-    result = train(
-        model=_linear(),
-        step_fn=mse_step,
-        data=Regression(),
-        config=_config(steps=3, precision="bf16"),
-        run_dir=tmp_path / "a",
-        method="t",
-    )
-    assert result.status == "finished"
+    assert run(tmp_path / "a", steps=3, precision="bf16").status == "finished"
     with pytest.raises(VvkError, match="fp16 needs a GPU"):
-        train(
-            model=_linear(),
-            step_fn=mse_step,
-            data=Regression(),
-            config=_config(steps=3, precision="fp16"),
-            run_dir=tmp_path / "b",
-            method="t",
-        )
+        run(tmp_path / "b", steps=3, precision="fp16")
 
 
 def test_tensorboard_is_optional(tmp_path):
-    config = _config(steps=2, tensorboard=True)
     try:
         import tensorboard  # noqa: F401
     except ImportError:
         with pytest.raises(VvkError, match="pip install tensorboard"):
-            train(
-                model=_linear(),
-                step_fn=mse_step,
-                data=Regression(),
-                config=config,
-                run_dir=tmp_path,
-                method="t",
-            )
+            run(tmp_path, steps=2, tensorboard=True)
         return
-    train(model=_linear(), step_fn=mse_step, data=Regression(), config=config, run_dir=tmp_path, method="t")
+    run(tmp_path, steps=2, tensorboard=True)
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

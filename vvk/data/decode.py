@@ -28,7 +28,7 @@ SizeArg = int | tuple[int, int] | None
 
 # First bytes of containers FFmpeg reads: a file that starts like one but does not open has lost
 # its end (an mp4 whose index, the `moov` box, was at the end) rather than never being a video.
-_CLOCK_CHECK_FRAMES = 32  # frames decoded by `probe` to check that timestamps increase
+_CLOCK_CHECK_FRAMES = 16  # frames decoded by `probe` to check that timestamps increase
 _CONTAINER_MAGIC = (
     (4, b"ftyp"),
     (0, b"RIFF"),
@@ -216,8 +216,7 @@ class PyAVDecoder:
         self.seek_gap = seek_gap
         self.threads = threads
 
-    def probe(self, path: str | os.PathLike, *, deep: bool = False) -> VideoMeta:
-        return probe(path, deep=deep)
+    probe = staticmethod(probe)
 
     def frames(
         self, path: str | os.PathLike, times: np.ndarray, *, meta: VideoMeta, size: SizeArg = None

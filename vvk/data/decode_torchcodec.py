@@ -26,8 +26,7 @@ class TorchCodecDecoder:
     def __init__(self, *, threads: int = 1):
         self.threads = threads
 
-    def probe(self, path: str | os.PathLike, *, deep: bool = False) -> VideoMeta:
-        return probe(path, deep=deep)
+    probe = staticmethod(probe)  # PyAV's: both decoders see the same metadata
 
     def frames(
         self, path: str | os.PathLike, times: np.ndarray, *, meta: VideoMeta, size: SizeArg = None
