@@ -104,18 +104,22 @@ def test_rotated_phone_video_comes_out_upright(tmp_path, rotation):
     assert read_frame_code(stored) == 5
 
 
-def test_a_seek_that_overshoots_falls_back_to_decoding_from_the_start(tmp_path, monkeypatch):
-    path = write_video(tmp_path / "v.mp4", num_frames=150, fps=25)
+@pytest.mark.parametrize("late", [2.0, 100.0])  # caught by seeking further back / decoding from the start
+def test_a_seek_that_lands_late_is_caught(tmp_path, monkeypatch, late):
+    path = write_video(tmp_path / "v.mp4", num_frames=200, fps=25)
     meta = probe(path)
     real_seek = decode._seek
+    seeks = []
 
-    def broken_seek(container, stream, seconds):  # a container without a usable index
-        real_seek(container, stream, None if seconds is None else seconds + 2.0)
+    def late_seek(container, stream, seconds):  # a container with a sparse or broken index
+        seeks.append(seconds)
+        real_seek(container, stream, None if seconds is None else seconds + late)
 
-    monkeypatch.setattr(decode, "_seek", broken_seek)
-    positions = np.array([10, 60, 61, 120])
+    monkeypatch.setattr(decode, "_seek", late_seek)
+    positions = np.array([10, 100, 101, 180])
     got = PyAVDecoder(seek_gap=0.5).frames(path, (positions + 0.5) / 25, meta=meta)
     assert [read_frame_code(f) for f in got] == positions.tolist()
+    assert (None in seeks) == (late == 100.0)
 
 
 @pytest.mark.parametrize("container,codec", [("mkv", "pcm_s16le"), ("mp4", "aac")])

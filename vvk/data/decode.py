@@ -28,6 +28,8 @@ SizeArg = int | tuple[int, int] | None
 
 # First bytes of containers FFmpeg reads: a file that starts like one but does not open has lost
 # its end (an mp4 whose index, the `moov` box, was at the end) rather than never being a video.
+_SEEK_BACKOFF = 3.0  # seconds to seek further back when a seek lands after its target
+_LATE = 1e-6  # a seek that lands on a frame later than this after its target missed it
 _CLOCK_CHECK_FRAMES = 16  # frames decoded by `probe` to check that timestamps increase
 _CONTAINER_MAGIC = (
     (4, b"ftyp"),
@@ -106,7 +108,7 @@ def probe(path: str | os.PathLike, *, deep: bool = False) -> VideoMeta:
         codec = stream.codec_context.name
         audio_rate = int(audio.rate) if audio is not None and audio.rate else None
         first, clock = _decode_check(path, deep=deep)
-        _, duration = _span([p if clock == "pts" else d for p, d in stamps], stream)
+        duration = _duration([p if clock == "pts" else d for p, d in stamps], stream)
         # The clock starts at the first frame the decoder emits (a decoder's delay shifts dts).
         stamp = first.pts if clock == "pts" else first.dts
         start = float(stamp * stream.time_base) if stamp is not None else 0.0
@@ -128,15 +130,14 @@ def probe(path: str | os.PathLike, *, deep: bool = False) -> VideoMeta:
     )
 
 
-def _span(pts: list[int | None], stream) -> tuple[float, float]:
-    """(first time, duration) in seconds from packet timestamps; a stream without them (rare
-    raw streams) falls back to its nominal rate."""
-    if any(p is None for p in pts) or len(pts) < 2:
-        rate = float(stream.average_rate or stream.guessed_rate or 25)
-        return 0.0, len(pts) / rate
-    times = np.sort(np.asarray(pts, dtype=np.float64)) * float(stream.time_base)
+def _duration(stamps: list[int | None], stream) -> float:
+    """Seconds from the first frame's start to the last one's end, from packet timestamps; a
+    stream without them (rare raw streams) falls back to its nominal rate."""
+    if any(p is None for p in stamps) or len(stamps) < 2:
+        return len(stamps) / float(stream.average_rate or stream.guessed_rate or 25)
+    times = np.sort(np.asarray(stamps, dtype=np.float64)) * float(stream.time_base)
     step = float(np.median(np.diff(times)))  # the last frame lasts as long as a typical one
-    return float(times[0]), float(times[-1] - times[0] + step)
+    return float(times[-1] - times[0] + step)
 
 
 def _decode_check(path: str | os.PathLike, *, deep: bool) -> tuple[object, str]:
@@ -235,19 +236,19 @@ class PyAVDecoder:
         with open_media(path) as container:
             stream = container.streams.video[0]
             stream.codec_context.thread_count = self.threads
-            tolerance = 0.5 / meta.fps + 1e-6
             for lo, hi in seek_runs(wanted, self.seek_gap):
                 if wanted[lo] <= self.seek_gap:  # near the start: no seek needed
                     _fill(_timed_frames(container, stream, meta), wanted, lo, hi, put, overshoot=None)
                     continue
-                _seek(container, stream, meta.start + wanted[lo])
-                timed = _timed_frames(container, stream, meta)
-                if not _fill(timed, wanted, lo, hi, put, overshoot=tolerance):
-                    # The seek landed after its target: no usable index. Decode everything left
-                    # in one pass from the start.
+                for back in (0.0, _SEEK_BACKOFF):  # a seek may land late (sparse index): retry earlier
+                    _seek(container, stream, meta.start + max(0.0, wanted[lo] - back))
+                    if _fill(_timed_frames(container, stream, meta), wanted, lo, hi, put, overshoot=_LATE):
+                        break
+                else:  # no usable index: decode everything left in one pass from the start
                     _seek(container, stream, None)
-                    timed = _timed_frames(container, stream, meta)
-                    _fill(timed, wanted, lo, len(wanted), put, overshoot=None)
+                    _fill(
+                        _timed_frames(container, stream, meta), wanted, lo, len(wanted), put, overshoot=None
+                    )
                     break
         return out[inverse]
 
@@ -313,7 +314,7 @@ def _fill(
 ) -> bool:
     """Give each ``wanted[lo:hi]`` the frame on screen at that time (``frames_on_screen``,
     streamed). Returns False, having put nothing, when the first frame comes more than
-    ``overshoot`` seconds after the first wanted time."""
+    ``overshoot`` seconds after the first wanted time, or none comes (a seek past the end)."""
     k, previous = lo, None
     for t, frame in timed:
         if previous is None and overshoot is not None and t > wanted[lo] + overshoot:
@@ -325,6 +326,8 @@ def _fill(
             return True
         previous = frame
     if previous is None:
+        if overshoot is not None:
+            return False
         raise BadVideo("decode_error", "no frame could be decoded")
     for j in range(k, hi):  # past the last frame: it stays on screen
         put(j, previous)

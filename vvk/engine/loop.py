@@ -134,26 +134,7 @@ def _train(
     bad_files = getattr(data, "bad_files", None)
     bad_files = BadFiles() if bad_files is None else bad_files
     log = TrainLog(run, config, active=ctx.is_main, world_size=ctx.world_size, start_step=step)
-
-    def checkpoint(at: int) -> None:
-        rngs = gather_objects(rng_state(), ctx)  # collective: every rank takes part
-        if ctx.is_main:
-            trainer = {
-                "step": at,
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": rngs,
-            }
-            run.save(
-                at,
-                model=model,
-                trainer=trainer,
-                ema=ema and ema.module,
-                arch=arch,
-                keep=config.keep_checkpoints,
-            )
-        barrier(ctx)
-
+    state = {"model": model, "optimizer": optimizer, "scaler": scaler, "ema": ema, "arch": arch}
     losses: dict[str, float] = {}
     status = "finished"
     with StopRequest() as stop, contextlib.closing(log):
@@ -174,9 +155,8 @@ def _train(
                 for name, value in {"loss": total, **out}.items():
                     sums[name] = sums.get(name, 0.0) + value.detach().float() / config.grad_accum
             # One all-reduce and one device sync per step: every rank sees the same numbers.
-            losses = dict(
-                zip(sums, mean_across_ranks(torch.stack(list(sums.values())), ctx).tolist(), strict=True)
-            )
+            reduced = mean_across_ranks(torch.stack(list(sums.values())), ctx)
+            losses = dict(zip(sums, reduced.tolist(), strict=True))
             _stop_if_not_finite(losses, step + 1, run)
             scaler.unscale_(optimizer)
             grad_norm = (
@@ -192,18 +172,34 @@ def _train(
             step += 1
             log.step(step, losses, lr=lr, grad_norm=grad_norm)
             stopping = any_rank(stop.requested is not None, ctx)
-            if (
-                stopping
-                or step == config.steps
-                or (config.checkpoint_every and step % config.checkpoint_every == 0)
-            ):
-                checkpoint(step)
+            if stopping or _checkpoint_due(step, config):
+                _checkpoint(run, ctx, step, keep=config.keep_checkpoints, **state)
             if stopping:
                 status = "interrupted"
                 break
         bad = _merge_bad_files(gather_objects(bad_files.summary(), ctx))
         summary = log.finish(status=status, step=step, losses=losses, bad_files=bad)
     return TrainResult(status, step, losses, run.path, summary)
+
+
+def _checkpoint_due(step: int, config: TrainConfig) -> bool:
+    every = config.checkpoint_every
+    return step == config.steps or (every > 0 and step % every == 0)
+
+
+def _checkpoint(
+    run: RunDir, ctx: DistContext, step: int, *, model, optimizer, scaler, ema, arch, keep: int
+) -> None:
+    rngs = gather_objects(rng_state(), ctx)  # collective: every rank takes part, rank 0 writes
+    if ctx.is_main:
+        trainer = {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": rngs,
+        }
+        run.save(step, model=model, trainer=trainer, ema=ema and ema.module, arch=arch, keep=keep)
+    barrier(ctx)
 
 
 def _restore(run: RunDir, ctx: DistContext, model, ema, optimizer, scaler) -> dict[str, Any] | None:
