@@ -1,0 +1,59 @@
+"""What a pretraining method provides, so that one orchestration (``vvk.methods.pretrain``) and
+one training loop (``vvk.engine``) serve every method.
+
+A method is a module (``vvk/methods/cvrl.py``, ``constcl.py``, ``teg.py``, ``vatt.py``) with:
+
+- ``PRESETS: dict[str, <Preset>]``: frozen dataclasses (``tiny`` for a laptop CPU and tests,
+  ``paper`` with the reference hyperparameters, each field commented with its source). A preset
+  has a ``backbone`` (registry name), a ``size`` (decoded frame side) and ``train``
+  (``vvk.engine.TrainConfig``); ``--set`` reaches any field (``train.lr=0.1``).
+- ``sampler(preset) -> ClipSampler``: the clips a training sample needs.
+- ``build(preset) -> PretrainModel``: the training module.
+- ``dataset_options(preset) -> dict``: extra ``ClipDataset`` arguments (audio rate, captions).
+
+The training module's ``forward(batch) -> dict[str, Tensor]`` takes the collated batch as it
+comes from the loader (uint8 clips on the device), augments, embeds and returns named losses
+(the total under ``"loss"``, the rest logged). It exposes ``backbone``, the network that is
+exported to ``backbone.safetensors`` and evaluated.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from vvk.models.backbones.base import Backbone
+
+
+class PretrainModel(nn.Module):
+    """Base of every method's training module: holds the backbone that gets exported."""
+
+    backbone: Backbone
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Method(Protocol):
+    """The module-level interface of ``vvk/methods/<name>.py`` (see the module docstring)."""
+
+    NAME: str
+    PRESETS: dict[str, Any]
+
+    def sampler(self, preset: Any) -> Any: ...
+
+    def build(self, preset: Any) -> PretrainModel: ...
+
+    def dataset_options(self, preset: Any) -> dict[str, Any]: ...
+
+
+def process_group() -> dist.ProcessGroup | None:
+    """The default group when several processes train together, for losses that gather keys."""
+    return dist.group.WORLD if dist.is_available() and dist.is_initialized() else None
+
+
+def global_pool(x: Tensor) -> Tensor:
+    """(B, C, T, H, W) or (B, C, H, W) -> (B, C) by averaging everything but the channels."""
+    return x.flatten(2).mean(dim=2)
