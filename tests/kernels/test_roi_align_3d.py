@@ -18,13 +18,15 @@ from op_tester import (
 
 from vvk.kernels import RoIAlign3d, roi_align_3d, roi_align_tube
 
-# torchvision's test_ops.py forward case, plus a box partly outside and one wholly outside.
+# torchvision's test_ops.py forward case, plus a box partly outside, one wholly outside and one
+# smaller than a pixel (which the legacy aligned=False rule stretches to one pixel).
 TV_ROIS = [
     [0, 0, 0, 9, 9],
     [0, 0, 5, 4, 9],
     [0, 5, 5, 9, 9],
     [1, 0, 0, 9, 9],
     [0, -3, -2, 4, 5],
+    [1, 3, 3, 3.5, 3.2],
     [1, 20, 20, 30, 30],
 ]
 # torchvision's backward case.

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 DEFAULT_BLOCK_ROWS = 1024
-DEFAULT_BLOCK_COLS = 2048
+DEFAULT_BLOCK_COLS = 4096
 
 
 def plain_contrastive_loss(
@@ -123,11 +123,22 @@ def _upcast(*tensors: Tensor) -> tuple[Tensor, ...]:
     return tuple(t if t.dtype in (torch.float32, torch.float64) else t.float() for t in tensors)
 
 
-def _tile_logits(qb: Tensor, kb: Tensor, scale: Tensor, dropped: Tensor | None) -> Tensor:
-    logits = (qb @ kb.T).mul_(scale)
-    if dropped is not None:
-        logits.masked_fill_(dropped, float("-inf"))
-    return logits
+def _tile_products(rows: Tensor, cols: Tensor, block_rows: int, block_cols: int, masks):
+    """Yields ``(r0, r1, c0, c1, rows[r0:r1] @ cols[c0:c1].T)`` tile by tile, with dropped entries -inf.
+
+    All tiles share one preallocated buffer (a fresh large allocation per tile costs page faults
+    that, on the CPU, take longer than the tile's matmul); a tile is valid until the next one.
+    """
+    buffer = rows.new_empty(min(block_rows, rows.shape[0]) * min(block_cols, cols.shape[0]))
+    for r0, r1 in _tiles(rows.shape[0], block_rows):
+        for c0, c1 in _tiles(cols.shape[0], block_cols):
+            tile = torch.mm(
+                rows[r0:r1], cols[c0:c1].T, out=buffer[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
+            )
+            dropped = _dropped_tile(slice(r0, r1), c0, c1, *masks)
+            if dropped is not None:
+                tile.masked_fill_(dropped, float("-inf"))
+            yield r0, r1, c0, c1, tile
 
 
 @torch.no_grad()
@@ -143,24 +154,25 @@ def lse_forward(
 ) -> Tensor:
     """``lse_i = logsumexp_{j in A(i)} scale * <q_i, k_j>`` for every row: ``(N,)``."""
     q, k = _upcast(q, k)
-    scale = scale.to(q.dtype)
-    block_rows, block_cols = block_rows or DEFAULT_BLOCK_ROWS, block_cols or DEFAULT_BLOCK_COLS
-    lse = q.new_empty(q.shape[0])
-    for r0, r1 in _tiles(q.shape[0], block_rows):
-        running_max = q.new_full((r1 - r0,), float("-inf"))
-        running_sum = q.new_zeros(r1 - r0)
-        for c0, c1 in _tiles(k.shape[0], block_cols):
-            dropped = _dropped_tile(slice(r0, r1), c0, c1, positives, group_q, group_k)
-            logits = _tile_logits(q[r0:r1], k[c0:c1], scale, dropped)
-            new_max = torch.maximum(running_max, logits.amax(dim=1))
-            # A row whose columns so far are all dropped keeps max -inf; shift by 0 instead.
-            shift = torch.where(torch.isinf(new_max), 0.0, new_max)
-            running_sum = running_sum * torch.exp(running_max - shift) + logits.sub_(
-                shift[:, None]
-            ).exp_().sum(1)
-            running_max = new_max
-        lse[r0:r1] = torch.where(torch.isinf(running_max), running_max, running_max + torch.log(running_sum))
-    return lse
+    scaled_q = q * scale.to(q.dtype)  # (N, D): the scale rides on the matmul, not on every tile
+    running_max = q.new_full((q.shape[0],), float("-inf"))
+    running_sum = q.new_zeros(q.shape[0])
+    tiles = _tile_products(
+        scaled_q,
+        k,
+        block_rows or DEFAULT_BLOCK_ROWS,
+        block_cols or DEFAULT_BLOCK_COLS,
+        (positives, group_q, group_k),
+    )
+    for r0, r1, _, _, logits in tiles:
+        old_max = running_max[r0:r1]
+        new_max = torch.maximum(old_max, logits.amax(dim=1))
+        # A row whose columns so far are all dropped keeps max -inf; shift it by 0 instead.
+        shift = torch.where(torch.isinf(new_max), 0.0, new_max)
+        tile_sum = logits.sub_(shift[:, None]).exp_().sum(1)
+        running_sum[r0:r1] = running_sum[r0:r1] * torch.exp(old_max - shift) + tile_sum
+        running_max[r0:r1] = new_max
+    return torch.where(torch.isinf(running_max), running_max, running_max + torch.log(running_sum))
 
 
 @torch.no_grad()
@@ -178,20 +190,31 @@ def lse_backward(
 ) -> tuple[Tensor, Tensor]:
     """``(dq, dk)`` of ``sum_i grad_lse_i * lse_i``, recomputing ``p_ij = exp(s_ij - lse_i)`` per tile.
 
-    ``dq_i = scale * sum_j grad_i p_ij k_j`` and ``dk_j = scale * sum_i grad_i p_ij q_i``.
+    ``dq_i = scale * sum_j g_i p_ij k_j`` and ``dk_j = scale * sum_i g_i p_ij q_i``. The row
+    offset ``log g_i - lse_i`` rides on the tile matmul as an extra feature column
+    (``[scale * q_i, offset_i] . [k_j, 1]``), so each tile costs one ``exp`` pass.
     """
     q32, k32, grad_lse = _upcast(q, k, grad_lse)
-    scale = scale.to(q32.dtype)
-    block_rows, block_cols = block_rows or DEFAULT_BLOCK_ROWS, block_cols or DEFAULT_BLOCK_COLS
-    dq = torch.zeros_like(q32)
-    dk = torch.zeros_like(k32)
-    finite_lse = torch.where(torch.isinf(lse), 0.0, lse).to(q32.dtype)  # fully dropped rows: p = 0
-    for r0, r1 in _tiles(q32.shape[0], block_rows):
-        weight = grad_lse[r0:r1, None].to(q32.dtype)
-        for c0, c1 in _tiles(k32.shape[0], block_cols):
-            dropped = _dropped_tile(slice(r0, r1), c0, c1, positives, group_q, group_k)
-            p = _tile_logits(q32[r0:r1], k32[c0:c1], scale, dropped)
-            p.sub_(finite_lse[r0:r1, None]).exp_().mul_(weight)
-            dq[r0:r1].addmm_(p, k32[c0:c1])
-            dk[c0:c1].addmm_(p.T, q32[r0:r1])
-    return (dq * scale).to(q.dtype), (dk * scale).to(k.dtype)
+    dtype = q32.dtype
+    scale = scale.to(dtype)
+    lse = torch.where(torch.isinf(lse), 0.0, lse).to(dtype)  # fully dropped rows: every p_ij is 0
+    grad_lse = grad_lse.to(dtype)
+    fold_grad = bool((grad_lse >= 0).all())  # log g needs g >= 0 (log 0 = -inf gives p = 0)
+    offset = (torch.log(grad_lse) - lse) if fold_grad else -lse
+    rows = torch.cat([q32 * scale, offset[:, None]], dim=1)  # (N, D + 1)
+    cols = torch.cat([k32, k32.new_ones(k32.shape[0], 1)], dim=1)  # (M, D + 1)
+    dq, dk = torch.zeros_like(q32), torch.zeros_like(k32)
+    tiles = _tile_products(
+        rows,
+        cols,
+        block_rows or DEFAULT_BLOCK_ROWS,
+        block_cols or DEFAULT_BLOCK_COLS,
+        (positives, group_q, group_k),
+    )
+    for r0, r1, c0, c1, p in tiles:
+        p.exp_()
+        if not fold_grad:
+            p.mul_(grad_lse[r0:r1, None])
+        dq[r0:r1].addmm_(p, k32[c0:c1])
+        dk[c0:c1].addmm_(p.T, rows[r0:r1, :-1])  # rows carry scale * q already
+    return (dq * scale).to(q.dtype), dk.to(k.dtype)
