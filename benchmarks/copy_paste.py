@@ -4,14 +4,16 @@ the augmentation does to the object count and category distribution.
     python benchmarks/copy_paste.py [--size 1024] [--copies 4] [--repeats 5]
 
 Three runs over the same tiny_coco images, the same random draws, the same output size, one
-process each, interleaved ``--repeats`` times (the machine is shared: medians are reported):
+process each, interleaved ``--repeats`` times. The machine is shared with other jobs, so both
+wall and CPU seconds (this process and its children) are recorded, and medians reported:
 
 - ``copy_paste``: ``vvk.augment.augment_coco`` (workers=1), the whole command minus printing.
 - ``floor_two_images``: for every output, decode the destination and the source, jitter both,
-  encode the destination as JPEG: every copy-paste must do at least this.
+  encode the destination as JPEG: every copy that pastes must do at least this.
 - ``floor_one_image``: decode, jitter and encode the destination only (plain scale jitter).
 
-Then ``augment_coco`` with workers 1 and 2 (spawned processes, start-up included), and the
+Then ``augment_coco`` with workers 1 and 2 (spawned processes, start-up included: wall speedup,
+and the CPU seconds of 2 workers over 1, which is 1.0 for perfect scaling), and the
 per-category object counts of input and output. Writes benchmarks/results/copy_paste.json.
 """
 
@@ -21,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import tempfile
@@ -38,9 +41,22 @@ from vvk.testing import shared_data_reason, shared_data_root
 RESULTS = Path(__file__).parent / "results" / "copy_paste.json"
 
 
-def floor_run(src: Path, options: CopyPasteOptions, out_dir: Path, *, with_source: bool) -> float:
-    """Seconds to read, jitter and write every output image without any pasting."""
-    start = time.perf_counter()
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children: far steadier than wall time on a
+    machine shared with other jobs, and the parallel overhead shows up in it."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, float, object]:
+    """(wall seconds, CPU seconds, result) of one call."""
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    result = fn(*args, **kwargs)
+    return time.perf_counter() - wall, cpu_seconds() - cpu, result
+
+
+def floor_run(src: Path, options: CopyPasteOptions, out_dir: Path, *, with_source: bool) -> None:
+    """Read, jitter and write every output image without any pasting."""
     dataset = load_coco(*find_coco_layout(src))
     plan, _, _ = build_plan(dataset, dataset, options)
     out_dir.mkdir(parents=True)
@@ -53,15 +69,6 @@ def floor_run(src: Path, options: CopyPasteOptions, out_dir: Path, *, with_sourc
                 source = load_rgb(draw.source.path, exif_orientation=draw.source.exif_orientation)
                 jitter_image(source, draw.src_jitter)
             write_jpeg(out_dir / f"{dst.id:012d}_cp{copy:02d}.jpg", image)
-    return time.perf_counter() - start
-
-
-def copy_paste_run(
-    src: Path, options: CopyPasteOptions, out_dir: Path, *, workers: int
-) -> tuple[float, dict]:
-    start = time.perf_counter()
-    summary = augment_coco(src, out_dir, options=options, workers=workers)
-    return time.perf_counter() - start, summary
 
 
 def category_table(src: Path, output_json: Path) -> list[dict]:
@@ -90,6 +97,7 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--scaling-copies", type=int, default=8)
+    parser.add_argument("--scaling-repeats", type=int, default=3)
     args = parser.parse_args()
     import torch
 
@@ -99,44 +107,67 @@ def main() -> None:
         raise SystemExit(shared_data_reason())
     src = root / "coco" / "tiny_coco"
     options = CopyPasteOptions(copies=args.copies, size=args.size, seed=0)
-    times: dict[str, list[float]] = {"copy_paste": [], "floor_two_images": [], "floor_one_image": []}
+    runs = {
+        "copy_paste": lambda out: augment_coco(src, out, options=options, workers=1),
+        "floor_two_images": lambda out: floor_run(src, options, out, with_source=True),
+        "floor_one_image": lambda out: floor_run(src, options, out, with_source=False),
+    }
+    wall: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
+    scaling_options = CopyPasteOptions(copies=args.scaling_copies, size=args.size, seed=0)
+    scaling: dict[str, dict[int, list[float]]] = {"wall": {1: [], 2: []}, "cpu": {1: [], 2: []}}
+    summary: dict = {}
     work = Path(tempfile.mkdtemp(prefix="vvk-bench-cp-"))
     try:
-        # One untimed round first: imports, page cache and allocator warm-up.
-        floor_run(src, options, work / "warm-f", with_source=True)
-        copy_paste_run(src, options, work / "warm-cp", workers=1)
+        for name, run in runs.items():  # one untimed round: imports, page cache, allocator
+            run(work / f"warm-{name}")
         for r in range(args.repeats):
-            times["floor_one_image"].append(floor_run(src, options, work / f"f1-{r}", with_source=False))
-            times["floor_two_images"].append(floor_run(src, options, work / f"f2-{r}", with_source=True))
-            seconds, summary = copy_paste_run(src, options, work / f"cp-{r}", workers=1)
-            times["copy_paste"].append(seconds)
-        distribution = category_table(src, work / "cp-0" / "annotations" / "instances_train2017.json")
-        scaling_options = CopyPasteOptions(copies=args.scaling_copies, size=args.size, seed=0)
-        scaling: dict[int, list[float]] = {1: [], 2: []}
-        for r in range(max(3, args.repeats // 2)):
+            for name, run in runs.items():
+                seconds, cpu_s, result = timed(run, work / f"{name}-{r}")
+                wall[name].append(seconds)
+                cpu[name].append(cpu_s)
+                if name == "copy_paste":
+                    summary = result
+        distribution = category_table(src, work / "copy_paste-0" / "annotations" / "instances_train2017.json")
+        for r in range(args.scaling_repeats):
             for workers in (1, 2):
-                seconds, _ = copy_paste_run(src, scaling_options, work / f"s{workers}-{r}", workers=workers)
-                scaling[workers].append(seconds)
+                out = work / f"s{workers}-{r}"
+                seconds, cpu_s, _ = timed(augment_coco, src, out, options=scaling_options, workers=workers)
+                scaling["wall"][workers].append(seconds)
+                scaling["cpu"][workers].append(cpu_s)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med_wall = {k: statistics.median(v) for k, v in wall.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     outputs = summary["images_written"]
+    scaling_median = {kind: {w: statistics.median(v) for w, v in d.items()} for kind, d in scaling.items()}
     result = {
         "machine": machine(),
+        "load_average_at_end": os.getloadavg(),
         "data": "tiny_coco (50 COCO train2017 images)",
         "size": args.size,
         "copies": args.copies,
         "outputs_per_run": outputs,
-        "seconds": times,
-        "median_seconds": med,
-        "images_per_second": {k: round(outputs / v, 2) for k, v in med.items()},
-        "ratio_copy_paste_to_floor_two_images": round(med["copy_paste"] / med["floor_two_images"], 3),
-        "ratio_copy_paste_to_floor_one_image": round(med["copy_paste"] / med["floor_one_image"], 3),
+        "wall_seconds": wall,
+        "cpu_seconds": cpu,
+        "median_wall_seconds": med_wall,
+        "median_cpu_seconds": med_cpu,
+        "images_per_second_wall": {k: round(outputs / v, 2) for k, v in med_wall.items()},
+        "ratio_to_floor_two_images": {
+            "wall": round(med_wall["copy_paste"] / med_wall["floor_two_images"], 3),
+            "cpu": round(med_cpu["copy_paste"] / med_cpu["floor_two_images"], 3),
+        },
+        "ratio_to_floor_one_image": {
+            "wall": round(med_wall["copy_paste"] / med_wall["floor_one_image"], 3),
+            "cpu": round(med_cpu["copy_paste"] / med_cpu["floor_one_image"], 3),
+        },
         "scaling": {
             "copies": args.scaling_copies,
+            "outputs": args.scaling_copies * 50,
             "seconds": scaling,
-            "median_seconds": {w: statistics.median(v) for w, v in scaling.items()},
-            "speedup_1_to_2": round(statistics.median(scaling[1]) / statistics.median(scaling[2]), 3),
+            "median": scaling_median,
+            "wall_speedup_1_to_2": round(scaling_median["wall"][1] / scaling_median["wall"][2], 3),
+            "cpu_2_over_1": round(scaling_median["cpu"][2] / scaling_median["cpu"][1], 3),
         },
         "summary_of_one_run": summary,
         "categories": distribution,

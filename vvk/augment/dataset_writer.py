@@ -76,17 +76,17 @@ def augment_coco(
     dst = _check_destination(Path(dst), src_roots, overwrite=overwrite)
     dataset = load_coco(ann_path, images_dir)
     paste_from = load_coco(*source_layout) if source_layout is not None else dataset
-    with _pool(workers) as pool, _one_torch_thread():
+    # Exits run backwards: the workers stop before the staging folder is renamed or removed.
+    with _staging(dst) as stage, _pool(workers) as pool, _one_torch_thread():
         plan, categories, issues = build_plan(dataset, paste_from, options, mapper=pool.map)
-        with _staging(dst, overwrite=overwrite) as stage:
-            image_dir = stage / dataset.split
-            image_dir.mkdir()
-            pool.start(plan, image_dir)
-            copies = _gather(pool.run(len(plan.destinations)), len(plan.destinations), progress)
-            instances = _coco_json(dataset, paste_from, plan, categories, copies, source=source)
-            ann_out = stage / "annotations" / f"instances_{dataset.split}.json"
-            ann_out.parent.mkdir()
-            ann_out.write_text(json.dumps(instances, separators=(",", ":")) + "\n", encoding="utf-8")
+        image_dir = stage / dataset.split
+        image_dir.mkdir()
+        pool.start(plan, image_dir)
+        copies = _gather(pool.run(len(plan.destinations)), len(plan.destinations), progress)
+        instances = _coco_json(dataset, paste_from, plan, categories, copies, source=source)
+        ann_out = stage / "annotations" / f"instances_{dataset.split}.json"
+        ann_out.parent.mkdir()
+        ann_out.write_text(json.dumps(instances, separators=(",", ":")) + "\n", encoding="utf-8")
     for copy in copies:
         issues.update(copy["issues"])
     return {
@@ -413,7 +413,7 @@ def _check_destination(dst: Path, src_roots: list[Path], *, overwrite: bool) -> 
 
 
 @contextmanager
-def _staging(dst: Path, *, overwrite: bool) -> Iterator[Path]:
+def _staging(dst: Path) -> Iterator[Path]:
     """A hidden folder beside ``dst``; renamed to ``dst`` on success, removed on any failure."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
