@@ -250,9 +250,10 @@ def test_bad_inputs_are_skipped_or_converted_and_counted(tmp_path):
         ("empty.jpg", photo, "RGB"),  # no annotations: still a destination
         ("corrupt.jpg", None, "RGB"),
         ("rotated.jpg", None, "RGB"),
+        ("resized.jpg", photo, "RGB"),  # replaced below by a smaller file than the json says
     ]
     cats = [{"id": 1, "name": "thing"}]
-    annotations = [square(k, k, 1) for k in (1, 2, 3, 4, 5, 6, 8, 9)] + [
+    annotations = [square(k, k, 1) for k in (1, 2, 3, 4, 5, 6, 8, 9, 10)] + [
         square(20, 99, 1),  # unknown image
         square(21, 1, 7),  # unknown category
         {**square(22, 1, 1), "segmentation": [[5, 5, 10, 5, 20, 5]]},  # zero area
@@ -260,6 +261,7 @@ def test_bad_inputs_are_skipped_or_converted_and_counted(tmp_path):
     ]
     root = make_dataset(tmp_path / "bad", images, annotations, cats)
     (root / "train2017" / "corrupt.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    Image.fromarray(photo[:30, :40]).save(root / "train2017" / "resized.jpg")
     exif = Image.Exif()
     exif[0x0112] = 8  # stored sideways: 64 rows x 48 columns, upright 48 x 64 as the json says
     Image.fromarray(np.ascontiguousarray(np.rot90(photo, -1))).save(
@@ -278,10 +280,11 @@ def test_bad_inputs_are_skipped_or_converted_and_counted(tmp_path):
         "image_converted_greyscale": 1,
         "image_exif_rotated": 1,
         "image_missing": 1,
+        "image_size_mismatch": 1,
         "image_unreadable": 1,
         "images_without_objects": 1,
     }
-    assert summary["images_written"] == 7  # nine listed, one missing, one corrupt
+    assert summary["images_written"] == 7  # ten listed: one missing, one corrupt, one resized
     out = tmp_path / "out"
     assert check_instances(out / "annotations" / "instances_train2017.json", out / "train2017") == []
     for path in (out / "train2017").iterdir():

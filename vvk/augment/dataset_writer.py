@@ -38,6 +38,7 @@ from vvk.augment.render import (
 )
 from vvk.data.coco import (
     CocoDataset,
+    ImageProbe,
     ImageReadError,
     find_coco_layout,
     load_coco,
@@ -76,13 +77,15 @@ def augment_coco(
     dst = _check_destination(Path(dst), src_roots, overwrite=overwrite)
     dataset = load_coco(ann_path, images_dir)
     paste_from = load_coco(*source_layout) if source_layout is not None else dataset
-    # Exits run backwards: the workers stop before the staging folder is renamed or removed.
-    with _staging(dst) as stage, _pool(workers) as pool, _one_torch_thread():
-        plan, categories, issues = build_plan(dataset, paste_from, options, mapper=pool.map)
+    if workers < 1:
+        raise VvkError(f"--workers must be at least 1, got {workers}")
+    # Contexts exit in reverse: workers stop before the staging folder is renamed or removed.
+    with _staging(dst) as stage, _one_torch_thread():
+        plan, categories, issues = build_plan(dataset, paste_from, options)
         image_dir = stage / dataset.split
         image_dir.mkdir()
-        pool.start(plan, image_dir)
-        copies = _gather(pool.run(len(plan.destinations)), len(plan.destinations), progress)
+        with _rendering(plan, image_dir, workers) as rendered:
+            copies = _gather(rendered, len(plan.destinations), progress)
         instances = _coco_json(dataset, paste_from, plan, categories, copies, source=source)
         ann_out = stage / "annotations" / f"instances_{dataset.split}.json"
         ann_out.parent.mkdir()
@@ -110,13 +113,11 @@ def build_plan(
     dataset: CocoDataset,
     paste_from: CocoDataset,
     options: CopyPasteOptions,
-    *,
-    mapper: Callable[..., Iterable] = map,
 ) -> tuple[Plan, list[dict[str, Any]], Counter]:
     """The plan, the output category list and the input problems found (by reason)."""
     categories, category_map = merge_categories(dataset, paste_from, options.categories)
     issues = Counter(dataset.issues)
-    probes = _probe_all(dataset, mapper, issues, prefix="")
+    probes = _probe_all(dataset, issues, prefix="")
     destinations = tuple(
         _planned(dataset, image_id, probe, {c["id"]: c["id"] for c in dataset.categories}, crowd=True)
         for image_id, probe in probes.items()
@@ -125,7 +126,7 @@ def build_plan(
         source_probes = probes
     else:
         issues.update({f"source_{k}": v for k, v in paste_from.issues.items()})
-        source_probes = _probe_all(paste_from, mapper, issues, prefix="source_")
+        source_probes = _probe_all(paste_from, issues, prefix="source_")
     sources = tuple(
         image
         for image_id, probe in source_probes.items()
@@ -165,35 +166,29 @@ def merge_categories(
     return categories, category_map
 
 
-def _probe_task(args: tuple[str, tuple[int, int]]) -> Any:
-    path, expected = args
-    try:
-        return probe_image(path, expected_size=expected)
-    except ImageReadError as e:
-        return "image_missing" if str(e) == "missing" else "image_unreadable"
-
-
-def _probe_all(dataset: CocoDataset, mapper: Callable, issues: Counter, *, prefix: str) -> dict[int, Any]:
-    """Probes of the readable images whose size matches the json (others counted in issues)."""
-    images = list(dataset.images.values())
-    jobs = [(str(dataset.image_path(im)), (im.width, im.height)) for im in images]
+def _probe_all(dataset: CocoDataset, issues: Counter, *, prefix: str) -> dict[int, ImageProbe]:
+    """Header probes of the readable images whose size matches the json; the others, and the
+    conversions ahead, are counted in ``issues``. Headers only: ~0.2 ms an image."""
     usable = {}
-    for image, probe in zip(images, mapper(_probe_task, jobs), strict=True):
-        if isinstance(probe, str):
-            issues[prefix + probe] += 1
-        elif probe.size != (image.width, image.height):
+    for image in dataset.images.values():
+        try:
+            probe = probe_image(dataset.image_path(image), expected_size=(image.width, image.height))
+        except ImageReadError as e:
+            issues[prefix + ("image_missing" if str(e) == "missing" else "image_unreadable")] += 1
+            continue
+        if probe.size != (image.width, image.height):
             issues[prefix + "image_size_mismatch"] += 1
-        else:
-            usable[image.id] = probe
-            if probe.conversion:
-                issues[f"{prefix}image_converted_{probe.conversion}"] += 1
-            if probe.exif_orientation != 1:
-                issues[prefix + "image_exif_rotated"] += 1
+            continue
+        usable[image.id] = probe
+        if probe.conversion:
+            issues[f"{prefix}image_converted_{probe.conversion}"] += 1
+        if probe.exif_orientation != 1:
+            issues[prefix + "image_exif_rotated"] += 1
     return usable
 
 
 def _planned(
-    dataset: CocoDataset, image_id: int, probe: Any, category_map: dict[int, int], *, crowd: bool
+    dataset: CocoDataset, image_id: int, probe: ImageProbe, category_map: dict[int, int], *, crowd: bool
 ) -> PlannedImage:
     image = dataset.images[image_id]
     objects = tuple(
@@ -273,47 +268,26 @@ def _copy_record(plan: Plan, dst: PlannedImage, rendered: RenderedCopy) -> dict[
     }
 
 
-class _Pool:
-    """``map`` for probing and ``run`` for rendering, over ``workers`` processes (or this one)."""
+@contextmanager
+def _rendering(plan: Plan, image_dir: Path, workers: int) -> Iterator[Iterable[list[dict[str, Any]]]]:
+    """Rendered destinations, in order, from this process or from ``workers`` spawned ones."""
+    if workers == 1:
+        _init_worker(plan, image_dir, None)
+        yield map(_render_destination, range(len(plan.destinations)))
+        return
+    import multiprocessing
 
-    def __init__(self, workers: int):
-        self.workers = workers
-        self.executor: ProcessPoolExecutor | None = None
-
-    def map(self, fn: Callable, items: list) -> Iterable:
-        if self.workers == 1 or len(items) < 64:
-            return map(fn, items)
-        return self._executor().map(fn, items, chunksize=64)
-
-    def start(self, plan: Plan, image_dir: Path) -> None:
-        if self.workers == 1:
-            _init_worker(plan, image_dir, None)
-        else:
-            # A fresh pool: the plan goes to each worker once, through the initializer.
-            self.close()
-            self.executor = self._executor(initargs=(plan, image_dir, 1))
-
-    def run(self, count: int) -> Iterator[list[dict[str, Any]]]:
-        if self.executor is None:
-            return map(_render_destination, range(count))
-        return self.executor.map(_render_destination, range(count), chunksize=1)
-
-    def _executor(self, initargs: tuple | None = None) -> ProcessPoolExecutor:
-        if self.executor is None:
-            import multiprocessing
-
-            self.executor = ProcessPoolExecutor(
-                max_workers=self.workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker if initargs else None,
-                initargs=initargs or (),
-            )
-        return self.executor
-
-    def close(self) -> None:
-        if self.executor is not None:
-            self.executor.shutdown(wait=True, cancel_futures=True)
-            self.executor = None
+    # The plan goes to each worker once, through the initializer, not with every task.
+    executor = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(plan, image_dir, 1),
+    )
+    try:
+        yield executor.map(_render_destination, range(len(plan.destinations)), chunksize=1)
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
 
 
 @contextmanager
@@ -328,17 +302,6 @@ def _one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-@contextmanager
-def _pool(workers: int) -> Iterator[_Pool]:
-    if workers < 1:
-        raise VvkError(f"--workers must be at least 1, got {workers}")
-    pool = _Pool(workers)
-    try:
-        yield pool
-    finally:
-        pool.close()
 
 
 def _gather(results: Iterable[list[dict]], total: int, progress: Progress | None) -> list[dict]:
