@@ -11,7 +11,11 @@ and are updated per object, as mmdetection's ``CopyPaste`` does (the official TF
     occluded   = any edge of the box moved by more than ``box_px`` (or nothing remains)
     drop when occluded and area(mask) <= ``area_px``, else keep with the new mask and box
 
-Crowd regions are never pasted and are updated like any other mask.
+Two choices where the references leave room: ``box_before`` is the mask's own box, where mmdet
+compares with the annotated box (which at the jittered resolution can be off the mask's by a
+pixel or two), so the rule depends on masks only; and exactly ``area_px`` pixels left is
+dropped, as mmdet keeps only ``area > 300``. Crowd regions are never pasted and are updated
+like any other mask.
 """
 
 from __future__ import annotations
