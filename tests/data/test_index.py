@@ -50,6 +50,11 @@ def test_cache_is_reused_and_only_changed_files_are_probed_again(tmp_path, monke
     third = build_index(find_media(folder), cache=cache, decoder="pyav")
     assert probed == [str((folder / "v1.mp4").resolve())]
     assert third[(folder / "v1.mp4").resolve()].meta.num_frames == 33
+    monkeypatch.setattr("vvk.data.backends.torchcodec_status", lambda: (True, "pretend"))
+    monkeypatch.setattr("vvk.data.decode_torchcodec.TorchCodecDecoder.frames", lambda *a, **k: None)
+    probed.clear()
+    other = build_index(find_media(folder), cache=cache, decoder="torchcodec")
+    assert len(probed) == 3 and other.decoder == "torchcodec"  # verified again by the other decoder
 
 
 def test_a_foreign_or_stale_cache_is_rebuilt_not_trusted(tmp_path):

@@ -71,10 +71,11 @@ class IndexEntry:
 
 
 class VideoIndex:
-    """Entries by absolute path, in path order."""
+    """Entries by absolute path, in path order, and the decoder that verified them."""
 
-    def __init__(self, entries: Sequence[IndexEntry]):
+    def __init__(self, entries: Sequence[IndexEntry], *, decoder: str = ""):
         self._entries = {e.path: e for e in sorted(entries, key=lambda e: e.path)}
+        self.decoder = decoder
 
     def __getitem__(self, path: str | os.PathLike) -> IndexEntry:
         return self._entries[str(path)]
@@ -92,7 +93,8 @@ class VideoIndex:
         return Counter(e.problem for e in self if e.problem is not None)
 
     def save(self, path: str | os.PathLike) -> None:
-        record = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "entries": [e.to_json() for e in self]}
+        record = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "decoder": self.decoder}
+        record["entries"] = [e.to_json() for e in self]
         atomic_write_text(path, json.dumps(record, indent=1) + "\n")
 
     @classmethod
@@ -102,7 +104,9 @@ class VideoIndex:
             record = json.loads(Path(path).read_text(encoding="utf-8"))
             if record.get("format") != INDEX_FORMAT or record.get("version") != INDEX_VERSION:
                 raise ValueError(f"not a version-{INDEX_VERSION} vvk video index")
-            return cls([IndexEntry.from_json(r) for r in record["entries"]])
+            return cls(
+                [IndexEntry.from_json(r) for r in record["entries"]], decoder=record.get("decoder", "")
+            )
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise VvkError(f"{path}: cannot read the video index ({first_line(e)})") from e
 
@@ -163,7 +167,8 @@ def build_index(
         progress: show a progress bar on stderr.
     """
     paths = sorted({str(Path(p).resolve()) for p in paths})
-    reusable = _cached_entries(cache) if cache is not None and not deep else {}
+    dec = get_decoder(decoder)
+    reusable = _cached_entries(cache, dec.name) if cache is not None and not deep else {}
     todo, entries = [], []
     for path in paths:
         old = reusable.get(path)
@@ -171,13 +176,12 @@ def build_index(
             entries.append(old)
         else:
             todo.append(path)
-    dec = get_decoder(decoder)
     workers = workers or min(16, 2 * (os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool, _progress(progress, len(todo)) as advance:
+    with ThreadPoolExecutor(max_workers=workers) as pool, _Progress(progress, len(todo)) as advance:
         for entry in pool.map(lambda p: probe_file(p, dec, deep=deep), todo):
             entries.append(entry)
             advance()
-    index = VideoIndex(entries)
+    index = VideoIndex(entries, decoder=dec.name)
     if cache is not None:
         index.save(cache)
     return index
@@ -188,13 +192,15 @@ def describe(entry: IndexEntry) -> str:
     return f"{entry.path}: {PROBLEMS[entry.problem]}" + (f" ({entry.detail})" if entry.detail else "")
 
 
-def _cached_entries(cache: str | os.PathLike) -> dict[str, IndexEntry]:
+def _cached_entries(cache: str | os.PathLike, decoder: str) -> dict[str, IndexEntry]:
+    """Entries of a previous build with the same decoder (another one may read other files)."""
     if not Path(cache).is_file():
         return {}
     try:
-        return {e.path: e for e in VideoIndex.load(cache)}
+        old = VideoIndex.load(cache)
     except VvkError:
         return {}  # a stale or foreign cache is rebuilt, not an error
+    return {e.path: e for e in old} if old.decoder == decoder else {}
 
 
 def _unchanged(entry: IndexEntry) -> bool:
@@ -205,7 +211,7 @@ def _unchanged(entry: IndexEntry) -> bool:
     return stat.st_size == entry.size and stat.st_mtime_ns == entry.mtime_ns
 
 
-class _progress:
+class _Progress:
     """A rich progress bar on stderr (or nothing); the context value advances it by one."""
 
     def __init__(self, enabled: bool, total: int):
