@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Annotated
 
+import click
 import typer
 
 from vvk.errors import VvkError
@@ -22,6 +23,15 @@ WeightsOpt = Annotated[
         "--weights",
         metavar="PATH|NAME|hf-hub:REPO/FILE",
         help="A checkpoint file, a name from `vvk weights list`, or hf-hub:OWNER/REPO/FILE.",
+    ),
+]
+
+DecoderOpt = Annotated[
+    str,
+    typer.Option(
+        "--decoder",
+        click_type=click.Choice(["auto", "pyav", "torchcodec"]),
+        help="Video decoder (auto: torchcodec when it works here, else PyAV).",
     ),
 ]
 

@@ -6,24 +6,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
-from vvk.commands._options import JsonOpt
+from vvk.commands._options import DecoderOpt, JsonOpt
 from vvk.commands._output import Output
 
 app = typer.Typer(help="Video datasets: find bad files, build the index.", no_args_is_help=True)
 
 SourceArg = Annotated[
     Path, typer.Argument(help="A folder of videos (flat or class/video.ext) or a CSV/TSV list of videos.")
-]
-DecoderOpt = Annotated[
-    str,
-    typer.Option(
-        "--decoder",
-        click_type=click.Choice(["auto", "pyav", "torchcodec"]),
-        help="Decoder that must read every file (auto: torchcodec when it works here, else PyAV).",
-    ),
 ]
 WorkersOpt = Annotated[
     int | None, typer.Option("--workers", min=1, help="Probing threads (default: 2 per CPU).")
