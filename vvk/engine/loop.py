@@ -211,6 +211,8 @@ def _restore(run: RunDir, ctx: DistContext, model, ema, optimizer, scaler) -> di
             )
         return None
     saved = run.load(folder, model=model, ema=ema and ema.module, device=ctx.device)
+    if ctx.is_main:
+        run.trim_metrics(saved["step"])
     optimizer.load_state_dict(saved["optimizer"])
     scaler.load_state_dict(saved["scaler"])
     if len(saved["rng"]) != ctx.world_size and ctx.is_main:

@@ -5,7 +5,7 @@
     RUN/
       run.json          which method made this run, its id, when, which vvk
       config.json       the resolved TrainConfig
-      metrics.jsonl     one JSON object per logged step
+      metrics.jsonl     one JSON object per logged step (resuming drops those after the checkpoint)
       summary.json      written at the end: status, steps, throughput, skipped files
       checkpoints/
         latest          the name of the newest complete checkpoint
@@ -121,6 +121,15 @@ class RunDir:
             sys.stderr.write(
                 f"vvk: warning: resuming {self.path} with changed settings: {', '.join(changed)}\n"
             )
+
+    def trim_metrics(self, step: int) -> None:
+        """Drop metric lines after ``step``: a resumed run redoes those steps and logs them again."""
+        if not self.metrics.is_file():
+            return
+        lines = self.metrics.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+        if len(kept) != len(lines):
+            atomic_write_text(self.metrics, "".join(kept))
 
     def latest(self) -> Path | None:
         """The newest complete checkpoint folder, or None."""
