@@ -58,6 +58,15 @@ BAD_INPUT: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
         (["data", "index", "/no/such/list.csv"], "no such folder or file"),
         (["data", "index", ".", "--out", "./index.json"], "never writes into its input"),
     ],
+    ("eval", "retrieval"): [
+        (["eval", "retrieval", "--data", "/no/such", "--backbone", "r3d-tiny"], "/no/such: no such folder"),
+        (["eval", "retrieval", "--data", ".", "--backbone", "r3d-tny"], "did you mean r3d-tiny"),
+        (["eval", "retrieval", "--data", ".", "--repeats", "0"], "Invalid value for '--repeats'"),
+    ],
+    ("eval", "linear-probe"): [
+        (["eval", "linear-probe", "--data", ".", "--weights", "/no/such.safetensors"], "file not found"),
+        (["eval", "linear-probe", "--data", "."], "give --weights"),
+    ],
 }
 
 

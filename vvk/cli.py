@@ -14,7 +14,7 @@ import click
 import typer
 
 from vvk import __version__
-from vvk.commands import augment, data, info, models, weights
+from vvk.commands import augment, data, eval, info, models, weights
 from vvk.errors import VvkError
 
 EXIT_INTERNAL = 70
@@ -53,6 +53,7 @@ app.add_typer(models.app, name="models")
 app.add_typer(weights.app, name="weights")
 app.add_typer(augment.app, name="augment")
 app.add_typer(data.app, name="data")
+app.add_typer(eval.app, name="eval")
 
 
 def _debug_enabled(args: list[str]) -> bool:

@@ -1,0 +1,113 @@
+"""``vvk eval``: evaluate a (pretrained or random) video backbone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vvk.commands._options import DecoderOpt, JsonOpt, WeightsOpt
+from vvk.commands._output import Output
+
+app = typer.Typer(help="Evaluate video backbones: clip retrieval, linear probe.", no_args_is_help=True)
+
+DataOpt = Annotated[Path, typer.Option("--data", help="A folder of videos or a CSV/TSV list.")]
+BackboneOpt = Annotated[
+    str | None,
+    typer.Option("--backbone", help="Evaluate this architecture at random initialisation (a baseline)."),
+]
+FramesOpt = Annotated[
+    int | None, typer.Option(min=1, help="Frames per clip (default: the run's preset, else 16).")
+]
+StrideOpt = Annotated[
+    int | None, typer.Option(min=1, help="Frame stride (default: the run's preset, else 2).")
+]
+SizeOpt = Annotated[
+    int | None, typer.Option(min=8, help="Decoded short side (default: the run's preset, else 128).")
+]
+CropOpt = Annotated[
+    int | None, typer.Option(min=8, help="Centre crop side (default: the run's preset, else 112).")
+]
+SeedOpt = Annotated[int, typer.Option(help="Seeds the augmentation draws and the random baseline.")]
+
+
+def _setup(weights, backbone, seed, **clip_options):
+    from vvk.eval.features import clip_spec_for, load_backbone
+
+    model, info = load_backbone(weights, backbone=backbone, seed=seed)
+    return model, info, clip_spec_for(info, **clip_options)
+
+
+def _print(out: Output, record: dict, metrics: list[str]) -> None:
+    if out.json_mode:
+        out.record(record)
+        return
+    rows = [{"metric": m, "value": f"{record[m]:.4f}"} for m in metrics]
+    rows += [{"metric": k, "value": record[k]} for k in record if k not in metrics]
+    out.table(rows, [("metric", "metric"), ("value", "value")])
+
+
+@app.command("retrieval")
+def retrieval(
+    data: DataOpt,
+    weights: WeightsOpt = None,
+    backbone: BackboneOpt = None,
+    frames: FramesOpt = None,
+    stride: StrideOpt = None,
+    size: SizeOpt = None,
+    crop: CropOpt = None,
+    repeats: Annotated[int, typer.Option(min=1, help="Average over this many augmentation draws.")] = 1,
+    seed: SeedOpt = 0,
+    decoder: DecoderOpt = "auto",
+    json_output: JsonOpt = False,
+) -> None:
+    """Clip retrieval recall@1/5: a clip of each video at one time finds the differently augmented
+    clip of the same video at another time among all videos' clips. Needs no labels.
+
+    EXAMPLES: vvk eval retrieval --data videos/ --weights runs/constcl-1
+              vvk eval retrieval --data videos/ --backbone r3d-50 --json    (random-init baseline)
+    """
+    from vvk.eval.retrieval import retrieval as run_retrieval
+
+    model, info, clips = _setup(weights, backbone, seed, frames=frames, stride=stride, size=size, crop=crop)
+    result = run_retrieval(model, data, clips=clips, seed=seed, repeats=repeats, decoder=decoder)
+    _print(Output(json_output), {"protocol": "retrieval", "weights": info["source"], **result},
+           ["recall@1", "recall@5"])  # fmt: skip
+
+
+@app.command("linear-probe")
+def linear_probe(
+    data: DataOpt,
+    weights: WeightsOpt = None,
+    backbone: BackboneOpt = None,
+    val: Annotated[
+        Path | None, typer.Option(help="Validation videos (default: a stratified hold-out).")
+    ] = None,
+    holdout: Annotated[
+        float, typer.Option(min=0.05, max=0.95, help="Hold-out fraction without --val.")
+    ] = 0.5,
+    num_clips: Annotated[int, typer.Option(min=1, help="Clips averaged per video.")] = 4,
+    frames: FramesOpt = None,
+    stride: StrideOpt = None,
+    size: SizeOpt = None,
+    crop: CropOpt = None,
+    seed: SeedOpt = 0,
+    decoder: DecoderOpt = "auto",
+    json_output: JsonOpt = False,
+) -> None:
+    """Top-1/top-5 of a linear classifier on frozen, multi-clip-averaged features. Needs labels
+    (class subfolders, or a list file with labels).
+
+    EXAMPLES: vvk eval linear-probe --data ucf101/train --val ucf101/test --weights runs/cvrl-1
+    """
+    from vvk.eval.linear_probe import linear_probe as run_probe
+
+    model, info, clips = _setup(weights, backbone, seed, frames=frames, stride=stride, size=size, crop=crop)
+    result = run_probe(model, data, val=val, holdout=holdout, clips=clips, num_clips=num_clips, seed=seed,
+                       decoder=decoder)  # fmt: skip
+    _print(
+        Output(json_output),
+        {"protocol": "linear-probe", "weights": info["source"], **result},
+        ["top1", "top5"],
+    )

@@ -1,0 +1,1 @@
+"""Evaluation protocols: clip retrieval and linear probe for video backbones."""

@@ -1,0 +1,136 @@
+"""Frozen-backbone clip embeddings, shared by every video evaluation protocol.
+
+A backbone comes from ``--weights`` (a pretrain run folder, a checkpoint file, a registry name or
+an hf-hub spec) or, for the random-initialisation baseline, from ``--backbone NAME`` alone.
+Clips are decoded through ``vvk.data`` exactly as in training, centre-cropped (or augmented
+with a seeded ``VideoAugment``), zero-centred to [-1, 1] as the methods feed them, and reduced
+to one L2-normalised vector per clip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from vvk.errors import VvkError
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """How clips are cut for evaluation: ``frames`` at ``stride``, decoded at ``size`` (short
+    side, centre square), cropped to ``crop``."""
+
+    frames: int = 16
+    stride: int = 2
+    size: int = 128
+    crop: int = 112
+
+
+def load_backbone(
+    weights: str | os.PathLike | None = None, *, backbone: str | None = None, seed: int = 0
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The backbone to evaluate (in eval mode) and what is known of how it was trained.
+
+    Returns:
+        (backbone, info) where ``info`` has ``"source"`` and, for a pretrain run folder,
+        ``"preset"`` (the resolved preset of the run).
+    """
+    from vvk.methods.pretrain import backbone_file
+    from vvk.models import build, load
+
+    if weights is None and backbone is None:
+        raise VvkError(
+            "give --weights (a run folder or checkpoint) or --backbone NAME (random initialisation)"
+        )
+    if weights is not None and backbone is not None:
+        raise VvkError("give either --weights or --backbone, not both")
+    info: dict[str, Any] = {}
+    if weights is None:
+        torch.manual_seed(seed)  # the random baseline is reproducible
+        model = build(backbone)
+        info["source"] = f"random:{backbone}"
+    else:
+        model = load(backbone_file(weights))
+        info["source"] = str(weights)
+        preset = Path(weights) / "preset.json"
+        if preset.is_file():
+            info["preset"] = json.loads(preset.read_text())["resolved"]
+    return model.eval(), info
+
+
+def clip_spec_for(info: dict[str, Any], **given: int | None) -> ClipSpec:
+    """The evaluation clip shape: given options, else the run's preset, else the defaults."""
+    preset = info.get("preset", {})
+    values = {}
+    for field in ("frames", "stride", "size", "crop"):
+        value = given.get(field)
+        if value is None:
+            value = preset.get(field)
+        if value is not None:
+            values[field] = int(value)
+    return ClipSpec(**values)
+
+
+def embedding(features: dict[str, Tensor]) -> Tensor:
+    """One vector per clip from a backbone's outputs: the aggregation token when there is one,
+    else the global average of the deepest map (``res5``: the global branch of a Y backbone)."""
+    if "pooled" in features:
+        return features["pooled"]
+    deepest = features["res5"] if "res5" in features else list(features.values())[-1]
+    return deepest.flatten(2).mean(dim=2)  # (B, C, ...) -> (B, C)
+
+
+def to_input(video: Tensor, crop: int) -> Tensor:
+    """(B, C, T, H, W) uint8 -> centre crop ``crop``², float in [-1, 1]."""
+    h, w = video.shape[-2:]
+    top, left = (h - crop) // 2, (w - crop) // 2
+    if top < 0 or left < 0:
+        raise VvkError(
+            f"--crop {crop} is larger than the decoded frames ({h}×{w}); lower --crop or raise --size"
+        )
+    x = video[..., top : top + crop, left : left + crop].float() / 255.0
+    return x * 2.0 - 1.0
+
+
+@torch.no_grad()
+def clip_embeddings(
+    backbone: nn.Module,
+    dataset,
+    *,
+    crop: int,
+    transform: Callable[[Tensor, int], Tensor] | None = None,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+) -> tuple[Tensor, Tensor]:
+    """Embed every sample's clips: returns (embeddings (N, clips, D) L2-normalised, labels (N,)).
+
+    Args:
+        transform: ``transform(video_uint8, batch_number) -> float input``; default centre crop.
+            The batch number lets a seeded augmentation be reproducible.
+    """
+    from vvk.data import collate
+
+    backbone = backbone.to(device).eval()
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+    chunks, labels = [], []
+    for number, batch in enumerate(loader):
+        video = batch["video"]
+        if video.dim() == 5:  # one clip per sample: (B, C, T, H, W) -> (B, 1, C, T, H, W)
+            video = video[:, None]
+        b, n = video.shape[:2]
+        flat = video.flatten(0, 1)  # (B, N, C, T, H, W) -> (B*N, C, T, H, W)
+        x = transform(flat, number) if transform is not None else to_input(flat, crop)
+        z = F.normalize(embedding(backbone(x.to(device))).float(), dim=-1)
+        chunks.append(z.reshape(b, n, -1).cpu())  # (B*N, D) -> (B, N, D)
+        labels.append(batch["label"])
+    return torch.cat(chunks), torch.cat(labels)
