@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from vvk.errors import VvkError
-from vvk.eval.features import ClipSpec, clip_spec_for, embedding, load_backbone
+from vvk.eval.features import ClipReader, ClipSpec, clip_spec_for, embedding, load_backbone
 from vvk.eval.linear_probe import linear_probe, stratified_split, topk_accuracy
 from vvk.eval.retrieval import recall_at_k, retrieval
 from vvk.examples.synthetic import write_mp4
@@ -71,14 +71,14 @@ def _colour_videos(root, per_class=3):
 def test_linear_probe_separates_separable_classes(tmp_path):
     data = _colour_videos(tmp_path / "colours")
     backbone, _ = load_backbone(backbone="r3d-tiny")
-    result = linear_probe(backbone, data, clips=TINY, num_clips=2, cache_dir=tmp_path / "cache")
+    result = linear_probe(backbone, data, reader=ClipReader(TINY, cache_dir=tmp_path / "cache"), num_clips=2)
     assert result["top1"] == 1.0 and result["val_videos"] == 4 and result["train_videos"] == 2
     assert result["classes"] == 2
 
 
 def test_retrieval_on_real_videos_is_reproducible(shared_data, tmp_path):
     backbone, _ = load_backbone(backbone="r3d-tiny")
-    kwargs = dict(clips=TINY, seed=3, cache_dir=tmp_path)
+    kwargs = dict(reader=ClipReader(TINY, cache_dir=tmp_path), seed=3)
     first = retrieval(backbone, shared_data / "video" / "ucf24", **kwargs)
     again = retrieval(backbone, shared_data / "video" / "ucf24", **kwargs)
     assert first == again

@@ -32,11 +32,12 @@ CropOpt = Annotated[
 SeedOpt = Annotated[int, typer.Option(help="Seeds the augmentation draws and the random baseline.")]
 
 
-def _setup(weights, backbone, seed, **clip_options):
-    from vvk.eval.features import clip_spec_for, load_backbone
+def _setup(weights, backbone, seed, decoder, **clip_options):
+    """The backbone, what is known of it, and the clip reader (shape from options or its run)."""
+    from vvk.eval.features import ClipReader, clip_spec_for, load_backbone
 
     model, info = load_backbone(weights, backbone=backbone, seed=seed)
-    return model, info, clip_spec_for(info, **clip_options)
+    return model, info, ClipReader(clip_spec_for(info, **clip_options), decoder=decoder)
 
 
 def _print(out: Output, record: dict, metrics: list[str]) -> None:
@@ -70,8 +71,10 @@ def retrieval(
     """
     from vvk.eval.retrieval import retrieval as run_retrieval
 
-    model, info, clips = _setup(weights, backbone, seed, frames=frames, stride=stride, size=size, crop=crop)
-    result = run_retrieval(model, data, clips=clips, seed=seed, repeats=repeats, decoder=decoder)
+    model, info, reader = _setup(
+        weights, backbone, seed, decoder, frames=frames, stride=stride, size=size, crop=crop
+    )
+    result = run_retrieval(model, data, reader=reader, seed=seed, repeats=repeats)
     _print(Output(json_output), {"protocol": "retrieval", "weights": info["source"], **result},
            ["recall@1", "recall@5"])  # fmt: skip
 
@@ -103,9 +106,10 @@ def linear_probe(
     """
     from vvk.eval.linear_probe import linear_probe as run_probe
 
-    model, info, clips = _setup(weights, backbone, seed, frames=frames, stride=stride, size=size, crop=crop)
-    result = run_probe(model, data, val=val, holdout=holdout, clips=clips, num_clips=num_clips, seed=seed,
-                       decoder=decoder)  # fmt: skip
+    model, info, reader = _setup(
+        weights, backbone, seed, decoder, frames=frames, stride=stride, size=size, crop=crop
+    )
+    result = run_probe(model, data, val=val, holdout=holdout, reader=reader, num_clips=num_clips, seed=seed)
     _print(
         Output(json_output),
         {"protocol": "linear-probe", "weights": info["source"], **result},

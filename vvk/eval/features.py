@@ -101,36 +101,54 @@ def to_input(video: Tensor, crop: int) -> Tensor:
     return x * 2.0 - 1.0
 
 
-@torch.no_grad()
-def clip_embeddings(
-    backbone: nn.Module,
-    dataset,
-    *,
-    crop: int,
-    transform: Callable[[Tensor, int], Tensor] | None = None,
-    batch_size: int = 8,
-    num_workers: int = 0,
-    device: str | torch.device = "cpu",
-) -> tuple[Tensor, Tensor]:
-    """Embed every sample's clips: returns (embeddings (N, clips, D) L2-normalised, labels (N,)).
+@dataclass(frozen=True)
+class ClipReader:
+    """How an evaluation reads clips (``num_clips`` evenly spaced per video) and embeds them.
 
     Args:
-        transform: ``transform(video_uint8, batch_number) -> float input``; default centre crop.
-            The batch number lets a seeded augmentation be reproducible.
+        clips: frames, stride, decoded size and crop.
+        decoder, cache_dir: as in ``vvk.data.open_video_dataset``.
+        batch_size, num_workers, device: how the frozen backbone is fed.
     """
-    from vvk.data import collate
 
-    backbone = backbone.to(device).eval()
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
-    chunks, labels = [], []
-    for number, batch in enumerate(loader):
-        video = batch["video"]
-        if video.dim() == 5:  # one clip per sample: (B, C, T, H, W) -> (B, 1, C, T, H, W)
-            video = video[:, None]
-        b, n = video.shape[:2]
-        flat = video.flatten(0, 1)  # (B, N, C, T, H, W) -> (B*N, C, T, H, W)
-        x = transform(flat, number) if transform is not None else to_input(flat, crop)
-        z = F.normalize(embedding(backbone(x.to(device))).float(), dim=-1)
-        chunks.append(z.reshape(b, n, -1).cpu())  # (B*N, D) -> (B, N, D)
-        labels.append(batch["label"])
-    return torch.cat(chunks), torch.cat(labels)
+    clips: ClipSpec = ClipSpec()
+    decoder: str = "auto"
+    batch_size: int = 8
+    num_workers: int = 0
+    device: str = "cpu"
+    cache_dir: str | os.PathLike | None = None
+
+    def dataset(self, data: str | os.PathLike, *, num_clips: int):
+        from vvk.data import UniformClips, open_video_dataset
+
+        sampler = UniformClips(frames=self.clips.frames, stride=self.clips.stride, num_clips=num_clips)
+        return open_video_dataset(
+            data, sampler=sampler, size=self.clips.size, decoder=self.decoder, cache_dir=self.cache_dir
+        )
+
+    @torch.no_grad()
+    def embed(
+        self, backbone: nn.Module, dataset, *, transform: Callable[[Tensor, int], Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Embed every sample's clips: (embeddings (N, clips, D) L2-normalised, labels (N,)).
+
+        Args:
+            transform: ``transform(video_uint8, batch_number) -> input``; default: centre crop.
+                The batch number lets a seeded augmentation be reproducible.
+        """
+        from vvk.data import collate
+
+        backbone = backbone.to(self.device).eval()
+        loader = DataLoader(
+            dataset, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=collate
+        )
+        chunks, labels = [], []
+        for number, batch in enumerate(loader):
+            video = batch["video"]  # (B, N, C, T, H, W): N clips per video
+            b, n = video.shape[:2]
+            flat = video.flatten(0, 1)  # (B, N, C, T, H, W) -> (B*N, C, T, H, W)
+            x = transform(flat, number) if transform is not None else to_input(flat, self.clips.crop)
+            z = F.normalize(embedding(backbone(x.to(self.device))).float(), dim=-1)
+            chunks.append(z.reshape(b, n, -1).cpu())  # (B*N, D) -> (B, N, D)
+            labels.append(batch["label"])
+        return torch.cat(chunks), torch.cat(labels)

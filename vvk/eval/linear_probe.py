@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vvk.errors import VvkError
-from vvk.eval.features import ClipSpec, clip_embeddings
+from vvk.eval.features import ClipReader
 
 
 def fit_logistic(x: Tensor, y: Tensor, num_classes: int, *, l2: float = 1e-3, steps: int = 200) -> nn.Linear:
@@ -61,22 +61,15 @@ def linear_probe(
     *,
     val: str | os.PathLike | None = None,
     holdout: float = 0.5,
-    clips: ClipSpec = ClipSpec(),
+    reader: ClipReader = ClipReader(),
     num_clips: int = 4,
     l2: float = 1e-3,
     seed: int = 0,
-    decoder: str = "auto",
-    batch_size: int = 8,
-    num_workers: int = 0,
-    device: str | torch.device = "cpu",
-    cache_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Top-1 / top-5 of a linear classifier on frozen features of labelled videos."""
-    train_x, train_y, classes = _features(backbone, data, clips, num_clips, decoder, batch_size, num_workers,
-                                          device, cache_dir)  # fmt: skip
+    train_x, train_y, classes = _features(backbone, data, reader, num_clips)
     if val is not None:
-        val_x, val_y, _ = _features(backbone, val, clips, num_clips, decoder, batch_size, num_workers, device,
-                                    cache_dir)  # fmt: skip
+        val_x, val_y, _ = _features(backbone, val, reader, num_clips)
     else:
         train_idx, val_idx = stratified_split(train_y, holdout, seed)
         if len(val_idx) == 0:
@@ -102,20 +95,13 @@ def linear_probe(
         "val_videos": len(val_y),
         "classes": classes or num_classes,
         "chance": 1.0 / num_classes,
-        "clips": {**vars(clips), "num_clips": num_clips},
+        "clips": {**vars(reader.clips), "num_clips": num_clips},
     }
 
 
-def _features(backbone, data, clips, num_clips, decoder, batch_size, num_workers, device, cache_dir):
-    from vvk.data import UniformClips, open_video_dataset
-
-    dataset = open_video_dataset(
-        data, sampler=UniformClips(frames=clips.frames, stride=clips.stride, num_clips=num_clips),
-        size=clips.size, decoder=decoder, cache_dir=cache_dir,
-    )  # fmt: skip
-    z, labels = clip_embeddings(
-        backbone, dataset, crop=clips.crop, batch_size=batch_size, num_workers=num_workers, device=device
-    )
+def _features(backbone: nn.Module, data, reader: ClipReader, num_clips: int) -> tuple[Tensor, Tensor, int]:
+    dataset = reader.dataset(data, num_clips=num_clips)
+    z, labels = reader.embed(backbone, dataset)
     if (labels < 0).any():
         raise VvkError(
             f"--data {data}: the linear probe needs labels (class subfolders, or a list with labels)"

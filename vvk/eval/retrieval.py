@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from vvk.errors import VvkError
-from vvk.eval.features import ClipSpec, clip_embeddings
+from vvk.eval.features import ClipReader
 
 
 def recall_at_k(
@@ -34,53 +34,36 @@ def retrieval(
     backbone: nn.Module,
     data: str | os.PathLike,
     *,
-    clips: ClipSpec = ClipSpec(),
+    reader: ClipReader = ClipReader(),
     ks: tuple[int, ...] = (1, 5),
     seed: int = 0,
     repeats: int = 1,
-    decoder: str = "auto",
-    batch_size: int = 8,
-    num_workers: int = 0,
-    device: str | torch.device = "cpu",
-    cache_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Recall@k of clip retrieval over the videos of ``data`` (a folder or list file).
 
     With ``repeats`` > 1 the evaluation runs with that many augmentation seeds and reports the
     mean (small video sets give noisy single draws).
     """
-    from vvk.data import UniformClips, VideoAugment, open_video_dataset
+    from vvk.data import VideoAugment
 
-    dataset = open_video_dataset(
-        data, sampler=UniformClips(frames=clips.frames, stride=clips.stride, num_clips=2), size=clips.size,
-        decoder=decoder, cache_dir=cache_dir,
-    )  # fmt: skip
+    dataset = reader.dataset(data, num_clips=2)  # the query's time and the gallery's time
     if len(dataset) < 2:
         raise VvkError(f"--data {data}: retrieval needs at least 2 usable videos, found {len(dataset)}")
-    augment = VideoAugment(size=clips.crop).to(device)
-    runs = [
-        _recall_once(backbone, dataset, augment, clips, ks, seed + r, batch_size, num_workers, device)
-        for r in range(repeats)
-    ]
+    augment = VideoAugment(size=reader.clips.crop).to(reader.device)
+    runs = []
+    for r in range(repeats):
+
+        def transform(video: torch.Tensor, number: int, draw: int = seed + r) -> torch.Tensor:
+            torch.manual_seed(draw * 100_003 + number)  # kornia draws from the global generator
+            return augment(video.to(reader.device))
+
+        z, _ = reader.embed(backbone, dataset, transform=transform)  # (N, 2, D)
+        runs.append(recall_at_k(z[:, 0], z[:, 1], ks))
     return {
         **{f"recall@{k}": sum(run[k] for run in runs) / repeats for k in ks},
         "videos": len(dataset),
         "skipped": len(dataset.bad_files),
         "chance@1": 1.0 / len(dataset),
         "repeats": repeats,
-        "clips": vars(clips),
+        "clips": vars(reader.clips),
     }
-
-
-def _recall_once(
-    backbone, dataset, augment, clips, ks, seed, batch_size, num_workers, device
-) -> dict[int, float]:
-    def transform(video: torch.Tensor, number: int) -> torch.Tensor:
-        torch.manual_seed(seed * 100_003 + number)  # kornia draws from the global generator
-        return augment(video.to(device))
-
-    z, _ = clip_embeddings(
-        backbone, dataset, crop=clips.crop, transform=transform, batch_size=batch_size,
-        num_workers=num_workers, device=device,
-    )  # fmt: skip
-    return recall_at_k(z[:, 0], z[:, 1], ks)
