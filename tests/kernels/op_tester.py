@@ -26,7 +26,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from vvk.kernels.backends import nvcc_path
+from vvk.kernels.backends import available_backends
 
 
 def cpu_and_cuda() -> list[str]:
@@ -40,9 +40,14 @@ def device_backends() -> list[tuple[str, str]]:
         pairs.append(("cpu", "triton"))
     if torch.cuda.is_available():
         pairs.append(("cuda", "triton"))
-        if nvcc_path():
+        if available_backends()["cuda"]["usable"]:
             pairs.append(("cuda", "cuda"))
     return pairs
+
+
+def gpu_backends() -> list[str]:
+    """The fast paths runnable on a CUDA device here (empty without one)."""
+    return [backend for device, backend in device_backends() if device == "cuda"]
 
 
 def relative_error(actual: Tensor, expected: Tensor) -> float:

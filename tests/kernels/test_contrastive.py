@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from op_tester import OpTester, assert_low_precision_close, device_backends, grads, relative_error
+from op_tester import (
+    OpTester,
+    assert_low_precision_close,
+    device_backends,
+    gpu_backends,
+    grads,
+    relative_error,
+)
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -276,7 +283,7 @@ def test_bad_arguments_name_the_argument():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ("triton", "cuda"))
+@pytest.mark.parametrize("backend", gpu_backends())
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=str)
 def test_low_precision_on_gpu(backend, dtype):
     q64, k64 = _features(2048, 2048, 256, torch.float64, device="cuda")

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vvk.kernels.backends import ENV_VAR, load_cuda_extension, resolve_backend
+from vvk.kernels.backends import (
+    DISABLE_CUDA_VAR,
+    ENV_VAR,
+    available_backends,
+    load_cuda_extension,
+    resolve_backend,
+)
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -23,6 +29,7 @@ def test_automatic_choice(monkeypatch):
 
 def test_argument_beats_environment_beats_automatic(monkeypatch):
     monkeypatch.setenv(ENV_VAR, "cuda")
+    monkeypatch.setattr("vvk.kernels.backends.nvcc_path", lambda: "/usr/bin/true")
     assert resolve_backend(None, CUDA) == "cuda"
     assert resolve_backend("reference", CUDA) == "reference"
     with pytest.raises(ValueError, match="needs CUDA tensors"):
@@ -47,3 +54,10 @@ def test_cuda_build_without_nvcc_says_so(monkeypatch, tmp_path):
     monkeypatch.delenv("CUDA_HOME", raising=False)
     with pytest.raises(RuntimeError, match="nvcc not found"):
         load_cuda_extension.__wrapped__("vvk_test_missing", tmp_path)
+
+
+def test_cuda_extensions_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv(DISABLE_CUDA_VAR, "1")
+    assert available_backends()["cuda"] == {"usable": False, "detail": f"disabled by {DISABLE_CUDA_VAR}=1"}
+    with pytest.raises(ValueError, match="cannot run: disabled"):
+        resolve_backend("cuda", CUDA)

@@ -12,6 +12,7 @@ from op_tester import (
     assert_low_precision_close,
     cpu_and_cuda,
     device_backends,
+    gpu_backends,
     grads,
     relative_error,
 )
@@ -300,7 +301,7 @@ def test_bad_arguments_name_the_argument():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ("triton", "cuda"))
+@pytest.mark.parametrize("backend", gpu_backends())
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16), ids=str)
 def test_low_precision_on_gpu(backend, dtype):
     gen = torch.Generator().manual_seed(0)

@@ -8,7 +8,8 @@ Every op in ``vvk.kernels`` has three implementations:
   interpreter (``TRITON_INTERPRET=1`` set before the first ``vvk.kernels.*.triton`` import), in
   fp32: that is how CI tests them.
 - ``cuda``: a C++/CUDA extension compiled on first use with ``torch.utils.cpp_extension`` and
-  cached in torch's extension folder (``TORCH_EXTENSIONS_DIR``). Never chosen automatically.
+  cached in torch's extension folder (``TORCH_EXTENSIONS_DIR``). Never chosen automatically;
+  ``VVK_DISABLE_CUDA_EXTENSIONS=1`` marks it unusable (e.g. after a failed build).
 
 A call picks its backend from, in order: the op's ``backend=`` argument, the ``VVK_KERNEL_BACKEND``
 environment variable, then the rule above.
@@ -23,6 +24,7 @@ from pathlib import Path
 
 BACKENDS = ("reference", "triton", "cuda")
 ENV_VAR = "VVK_KERNEL_BACKEND"
+DISABLE_CUDA_VAR = "VVK_DISABLE_CUDA_EXTENSIONS"
 
 
 def _triton_status(cuda: bool) -> tuple[bool, str]:
@@ -46,6 +48,8 @@ def nvcc_path() -> str | None:
 
 
 def _cuda_ext_status(cuda: bool) -> tuple[bool, str]:
+    if os.environ.get(DISABLE_CUDA_VAR) == "1":
+        return False, f"disabled by {DISABLE_CUDA_VAR}=1"
     nvcc = nvcc_path()
     if not nvcc:
         return False, "nvcc not found"
@@ -87,8 +91,12 @@ def resolve_backend(requested: str | None, device) -> str:
         usable, detail = _triton_status(False)
         if not usable or device.type != "cpu":
             raise ValueError(f"the triton backend cannot run on {device}: {detail}")
-    if choice == "cuda" and device.type != "cuda":
-        raise ValueError(f"the cuda backend needs CUDA tensors, got {device}")
+    if choice == "cuda":
+        usable, detail = _cuda_ext_status(device.type == "cuda")
+        if device.type != "cuda":
+            raise ValueError(f"the cuda backend needs CUDA tensors, got {device}")
+        if not usable:
+            raise ValueError(f"the cuda backend cannot run: {detail}")
     return choice
 
 

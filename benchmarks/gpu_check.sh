@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Every GPU test of vvk's kernels and the GPU kernel benchmarks, in under 5 minutes, with the
+# results as JSON in $OUT (default benchmarks/results/gpu). For a lent GPU machine:
+#
+#     OUT=/tmp/out benchmarks/gpu_check.sh            # PYTHON=python3 by default
+#
+# A failing or timed-out step is recorded and the next steps still run. Steps and time limits
+# (their sum, 290 s, bounds the run):
+#   env    15 s  card, driver, torch / triton / nvcc versions       -> env.log
+#   build  90 s  the two CUDA extensions, compiled in parallel      -> build.log
+#   tests  80 s  tests/kernels on the GPU (gpu-marked ones included) -> tests.log, tests.xml
+#   others 15 s  every other gpu-marked test in tests/               -> others.log
+#   bench  90 s  benchmarks/kernels.py --gpu (saves after each part) -> bench.log, kernels_gpu.json
+# Summary: $OUT/gpu_check.json (steps with exit codes and seconds, the environment, the
+# benchmark figures, the tail of every log). A failed build turns the cuda backend off
+# (VVK_DISABLE_CUDA_EXTENSIONS=1) for the later steps instead of rebuilding in each of them.
+set -u
+cd "$(dirname "$0")/.." || exit 1
+OUT=${OUT:-benchmarks/results/gpu}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-${TMPDIR:-/tmp}/vvk_torch_extensions}
+STEPS="$OUT/steps.jsonl"
+: >"$STEPS"
+
+step() { # step NAME LIMIT_S COMMAND...: log to $OUT/NAME.log, record exit code and seconds
+    local name=$1 limit=$2 t0 rc
+    shift 2
+    t0=$(date +%s)
+    timeout --kill-after=5 "$limit" "$@" >"$OUT/$name.log" 2>&1
+    rc=$?
+    printf '{"step": "%s", "rc": %d, "seconds": %d, "limit_s": %d}\n' "$name" "$rc" "$(($(date +%s) - t0))" "$limit" >>"$STEPS"
+    echo "[$name] exit $rc after $(($(date +%s) - t0)) s (limit $limit s)"
+    return "$rc"
+}
+
+step env 15 bash -c "nvidia-smi; command -v nvcc && nvcc --version; $PY -c '
+import torch, triton
+print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"triton\", triton.__version__)
+print(\"device\", torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+'"
+
+build_one='from vvk.kernels.OP.cuda import extension; extension(); print("built OP")'
+if ! step build 90 bash -c "$PY -c '${build_one//OP/roi_align_3d}' & a=\$!
+    $PY -c '${build_one//OP/contrastive}' & b=\$!
+    wait \$a; ra=\$?; wait \$b; rb=\$?; exit \$((ra | rb))"; then
+    export VVK_DISABLE_CUDA_EXTENSIONS=1
+fi
+
+step tests 80 "$PY" -m pytest tests/kernels -q -n 4 -p no:cacheprovider --junitxml="$OUT/tests.xml"
+step others 15 "$PY" -m pytest tests -m gpu --ignore=tests/kernels -q -p no:cacheprovider \
+    --continue-on-collection-errors
+step bench 90 "$PY" benchmarks/kernels.py --gpu --out "$OUT" --budget-s 75
+
+"$PY" - "$OUT" <<'EOF' || echo '{"error": "could not write the summary"}' >"$OUT/gpu_check.json"
+import json, os, sys
+out = sys.argv[1]
+def tail(name, lines=40):
+    path = os.path.join(out, name + ".log")
+    return open(path, errors="replace").read().splitlines()[-lines:] if os.path.exists(path) else None
+steps = [json.loads(line) for line in open(os.path.join(out, "steps.jsonl"))]
+summary = {
+    "ok": all(s["rc"] == 0 for s in steps),
+    "steps": steps,
+    "cuda_extensions_disabled": os.environ.get("VVK_DISABLE_CUDA_EXTENSIONS") == "1",
+    "logs": {s["step"]: tail(s["step"]) for s in steps},
+}
+bench = os.path.join(out, "kernels_gpu.json")
+if os.path.exists(bench):
+    summary["benchmarks"] = json.load(open(bench))
+json.dump(summary, open(os.path.join(out, "gpu_check.json"), "w"), indent=2)
+print(json.dumps({"ok": summary["ok"], "steps": steps}, indent=2))
+EOF
