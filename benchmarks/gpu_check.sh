@@ -70,5 +70,6 @@ bench = os.path.join(out, "kernels_gpu.json")
 if os.path.exists(bench):
     summary["benchmarks"] = json.load(open(bench))
 json.dump(summary, open(os.path.join(out, "gpu_check.json"), "w"), indent=2)
+os.remove(os.path.join(out, "steps.jsonl"))  # in the summary now; at most 8 files come back from $OUT
 print(json.dumps({"ok": summary["ok"], "steps": steps}, indent=2))
 EOF

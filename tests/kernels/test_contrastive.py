@@ -55,12 +55,12 @@ def _losses(q, k, temperature, kwargs, **options):
     return ours, plain
 
 
-def _check_parity(n: int, mode: str, dtype, block_size, backend: str, rtol: float, seed: int = 0):
+def _check_parity(n: int, mode: str, dtype, block_size, backend: str, rtol: float, device: str = "cpu"):
     m, kwargs = mode_kwargs(mode, n)
-    q, k = _features(n, m, 24, dtype, seed)
+    q, k = _features(n, m, 24, dtype, device=device)
     if mode == "simclr":
         k = q
-    temperature = torch.tensor(0.1, dtype=dtype)
+    temperature = torch.tensor(0.1, dtype=dtype, device=device)
     leaves = [t.requires_grad_() for t in (q, k, temperature)]
     if mode == "simclr":
         leaves = [q, temperature]
@@ -136,7 +136,7 @@ def test_reference_matches_plain_at_4096(mode, full_scale):
 @pytest.mark.parametrize("mode", MODES)
 def test_fast_path_matches_plain(device, backend, mode):
     n = 37 if device == "cpu" else 1151  # the interpreter is slow
-    _check_parity(n, mode, torch.float32, (16, 32) if device == "cpu" else None, backend, rtol=5e-5)
+    _check_parity(n, mode, torch.float32, (16, 32) if device == "cpu" else None, backend, 5e-5, device)
 
 
 @pytest.mark.parametrize("reduction", ("sum", "none"))

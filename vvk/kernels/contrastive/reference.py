@@ -56,14 +56,16 @@ def plain_contrastive_loss(
     if positives is None:
         is_pos[torch.arange(n), torch.arange(n)] = True
     else:
-        positives = positives.reshape(n, -1)  # (N,) or (N, P) -> (N, P)
+        positives = positives.to(q.device).reshape(n, -1)  # (N,) or (N, P) -> (N, P)
         rows, slots = (positives >= 0).nonzero(as_tuple=True)
         is_pos[rows, positives[rows, slots]] = True
     if exclude_self:
         groups = torch.arange(n, device=q.device)
     dropped = torch.zeros_like(is_pos)
     if groups is not None:
-        group_q, group_k = groups if isinstance(groups, tuple) else (groups, groups)
+        group_q, group_k = (
+            g.to(q.device) for g in (groups if isinstance(groups, tuple) else (groups, groups))
+        )
         dropped = (group_q[:, None] == group_k[None, :]) & ~is_pos
     loss = _plain_rows(logits, is_pos, dropped)
     if symmetric:
