@@ -1,0 +1,169 @@
+"""TeG: time alignment of the short clip on the long one, interpolated positives, the
+fine-grained loss's positive and negative sets, shapes, and the tiny preset on real clips."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vvk.data.samplers import LongShortClips
+from vvk.errors import VvkError
+from vvk.methods import teg
+from vvk.methods.teg import fine_grained_loss, interpolate_steps, short_steps_on_long
+
+
+def test_short_steps_land_at_the_same_absolute_time_on_the_long_clip():
+    sampler = LongShortClips(long_frames=16, long_stride=4, short_frames=16, short_stride=1)
+    for seed in range(20):
+        plan = sampler(200, np.random.default_rng(seed))
+        long_pos, short_pos = plan.views["video"], plan.views["video_short"]
+        index_map = torch.from_numpy(plan.extras["index_map"])[None]
+        for s in (1, 2):
+            where = short_steps_on_long(index_map, temporal_stride=s, steps=16 // s)[0]
+            # Long step tau stands for long frame s * tau, at grid position long[0] + s * tau * stride;
+            # short step k stands for short frame s * k.
+            on_grid = long_pos[0] + where.numpy() * s * sampler.long_stride
+            np.testing.assert_allclose(on_grid, short_pos[::s][: 16 // s])
+
+
+def test_short_steps_on_a_constructed_map():
+    # Short clip at half the long stride, starting on long frame 2.
+    index_map = torch.tensor([[2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5]])
+    assert short_steps_on_long(index_map, temporal_stride=1, steps=8).tolist() == [index_map[0].tolist()]
+    # Stride 2: steps stand for short frames 0, 2, 4, 6 -> long frames 2, 3, 4, 5 -> long steps / 2.
+    assert short_steps_on_long(index_map, temporal_stride=2, steps=4).tolist() == [[1.0, 1.5, 2.0, 2.5]]
+    with pytest.raises(ValueError):
+        short_steps_on_long(index_map, temporal_stride=2, steps=5)
+
+
+def test_interpolated_positive_is_the_mean_of_the_neighbouring_steps():
+    long = torch.randn(2, 6, 5)
+    where = torch.tensor([[2.5, 3.0, 0.25], [5.0, 4.5, 0.0]])
+    got = interpolate_steps(long, where)
+    torch.testing.assert_close(got[0, 0], (long[0, 2] + long[0, 3]) / 2)
+    torch.testing.assert_close(got[0, 1], long[0, 3])
+    torch.testing.assert_close(got[0, 2], 0.75 * long[0, 0] + 0.25 * long[0, 1])
+    torch.testing.assert_close(got[1, 0], long[1, 5])  # the last step, no step beyond it
+    torch.testing.assert_close(got[1, 1], (long[1, 4] + long[1, 5]) / 2)
+    torch.testing.assert_close(
+        interpolate_steps(long, torch.tensor([[9.0], [-1.0]]))[:, 0], long[[0, 1], [5, 0]]
+    )
+
+
+def _materialised_fine_grained(short, long, where, temperature):
+    """The fine-grained loss written as explicit positive / negative lists, row by row."""
+    b, k, _ = short.shape
+    t = long.shape[1]
+    positive = interpolate_steps(long, where)
+    losses = []
+    for i in range(b):
+        for j in range(k):
+            q = F.normalize(short[i, j], dim=0)
+            keys = [positive[i, j]]
+            keys += [long[i, s] for s in range(t) if abs(s - float(where[i, j])) >= 1]
+            for other in range(b):
+                if other != i:
+                    keys += list(long[other]) + list(positive[other])
+            logits = torch.stack([q @ F.normalize(key, dim=0) for key in keys]) / temperature
+            losses.append(torch.logsumexp(logits, 0) - logits[0])
+    return torch.stack(losses).mean()
+
+
+def test_fine_grained_loss_equals_the_materialised_sets():
+    torch.manual_seed(0)
+    short, long = torch.randn(3, 4, 8, dtype=torch.float64), torch.randn(3, 6, 8, dtype=torch.float64)
+    where = torch.tensor([[0.0, 0.5, 1.0, 1.5], [2.0, 2.25, 2.5, 2.75], [3.0, 4.0, 5.0, 4.5]])
+    expected = _materialised_fine_grained(short.float(), long.float(), where, 0.2)
+    torch.testing.assert_close(fine_grained_loss(short, long, where, 0.2), expected, rtol=1e-5, atol=1e-5)
+
+
+def _one_hot_clips(where: torch.Tensor):
+    """Every long step of every video a distinct axis; each query equals its interpolated positive."""
+    b, t = where.shape[0], 6
+    long = torch.eye(b * t, 32)[: b * t].view(b, t, 32).clone()
+    return interpolate_steps(long, where).clone(), long
+
+
+@pytest.mark.parametrize("tau", [2.0, 2.5])
+def test_fine_grained_positive_is_the_same_time_and_its_support_is_no_negative(tau):
+    where = torch.tensor([[tau], [1.0]])
+    short, long = _one_hot_clips(where)
+    # The steps the positive is read from (at tau = 2 one of them is the positive itself) are not
+    # negatives: with them in the denominator the loss would be at least log 2.
+    assert fine_grained_loss(short, long, where, 0.05) < 1e-6
+
+
+@pytest.mark.parametrize("tau", [2.0, 2.5])
+def test_fine_grained_negatives_are_other_times_and_other_videos(tau):
+    where = torch.tensor([[tau], [1.0]])
+    for video, step in [(0, 5), (0, 0), (1, 3)]:  # same video one+ step away; another video
+        short, long = _one_hot_clips(where)
+        long[video, step] = short[0, 0]  # a negative that matches the query as well as the positive
+        loss = fine_grained_loss(short, long, where, 0.05)
+        # Row 0 now has two logits at 1/τ: its loss is log 2; row 1 is unaffected (about 0).
+        assert float(loss) == pytest.approx(math.log(2) / 2, abs=1e-4), (video, step)
+
+
+def test_shapes_and_losses_of_the_tiny_model():
+    preset = teg.PRESETS["tiny"]
+    model = teg.build(preset).train()
+    assert model.temporal_stride == 1
+    b, frames, side = 3, preset.long_frames, preset.size
+    rng = np.random.default_rng(0)
+    plans = [teg.sampler(preset)(64, rng) for _ in range(b)]
+    batch = {
+        "video": torch.randint(0, 256, (b, 3, frames, side, side), dtype=torch.uint8),
+        "video_short": torch.randint(0, 256, (b, 3, preset.short_frames, side, side), dtype=torch.uint8),
+        "index_map": torch.from_numpy(np.stack([p.extras["index_map"] for p in plans])),
+    }
+    global_emb, dense = model.embed(model.augment_long(batch["video"]))
+    assert global_emb.shape == (b, preset.embed_dim)
+    assert dense.shape == (b, frames, preset.embed_dim)  # res5 keeps every frame at stride 1
+    out = model(batch)
+    assert set(out) == {"loss", "persistent", "fine_grained"}
+    assert all(torch.isfinite(v) for v in out.values())
+    torch.testing.assert_close(out["loss"], out["persistent"] + preset.fine_weight * out["fine_grained"])
+    out["loss"].backward()
+    assert model.dense_head.net[0].weight.grad.abs().sum() > 0
+
+
+def test_a_backbone_that_subsamples_time_too_much_is_refused():
+    preset = dataclasses.replace(teg.PRESETS["tiny"], stem_temporal_stride=4)
+    with pytest.raises(VvkError, match="stem_temporal_stride"):
+        teg.build(preset)
+
+
+def test_tiny_preset_learns_on_real_clips(tmp_path, shared_data):
+    from vvk.methods.pretrain import pretrain
+    from vvk.models import load
+
+    data = tmp_path / "videos"
+    data.mkdir()
+    video = shared_data / "video"
+    # 12 videos: two batches of 6 per epoch, so no batch holds one video twice.
+    clips = [*sorted((video / "ucf24").glob("*.mp4")), *sorted((video / "activitynet").glob("*.mp4"))]
+    for path in [*clips, video / "kinetics" / "arm_wrestling.mp4"]:
+        (data / path.name).symlink_to(path)
+    run = tmp_path / "run"
+    first = pretrain("teg", data=data, preset="tiny", out=run, progress=False)
+    assert first.step == teg.PRESETS["tiny"].train.steps
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    curves = {name: [line[name] for line in lines] for name in ("loss", "persistent", "fine_grained")}
+    assert all(math.isfinite(v) for curve in curves.values() for v in curve)
+    early, late = ({k: np.mean(v[sl]) for k, v in curves.items()} for sl in (slice(0, 3), slice(-5, None)))
+    assert late["loss"] < early["loss"] - 1.0, curves["loss"]
+    assert late["fine_grained"] < early["fine_grained"] - 0.3, curves["fine_grained"]
+    # Below chance, log(2B - 1): the global embeddings tell the batch's videos apart.
+    assert late["persistent"] < math.log(2 * teg.PRESETS["tiny"].train.batch_size - 1), curves["persistent"]
+    backbone = load(first.backbone_path)
+    assert backbone.output_shape()["res5"].temporal_stride == 1
+    resumed = pretrain(
+        "teg", data=data, preset="tiny", out=run, resume=True, steps=first.step + 4, progress=False
+    )
+    assert resumed.step == first.step + 4
