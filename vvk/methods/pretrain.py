@@ -97,6 +97,7 @@ def pretrain(
     """
     from vvk.data import open_video_dataset
     from vvk.engine import train
+    from vvk.engine.state import seed_all
     from vvk.models import save
 
     module = get_method(method)
@@ -118,6 +119,7 @@ def pretrain(
     run_dir.mkdir(parents=True, exist_ok=True)
     record = {"method": method, "preset": preset, "data": str(source), "resolved": to_dict(config)}
     atomic_write_text(run_dir / "preset.json", json.dumps(record, indent=2) + "\n")
+    seed_all(config.train.seed)  # the initial weights follow the preset's seed too
     model = module.build(config)
     train_config = dataclasses.replace(config.train, progress=progress and config.train.progress)
     result = train(
