@@ -7,6 +7,8 @@ A sample is a dict:
 - the plan's extras as tensors, e.g. ``"index_map"`` (float32, (T_short,)), ``"gap"``;
 - with a window (AudioVisualClip): ``"audio"`` (float32, (samples,)), ``"audio_mask"`` (bool:
   the file has audio) and ``"text"`` (list of the captions overlapping the clip);
+- ``"frame_grid"`` (float32 ``[start, fps, width, height]``: grid position p is the frame at
+  ``start + (p + 0.5) / fps`` seconds of a width × height video, e.g. to look up boxes);
 - ``"label"`` (int64, -1 without labels), ``"index"`` (int64), ``"path"`` (str), and
   ``"skipped"``: the bad files met (and replaced) while making this sample.
 
@@ -244,6 +246,7 @@ class ClipDataset(Dataset):
                 c.text for c in overlapping_captions(self.captions.get(item.video_id, ()), t0, t1)
             ]
         sample.update(label=torch.tensor(item.label), index=torch.tensor(index), path=item.path)
+        sample["frame_grid"] = torch.tensor([offset, fps, meta.width, meta.height], dtype=torch.float32)
         return sample
 
 
