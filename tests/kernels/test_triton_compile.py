@@ -30,17 +30,17 @@ SCRIPT = textwrap.dedent(
         print(fn.__name__, constants)
 
     for dtype, block_d, precision in (("bf16", 512, "ieee"), ("fp32", 256, "tf32"), ("fp16", 64, "ieee")):
-        types = {a: "*" + dtype for a in ("Q", "K", "DQ", "DK")}
+        types = {a: "*" + dtype for a in ("Q", "K", "OUT")}
         types.update({a: "*fp32" for a in ("SCALE", "LSE", "GRAD")})
         types.update({a: "*i64" for a in ("POS", "GQ", "GK")})
         types.update({a: "i64" for a in ("stride_qn", "stride_qd", "stride_kn", "stride_kd", "stride_pn")})
         block = 64 if block_d <= 128 else 32
-        kernels = (contrastive._lse_fwd_kernel, contrastive._lse_bwd_dq_kernel)
-        kernels += (contrastive._lse_bwd_dk_kernel,)
-        for kernel in kernels:
+        variants = [(contrastive._lse_fwd_kernel, {})]
+        variants += [(contrastive._lse_bwd_kernel, {"FOR_KEYS": keys}) for keys in (False, True)]
+        for kernel, extra in variants:
             for groups in (False, True):
                 constants = dict(HAS_GROUPS=groups, BLOCK_M=block, BLOCK_N=block, BLOCK_D=block_d,
-                                 PRECISION=precision)
+                                 PRECISION=precision, **extra)
                 build(kernel, types, constants, 8 if block_d >= 256 else 4)
 
     for dtype, table in (("fp32", "fp32"), ("bf16", "fp32"), ("fp64", "fp64")):

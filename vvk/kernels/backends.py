@@ -18,6 +18,7 @@ environment variable, then the rule above.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import shutil
 from pathlib import Path
@@ -98,6 +99,12 @@ def resolve_backend(requested: str | None, device) -> str:
         if not usable:
             raise ValueError(f"the cuda backend cannot run: {detail}")
     return choice
+
+
+def implementation(package: str, backend: str):
+    """The module ``<package>.<backend>``, imported on first use: Triton kernels are defined, and
+    CUDA sources built, only when a call needs them."""
+    return importlib.import_module(f"{package}.{backend}")
 
 
 def _pip_cuda_includes() -> list[str]:

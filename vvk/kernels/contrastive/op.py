@@ -16,26 +16,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vvk.kernels.backends import resolve_backend
+from vvk.kernels.backends import implementation, resolve_backend
 from vvk.kernels.contrastive import reference
 
 REDUCTIONS = ("mean", "sum", "none")
-
-
-def _implementation(backend: str) -> ModuleType:
-    if backend == "triton":
-        from vvk.kernels.contrastive import triton as module
-    elif backend == "cuda":
-        from vvk.kernels.contrastive import cuda as module
-    else:
-        module = reference
-    return module
 
 
 def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -54,7 +43,7 @@ def _similarity_lse(
     block_cols: int,
     backend: str,
 ) -> Tensor:
-    impl = _implementation(backend)
+    impl = implementation(__package__, backend)
     return impl.lse_forward(q, k, scale, positives, group_q, group_k, block_rows, block_cols)
 
 
@@ -77,7 +66,7 @@ def _similarity_lse_backward(
     block_cols: int,
     backend: str,
 ) -> tuple[Tensor, Tensor]:
-    impl = _implementation(backend)
+    impl = implementation(__package__, backend)
     return impl.lse_backward(grad, q, k, scale, lse, positives, group_q, group_k, block_rows, block_cols)
 
 

@@ -6,10 +6,11 @@ drops same-group columns that are not positives of row ``i`` (no columns without
 - Forward: one program per ``BLOCK_M`` rows keeps the rows' features in registers and walks the
   columns in ``BLOCK_N`` tiles with an online log-sum-exp (running max and rescaled sum), in
   the manner of flash attention and Inf-CL's ``_prob_fwd_kernel``.
-- Backward: two kernels, no atomics (deterministic). ``dq``: per row block, walk the column
-  tiles recomputing ``p_ij = exp(s_ij - lse_i)`` and accumulate ``dq += (g * p) @ k``; ``dk``:
-  per column block, walk the row tiles and accumulate ``dk += (g * p)^T @ q``. Both finish with
-  ``* scale``. Each recomputes ``s``: three similarity products in the backward, one forward.
+- Backward: one kernel launched twice, no atomics (deterministic). ``FOR_KEYS=False`` (dq): a
+  program per row block walks the column tiles recomputing ``p_ij = exp(s_ij - lse_i)`` and
+  accumulates ``dq += (g * p) @ k``; ``FOR_KEYS=True`` (dk): a program per column block walks the
+  row tiles and accumulates ``dk += (g * p)^T @ q``. Both finish with ``* scale``; each
+  recomputes ``s``, so the backward costs three similarity products to the forward's one.
 
 Caveats:
 - The whole feature dimension is one tile (``BLOCK_D = next_power_of_2(D)``, at most 1024):
@@ -33,18 +34,34 @@ _MAX_D = 1024
 
 
 @triton.jit
-def _keep_mask(
-    rows, cols, row_ok, col_ok, group_rows, group_cols, POS, stride_pn, P, HAS_GROUPS: tl.constexpr
+def _masked_scores(
+    q,
+    k,
+    rows,
+    cols,
+    row_ok,
+    col_ok,
+    scale,
+    POS,
+    GQ,
+    GK,
+    stride_pn,
+    P,
+    HAS_GROUPS: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
-    """``(BLOCK_M, BLOCK_N)`` True where column ``j`` counts in row ``i``'s denominator."""
+    """``scale * q @ k^T`` of one tile, ``-inf`` outside the matrix and for dropped columns."""
     keep = row_ok[:, None] & col_ok[None, :]
     if HAS_GROUPS:
+        group_rows = tl.load(GQ + rows, mask=row_ok, other=0)
+        group_cols = tl.load(GK + cols, mask=col_ok, other=0)
         is_pos = (rows[:, None] < 0) & (cols[None, :] < 0)  # all False, (BLOCK_M, BLOCK_N)
         for p in range(P):
             pos = tl.load(POS + rows * stride_pn + p, mask=row_ok, other=-1)
             is_pos = is_pos | (pos[:, None] == cols[None, :])
         keep = keep & ((group_rows[:, None] != group_cols[None, :]) | is_pos)
-    return keep
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
+    return tl.where(keep, s, float("-inf"))
 
 
 @triton.jit
@@ -86,17 +103,15 @@ def _lse_fwd_kernel(
     d_ok = dims < D
     q = _load_rows(Q, rows, row_ok, dims, d_ok, stride_qn, stride_qd)
     scale = tl.load(SCALE).to(tl.float32)
-    group_rows = tl.load(GQ + rows, mask=row_ok, other=0) if HAS_GROUPS else rows
     running_max = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     running_sum = tl.zeros((BLOCK_M,), tl.float32)
     for c0 in range(0, M, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         col_ok = cols < M
         k = _load_rows(K, cols, col_ok, dims, d_ok, stride_kn, stride_kd)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
-        group_cols = tl.load(GK + cols, mask=col_ok, other=0) if HAS_GROUPS else cols
-        keep = _keep_mask(rows, cols, row_ok, col_ok, group_rows, group_cols, POS, stride_pn, P, HAS_GROUPS)
-        s = tl.where(keep, s, float("-inf"))
+        s = _masked_scores(
+            q, k, rows, cols, row_ok, col_ok, scale, POS, GQ, GK, stride_pn, P, HAS_GROUPS, PRECISION
+        )
         new_max = tl.maximum(running_max, tl.max(s, axis=1))
         # Rows with every column so far dropped keep max -inf: shift them by 0, not -inf.
         shift = tl.where(new_max == float("-inf"), 0.0, new_max)
@@ -108,63 +123,36 @@ def _lse_fwd_kernel(
 
 
 @triton.jit
-def _lse_bwd_dq_kernel(
-    Q,  # (N, D) rows, any strides
-    K,  # (M, D) columns, any strides
-    SCALE,  # one element: 1 / temperature
-    LSE,  # (N,) float32 forward result
-    GRAD,  # (N,) upstream gradient of lse
-    DQ,  # out: (N, D) contiguous, in q's dtype
-    POS,  # (N, P) int64 positive column indices, -1 padded; read only with groups
-    GQ,  # (N,) int64 row groups; read only with groups
-    GK,  # (M,) int64 column groups; read only with groups
-    N,  # rows of q
-    M,  # rows of k
-    D,  # features
-    P,  # positives per row (columns of POS); 0 without groups
-    stride_qn,  # q strides, in elements
-    stride_qd,
-    stride_kn,  # k strides, in elements
-    stride_kd,
-    stride_pn,  # row stride of POS
-    HAS_GROUPS: tl.constexpr,  # drop same-group non-positive columns
-    BLOCK_M: tl.constexpr,  # rows per tile
-    BLOCK_N: tl.constexpr,  # columns per tile
-    BLOCK_D: tl.constexpr,  # next power of two >= D
-    PRECISION: tl.constexpr,  # tl.dot input precision for float32: "ieee" or "tf32"
+def _weighted_probs(
+    q, k, rows, cols, row_ok, col_ok, scale, LSE, GRAD, POS, GQ, GK, stride_pn, P, HAS_GROUPS, PRECISION
 ):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < N
-    dims = tl.arange(0, BLOCK_D)
-    d_ok = dims < D
-    q = _load_rows(Q, rows, row_ok, dims, d_ok, stride_qn, stride_qd)
-    scale = tl.load(SCALE).to(tl.float32)
+    """``g_i * exp(s_ij - lse_i)`` of one tile; 0 for dropped columns and outside the matrix."""
+    s = _masked_scores(
+        q, k, rows, cols, row_ok, col_ok, scale, POS, GQ, GK, stride_pn, P, HAS_GROUPS, PRECISION
+    )
     lse = tl.load(LSE + rows, mask=row_ok, other=0.0)
-    lse = tl.where(lse == float("-inf"), 0.0, lse)  # a fully dropped row has p = 0 everywhere
+    lse = tl.where(lse == float("-inf"), 0.0, lse)  # a fully dropped row has s = -inf everywhere
     grad = tl.load(GRAD + rows, mask=row_ok, other=0.0).to(tl.float32)
-    group_rows = tl.load(GQ + rows, mask=row_ok, other=0) if HAS_GROUPS else rows
-    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
-    for c0 in range(0, M, BLOCK_N):
-        cols = c0 + tl.arange(0, BLOCK_N)
-        col_ok = cols < M
-        k = _load_rows(K, cols, col_ok, dims, d_ok, stride_kn, stride_kd)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
-        group_cols = tl.load(GK + cols, mask=col_ok, other=0) if HAS_GROUPS else cols
-        keep = _keep_mask(rows, cols, row_ok, col_ok, group_rows, group_cols, POS, stride_pn, P, HAS_GROUPS)
-        p = tl.where(keep, tl.exp(s - lse[:, None]), 0.0) * grad[:, None]
-        acc += tl.dot(p.to(k.dtype), k, input_precision=PRECISION)
-    out = DQ + rows[:, None] * D + dims[None, :]
-    tl.store(out, (acc * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    return tl.exp(s - lse[:, None]) * grad[:, None]
 
 
 @triton.jit
-def _lse_bwd_dk_kernel(
+def _store_rows(X, rows, row_ok, dims, d_ok, D, values):
+    tl.store(
+        X + rows[:, None] * D + dims[None, :],
+        values.to(X.dtype.element_ty),
+        mask=row_ok[:, None] & d_ok[None, :],
+    )
+
+
+@triton.jit
+def _lse_bwd_kernel(
     Q,  # (N, D) rows, any strides
     K,  # (M, D) columns, any strides
     SCALE,  # one element: 1 / temperature
     LSE,  # (N,) float32 forward result
     GRAD,  # (N,) upstream gradient of lse
-    DK,  # out: (M, D) contiguous, in k's dtype
+    OUT,  # out: dq (N, D) or dk (M, D), contiguous, in the input dtype
     POS,  # (N, P) int64 positive column indices, -1 padded; read only with groups
     GQ,  # (N,) int64 row groups; read only with groups
     GK,  # (M,) int64 column groups; read only with groups
@@ -178,33 +166,73 @@ def _lse_bwd_dk_kernel(
     stride_kd,
     stride_pn,  # row stride of POS
     HAS_GROUPS: tl.constexpr,  # drop same-group non-positive columns
+    FOR_KEYS: tl.constexpr,  # False: dq, a program per row block; True: dk, a program per column block
     BLOCK_M: tl.constexpr,  # rows per tile
     BLOCK_N: tl.constexpr,  # columns per tile
     BLOCK_D: tl.constexpr,  # next power of two >= D
     PRECISION: tl.constexpr,  # tl.dot input precision for float32: "ieee" or "tf32"
 ):
-    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < M
     dims = tl.arange(0, BLOCK_D)
     d_ok = dims < D
-    k = _load_rows(K, cols, col_ok, dims, d_ok, stride_kn, stride_kd)
     scale = tl.load(SCALE).to(tl.float32)
-    group_cols = tl.load(GK + cols, mask=col_ok, other=0) if HAS_GROUPS else cols
-    acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
-    for r0 in range(0, N, BLOCK_M):
-        rows = r0 + tl.arange(0, BLOCK_M)
+    if FOR_KEYS:  # dk_j = scale * sum_i g_i p_ij q_i, walking the row tiles
+        cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = cols < M
+        k = _load_rows(K, cols, col_ok, dims, d_ok, stride_kn, stride_kd)
+        acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+        for r0 in range(0, N, BLOCK_M):
+            rows = r0 + tl.arange(0, BLOCK_M)
+            row_ok = rows < N
+            q = _load_rows(Q, rows, row_ok, dims, d_ok, stride_qn, stride_qd)
+            p = _weighted_probs(
+                q,
+                k,
+                rows,
+                cols,
+                row_ok,
+                col_ok,
+                scale,
+                LSE,
+                GRAD,
+                POS,
+                GQ,
+                GK,
+                stride_pn,
+                P,
+                HAS_GROUPS,
+                PRECISION,
+            )
+            acc += tl.dot(tl.trans(p).to(q.dtype), q, input_precision=PRECISION)
+        _store_rows(OUT, cols, col_ok, dims, d_ok, D, acc * scale)
+    else:  # dq_i = scale * sum_j g_i p_ij k_j, walking the column tiles
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows < N
         q = _load_rows(Q, rows, row_ok, dims, d_ok, stride_qn, stride_qd)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
-        lse = tl.load(LSE + rows, mask=row_ok, other=0.0)
-        lse = tl.where(lse == float("-inf"), 0.0, lse)
-        grad = tl.load(GRAD + rows, mask=row_ok, other=0.0).to(tl.float32)
-        group_rows = tl.load(GQ + rows, mask=row_ok, other=0) if HAS_GROUPS else rows
-        keep = _keep_mask(rows, cols, row_ok, col_ok, group_rows, group_cols, POS, stride_pn, P, HAS_GROUPS)
-        p = tl.where(keep, tl.exp(s - lse[:, None]), 0.0) * grad[:, None]
-        acc += tl.dot(tl.trans(p).to(q.dtype), q, input_precision=PRECISION)
-    out = DK + cols[:, None] * D + dims[None, :]
-    tl.store(out, (acc * scale).to(DK.dtype.element_ty), mask=col_ok[:, None] & d_ok[None, :])
+        acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+        for c0 in range(0, M, BLOCK_N):
+            cols = c0 + tl.arange(0, BLOCK_N)
+            col_ok = cols < M
+            k = _load_rows(K, cols, col_ok, dims, d_ok, stride_kn, stride_kd)
+            p = _weighted_probs(
+                q,
+                k,
+                rows,
+                cols,
+                row_ok,
+                col_ok,
+                scale,
+                LSE,
+                GRAD,
+                POS,
+                GQ,
+                GK,
+                stride_pn,
+                P,
+                HAS_GROUPS,
+                PRECISION,
+            )
+            acc += tl.dot(p.to(k.dtype), k, input_precision=PRECISION)
+        _store_rows(OUT, rows, row_ok, dims, d_ok, D, acc * scale)
 
 
 def _settings(q: Tensor, block_rows: int, block_cols: int) -> dict:
@@ -263,8 +291,7 @@ def lse_backward(grad, q, k, scale, lse, positives, group_q, group_k, block_rows
         return dq.zero_(), dk.zero_()
     args, has_groups = _common_args(q, k, positives, group_q, group_k)
     inputs = (q, k, scale.float(), lse.float().contiguous(), grad.contiguous())
-    n_blocks = triton.cdiv(q.shape[0], settings["BLOCK_M"])
-    _lse_bwd_dq_kernel[(n_blocks,)](*inputs, dq, *args, HAS_GROUPS=has_groups, **settings)
-    m_blocks = triton.cdiv(k.shape[0], settings["BLOCK_N"])
-    _lse_bwd_dk_kernel[(m_blocks,)](*inputs, dk, *args, HAS_GROUPS=has_groups, **settings)
+    for out, for_keys, blocks in ((dq, False, q.shape[0]), (dk, True, k.shape[0])):
+        grid = (triton.cdiv(blocks, settings["BLOCK_N" if for_keys else "BLOCK_M"]),)
+        _lse_bwd_kernel[grid](*inputs, out, *args, HAS_GROUPS=has_groups, FOR_KEYS=for_keys, **settings)
     return dq, dk

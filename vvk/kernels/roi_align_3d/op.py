@@ -18,23 +18,11 @@ docs/benchmarks.md.
 
 from __future__ import annotations
 
-from types import ModuleType
-
 import torch
 from torch import Tensor, nn
 
-from vvk.kernels.backends import resolve_backend
+from vvk.kernels.backends import implementation, resolve_backend
 from vvk.kernels.roi_align_3d import reference
-
-
-def _implementation(backend: str) -> ModuleType:
-    if backend == "triton":
-        from vvk.kernels.roi_align_3d import triton as module
-    elif backend == "cuda":
-        from vvk.kernels.roi_align_3d import cuda as module
-    else:
-        module = reference
-    return module
 
 
 @torch.library.custom_op("vvk::roi_align_3d_pool", mutates_args=())
@@ -47,7 +35,9 @@ def _pool(
     pooled_w: int,
     backend: str,
 ) -> Tensor:
-    return _implementation(backend).pool_forward(images, batch_index, table, (pooled_t, pooled_h, pooled_w))
+    return implementation(__package__, backend).pool_forward(
+        images, batch_index, table, (pooled_t, pooled_h, pooled_w)
+    )
 
 
 @_pool.register_fake
@@ -59,7 +49,7 @@ def _(images, batch_index, table, pooled_t, pooled_h, pooled_w, backend):
 def _pool_backward(
     grad: Tensor, batch_index: Tensor, table: Tensor, images_shape: list[int], backend: str
 ) -> Tensor:
-    return _implementation(backend).pool_backward(grad, batch_index, table, images_shape)
+    return implementation(__package__, backend).pool_backward(grad, batch_index, table, images_shape)
 
 
 @_pool_backward.register_fake

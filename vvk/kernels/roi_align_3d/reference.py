@@ -34,7 +34,8 @@ three 1-D grids, so a roi's output is the input contracted with three small matr
     Wx[k, d, w] = (1 / grid) * sum_{i valid} max(0, 1 - |clamp(x_{d,i}, 0, W - 1) - w|)
 
 (likewise Wy, Wt). Per image the x contraction is one GEMM ``(C*T*H, W) @ (W, k*pw)``, then
-two batched matmuls; the backward is the same chain transposed. This costs
+batched matmuls over t and y (t before y: pt < T shrinks what the y product reads; a one-frame
+image, as in tubes, skips the t product); the backward is the same chain transposed. This costs
 ``O(K * C * T * H * W * pw)`` dense FLOPs, deterministic, no scatter: on the CPU it is several
 times faster than looping ``torchvision.ops.roi_align`` over frames (benchmarks/kernels.py), but
 it does not exploit small rois on large maps (dense weight rows are mostly zero there).
@@ -136,28 +137,40 @@ def _chunks(rows: Tensor, channels: int, frames: int, height: int, pw: int, item
 
 
 def _pool_image(image: Tensor, wt: Tensor, wy: Tensor, wx: Tensor) -> Tensor:
-    """``image (C, T, H, W)`` and ``k`` rois' weights -> ``(k, C, pt, ph, pw)``."""
+    """``image (C, T, H, W)`` and ``k`` rois' weights -> ``(k, C, pt, ph, pw)``: x, then t, then y."""
     c, t, h, w = image.shape
     k, pw = wx.shape[:2]
     ph, pt = wy.shape[1], wt.shape[1]
+    single_frame = t == 1 and pt == 1  # tubes: the one temporal weight rides on the x weights
+    if single_frame:
+        wx = wx * wt.reshape(k, 1, 1)
     x = image.reshape(c * t * h, w) @ wx.reshape(k * pw, w).T  # (C*T*H, W) -> (C*T*H, k*pw)
-    x = x.view(c, t, h, k, pw).permute(3, 2, 0, 1, 4).reshape(k, h, c * t * pw)  # -> (k, H, C*T*pw)
-    x = torch.bmm(wy, x)  # (k, ph, C*T*pw)
-    x = x.view(k, ph, c, t, pw).permute(0, 3, 1, 2, 4).reshape(k, t, ph * c * pw)  # -> (k, T, ph*C*pw)
-    x = torch.bmm(wt, x)  # (k, pt, ph*C*pw)
-    return x.view(k, pt, ph, c, pw).permute(0, 3, 1, 2, 4)  # -> (k, C, pt, ph, pw)
+    if single_frame:
+        x = x.view(c, h, k, pw).permute(2, 1, 0, 3).unsqueeze(2)  # -> (k, H, 1, C, pw)
+    else:
+        x = x.view(c, t, h, k, pw).permute(3, 1, 0, 2, 4).reshape(k, t, c * h * pw)  # -> (k, T, C*H*pw)
+        x = torch.bmm(wt, x).view(k, pt, c, h, pw).permute(0, 3, 1, 2, 4)  # -> (k, H, pt, C, pw)
+    x = torch.bmm(wy, x.reshape(k, h, pt * c * pw))  # (k, ph, pt*C*pw)
+    return x.view(k, ph, pt, c, pw).permute(0, 3, 2, 1, 4)  # -> (k, C, pt, ph, pw)
 
 
 def _unpool_image(grad: Tensor, wt: Tensor, wy: Tensor, wx: Tensor, frames: int, height: int) -> Tensor:
     """Adjoint of :func:`_pool_image`: ``grad (k, C, pt, ph, pw)`` -> ``(C, T, H, W)``."""
     k, c, pt, ph, pw = grad.shape
     width = wx.shape[2]
-    g = grad.permute(0, 2, 3, 1, 4).reshape(k, pt, ph * c * pw)  # (k, C, pt, ph, pw) -> (k, pt, ph*C*pw)
-    g = torch.bmm(wt.transpose(1, 2), g)  # (k, T, ph*C*pw)
-    g = g.view(k, frames, ph, c, pw).permute(0, 2, 3, 1, 4).reshape(k, ph, c * frames * pw)
-    g = torch.bmm(wy.transpose(1, 2), g)  # (k, H, C*T*pw)
-    g = g.view(k, height, c, frames, pw).permute(2, 3, 1, 0, 4).reshape(c * frames * height, k * pw)
-    return (g @ wx.reshape(k * pw, width)).view(c, frames, height, width)  # (C*T*H, W) -> (C, T, H, W)
+    single_frame = frames == 1 and pt == 1
+    g = grad.permute(0, 3, 2, 1, 4).reshape(k, ph, pt * c * pw)  # -> (k, ph, pt*C*pw)
+    g = torch.bmm(wy.transpose(1, 2), g).view(k, height, pt, c, pw)  # (k, H, pt, C, pw)
+    if single_frame:
+        wx = wx * wt.reshape(k, 1, 1)
+        g = g[:, :, 0].permute(2, 1, 0, 3)  # -> (C, H, k, pw)
+    else:
+        g = g.permute(0, 2, 3, 1, 4).reshape(k, pt, c * height * pw)  # -> (k, pt, C*H*pw)
+        g = (
+            torch.bmm(wt.transpose(1, 2), g).view(k, frames, c, height, pw).permute(2, 1, 3, 0, 4)
+        )  # (C, T, H, k, pw)
+    g = g.reshape(c * frames * height, k * pw) @ wx.reshape(k * pw, width)  # -> (C*T*H, W)
+    return g.view(c, frames, height, width)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -177,13 +190,12 @@ def pool_forward(images: Tensor, batch_index: Tensor, table: Tensor, pooled: tup
     if batch_index.shape[0] == 0:
         return x.new_zeros(0, c, *pooled).to(images.dtype)
     wt, wy, wx = _weights(table.to(dtype), x.shape, pooled)
-    parts, order = [], []
+    out = x.new_empty(batch_index.shape[0], c, *pooled)
     for b in torch.unique(batch_index).tolist():
         rows = (batch_index == b).nonzero().squeeze(1)
         for chunk in _chunks(rows, c, t, h, pooled[2], x.element_size()):
-            parts.append(_pool_image(x[b], wt[chunk], wy[chunk], wx[chunk]))
-            order.append(chunk)
-    out = torch.cat(parts).index_select(0, torch.argsort(torch.cat(order)))  # back to roi order
+            # In place but differentiable: autograd records the copy into each roi's slot.
+            out.index_copy_(0, chunk, _pool_image(x[b], wt[chunk], wy[chunk], wx[chunk]))
     return out.to(images.dtype)
 
 

@@ -8,8 +8,8 @@
 // Layout of a tile step: 256 threads = 8 warps; thread (warp w, lane l) owns entries
 // (row w + 8 i, column l), i < 4, so a warp holds whole tile rows and row reductions are warp
 // shuffles. q and k chunks of 32 features go through shared memory (rows padded to 33 to avoid
-// bank conflicts). The backward runs two kernels without atomics (deterministic): dq per row
-// block and dk per column block, each holding its output rows in registers (D <= 512).
+// bank conflicts). The backward runs one kernel twice, without atomics (deterministic): dq per
+// row block and dk per column block, each holding its output rows in registers (D <= 512).
 //
 // Caveat: plain FMA arithmetic in acc_t (float, or double for double input), no tensor cores:
 // correct for every dtype but far slower than the Triton kernels on bf16/fp16 at large N.
@@ -174,73 +174,24 @@ __device__ __forceinline__ acc_t weighted_prob(acc_t s, acc_t lse, acc_t g) {
   return exp_(s - (lse == neg_inf<acc_t>() ? acc_t(0) : lse)) * g;
 }
 
-// dq[row] = scale * sum_j g_row p_row,j k_j for the 32 rows of this block.
-template <typename scalar_t, typename acc_t, int CHUNKS>
-__global__ void __launch_bounds__(kThreads) lse_backward_dq_kernel(
-    Problem<scalar_t, acc_t> p, const acc_t* lse, const acc_t* grad, scalar_t* dq) {
+// FOR_KEYS = false: dq[i] = scale * sum_j g_i p_ij k_j for the 32 rows i of this block, walking
+// the column tiles. FOR_KEYS = true: dk[j] = scale * sum_i g_i p_ij q_i for the 32 columns j of
+// this block, walking the row tiles. Thread (warp w, lane l) accumulates output rows w + 8 a
+// (a < 4), features c * 32 + l (c < CHUNKS), in registers.
+template <typename scalar_t, typename acc_t, int CHUNKS, bool FOR_KEYS>
+__global__ void __launch_bounds__(kThreads) lse_backward_kernel(
+    Problem<scalar_t, acc_t> p, const acc_t* lse, const acc_t* grad, scalar_t* out) {
   __shared__ acc_t qs[kTile][kTile + 1];
   __shared__ acc_t ks[kTile][kTile + 1];
-  __shared__ acc_t gs[kTile][kTile + 1];
-  __shared__ acc_t xs[kTile][kTile + 1];
+  __shared__ acc_t gs[kTile][kTile + 1];  // g_i p_ij of the tile, [row i][column j]
+  __shared__ acc_t xs[kTile][kTile + 1];  // a 32 x 32 chunk of the other side's features
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTile;
-  acc_t row_lse[kRowsPerThread], row_grad[kRowsPerThread];
-#pragma unroll
-  for (int i = 0; i < kRowsPerThread; ++i) {
-    const int64_t row = row0 + warp + kWarps * i;
-    row_lse[i] = row < p.n ? lse[row] : acc_t(0);
-    row_grad[i] = row < p.n ? grad[row] : acc_t(0);
-  }
+  const int64_t fixed0 = static_cast<int64_t>(blockIdx.x) * kTile;  // first output row
+  const int64_t walked = FOR_KEYS ? p.n : p.m;
   acc_t acc[kRowsPerThread][CHUNKS] = {};
-  for (int64_t col0 = 0; col0 < p.m; col0 += kTile) {
-    acc_t s[kRowsPerThread];
-    score_tile(p, row0, col0, qs, ks, s);
-#pragma unroll
-    for (int i = 0; i < kRowsPerThread; ++i) {
-      gs[warp + kWarps * i][lane] = weighted_prob(s[i], row_lse[i], row_grad[i]);
-    }
-#pragma unroll
-    for (int c = 0; c < CHUNKS; ++c) {
-      if (c * kTile < p.d) {  // uniform across the block
-        load_chunk(xs, p.k, p.m, p.d, p.skn, p.skd, col0, static_cast<int64_t>(c) * kTile);
-        __syncthreads();
-        for (int j = 0; j < kTile; ++j) {
-          const acc_t kv = xs[j][lane];
-#pragma unroll
-          for (int i = 0; i < kRowsPerThread; ++i) {
-            acc[i][c] += gs[warp + kWarps * i][j] * kv;
-          }
-        }
-        __syncthreads();
-      }
-    }
-  }
-  const acc_t scale = *p.scale;
-#pragma unroll
-  for (int i = 0; i < kRowsPerThread; ++i) {
-    const int64_t row = row0 + warp + kWarps * i;
-#pragma unroll
-    for (int c = 0; c < CHUNKS; ++c) {
-      const int64_t dim = static_cast<int64_t>(c) * kTile + lane;
-      if (row < p.n && dim < p.d) {
-        dq[row * p.d + dim] = static_cast<scalar_t>(acc[i][c] * scale);
-      }
-    }
-  }
-}
-
-// dk[col] = scale * sum_i g_i p_i,col q_i for the 32 columns of this block.
-template <typename scalar_t, typename acc_t, int CHUNKS>
-__global__ void __launch_bounds__(kThreads) lse_backward_dk_kernel(
-    Problem<scalar_t, acc_t> p, const acc_t* lse, const acc_t* grad, scalar_t* dk) {
-  __shared__ acc_t qs[kTile][kTile + 1];
-  __shared__ acc_t ks[kTile][kTile + 1];
-  __shared__ acc_t gs[kTile][kTile + 1];
-  __shared__ acc_t xs[kTile][kTile + 1];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t col0 = static_cast<int64_t>(blockIdx.x) * kTile;
-  acc_t acc[kRowsPerThread][CHUNKS] = {};
-  for (int64_t row0 = 0; row0 < p.n; row0 += kTile) {
+  for (int64_t walk0 = 0; walk0 < walked; walk0 += kTile) {
+    const int64_t row0 = FOR_KEYS ? walk0 : fixed0;
+    const int64_t col0 = FOR_KEYS ? fixed0 : walk0;
     acc_t s[kRowsPerThread];
     score_tile(p, row0, col0, qs, ks, s);
 #pragma unroll
@@ -252,14 +203,19 @@ __global__ void __launch_bounds__(kThreads) lse_backward_dk_kernel(
     }
 #pragma unroll
     for (int c = 0; c < CHUNKS; ++c) {
-      if (c * kTile < p.d) {
-        load_chunk(xs, p.q, p.n, p.d, p.sqn, p.sqd, row0, static_cast<int64_t>(c) * kTile);
+      if (c * kTile < p.d) {  // uniform across the block
+        if (FOR_KEYS) {
+          load_chunk(xs, p.q, p.n, p.d, p.sqn, p.sqd, row0, static_cast<int64_t>(c) * kTile);
+        } else {
+          load_chunk(xs, p.k, p.m, p.d, p.skn, p.skd, col0, static_cast<int64_t>(c) * kTile);
+        }
         __syncthreads();
-        for (int i = 0; i < kTile; ++i) {
-          const acc_t qv = xs[i][lane];
+        for (int j = 0; j < kTile; ++j) {
+          const acc_t x = xs[j][lane];
 #pragma unroll
           for (int a = 0; a < kRowsPerThread; ++a) {
-            acc[a][c] += gs[i][warp + kWarps * a] * qv;
+            // dk: sum over tile rows j of gs[j][out column]; dq: sum over tile columns j of gs[out row][j].
+            acc[a][c] += (FOR_KEYS ? gs[j][warp + kWarps * a] : gs[warp + kWarps * a][j]) * x;
           }
         }
         __syncthreads();
@@ -267,14 +223,15 @@ __global__ void __launch_bounds__(kThreads) lse_backward_dk_kernel(
     }
   }
   const acc_t scale = *p.scale;
+  const int64_t outputs = FOR_KEYS ? p.m : p.n;
 #pragma unroll
   for (int a = 0; a < kRowsPerThread; ++a) {
-    const int64_t col = col0 + warp + kWarps * a;
+    const int64_t row = fixed0 + warp + kWarps * a;
 #pragma unroll
     for (int c = 0; c < CHUNKS; ++c) {
       const int64_t dim = static_cast<int64_t>(c) * kTile + lane;
-      if (col < p.m && dim < p.d) {
-        dk[col * p.d + dim] = static_cast<scalar_t>(acc[a][c] * scale);
+      if (row < outputs && dim < p.d) {
+        out[row * p.d + dim] = static_cast<scalar_t>(acc[a][c] * scale);
       }
     }
   }
@@ -307,22 +264,25 @@ Problem<scalar_t, acc_t> make_problem(
   return p;
 }
 
-// Launches KERNEL<scalar_t, acc_t, CHUNKS> with the smallest CHUNKS in {1, 2, 4, 8, 16} covering d.
-#define VVK_LAUNCH_WITH_CHUNKS(KERNEL, d, blocks, stream, ...)                              \
-  do {                                                                                     \
-    const int64_t chunks_needed = ((d) + kTile - 1) / kTile;                               \
-    if (chunks_needed <= 1) {                                                              \
-      KERNEL<scalar_t, acc_t, 1><<<blocks, kThreads, 0, stream>>>(__VA_ARGS__);           \
-    } else if (chunks_needed <= 2) {                                                       \
-      KERNEL<scalar_t, acc_t, 2><<<blocks, kThreads, 0, stream>>>(__VA_ARGS__);           \
-    } else if (chunks_needed <= 4) {                                                       \
-      KERNEL<scalar_t, acc_t, 4><<<blocks, kThreads, 0, stream>>>(__VA_ARGS__);           \
-    } else if (chunks_needed <= 8) {                                                       \
-      KERNEL<scalar_t, acc_t, 8><<<blocks, kThreads, 0, stream>>>(__VA_ARGS__);           \
-    } else {                                                                               \
-      KERNEL<scalar_t, acc_t, kMaxChunks><<<blocks, kThreads, 0, stream>>>(__VA_ARGS__);  \
-    }                                                                                      \
-  } while (0)
+// Launches lse_backward_kernel<scalar_t, acc_t, CHUNKS, FOR_KEYS> with the smallest CHUNKS in
+// {1, 2, 4, 8, 16} that covers the feature dimension d.
+template <typename scalar_t, typename acc_t, bool FOR_KEYS>
+void launch_backward(const Problem<scalar_t, acc_t>& p, const acc_t* lse, const acc_t* grad, scalar_t* out,
+                     unsigned int blocks, cudaStream_t stream) {
+  const int64_t chunks = (p.d + kTile - 1) / kTile;
+  if (chunks <= 1) {
+    lse_backward_kernel<scalar_t, acc_t, 1, FOR_KEYS><<<blocks, kThreads, 0, stream>>>(p, lse, grad, out);
+  } else if (chunks <= 2) {
+    lse_backward_kernel<scalar_t, acc_t, 2, FOR_KEYS><<<blocks, kThreads, 0, stream>>>(p, lse, grad, out);
+  } else if (chunks <= 4) {
+    lse_backward_kernel<scalar_t, acc_t, 4, FOR_KEYS><<<blocks, kThreads, 0, stream>>>(p, lse, grad, out);
+  } else if (chunks <= 8) {
+    lse_backward_kernel<scalar_t, acc_t, 8, FOR_KEYS><<<blocks, kThreads, 0, stream>>>(p, lse, grad, out);
+  } else {
+    lse_backward_kernel<scalar_t, acc_t, kMaxChunks, FOR_KEYS><<<blocks, kThreads, 0, stream>>>(p, lse, grad, out);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
 
 unsigned int blocks_for(int64_t n) {
   return static_cast<unsigned int>((n + kTile - 1) / kTile);
@@ -368,12 +328,8 @@ std::vector<at::Tensor> similarity_lse_backward_cuda(
     const auto p = make_problem<scalar_t, acc_t>(q, k, scale, positives, group_q, group_k);
     const acc_t* lse_ptr = lse.data_ptr<acc_t>();
     const acc_t* grad_ptr = grad.data_ptr<acc_t>();
-    VVK_LAUNCH_WITH_CHUNKS(lse_backward_dq_kernel, p.d, blocks_for(p.n), stream, p, lse_ptr, grad_ptr,
-                           dq.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    VVK_LAUNCH_WITH_CHUNKS(lse_backward_dk_kernel, p.d, blocks_for(p.m), stream, p, lse_ptr, grad_ptr,
-                           dk.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_backward<scalar_t, acc_t, false>(p, lse_ptr, grad_ptr, dq.data_ptr<scalar_t>(), blocks_for(p.n), stream);
+    launch_backward<scalar_t, acc_t, true>(p, lse_ptr, grad_ptr, dk.data_ptr<scalar_t>(), blocks_for(p.m), stream);
   });
   return {dq, dk};
 }

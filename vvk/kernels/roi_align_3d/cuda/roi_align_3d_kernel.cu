@@ -73,6 +73,39 @@ __device__ __forceinline__ OutputIndex split_index(int64_t idx, int64_t C, int P
   return o;
 }
 
+// Calls visit(t, y, x, weight) for the 8 trilinear neighbours of every sample point of output
+// bin o (zero weights skipped) and returns the bin's point count max(grid_t * grid_y * grid_x, 1).
+template <typename acc_t, typename Visit>
+__device__ __forceinline__ acc_t visit_bin(const acc_t* row, const OutputIndex& o, int T, int H, int W, Visit visit) {
+  const int gt = static_cast<int>(row[2]);
+  const int gy = static_cast<int>(row[5]);
+  const int gx = static_cast<int>(row[8]);
+  for (int it = 0; it < gt; ++it) {
+    const Taps<acc_t> t = axis_taps(sample_coord(row, o.pt, it), T);
+    for (int iy = 0; iy < gy; ++iy) {
+      const Taps<acc_t> y = axis_taps(sample_coord(row + 3, o.ph, iy), H);
+      for (int ix = 0; ix < gx; ++ix) {
+        const Taps<acc_t> x = axis_taps(sample_coord(row + 6, o.pw, ix), W);
+        const int ts[2] = {t.low, t.high};
+        const int ys[2] = {y.low, y.high};
+        const int xs[2] = {x.low, x.high};
+        const acc_t wts[2] = {t.w_low, t.w_high};
+        const acc_t wys[2] = {y.w_low, y.w_high};
+        const acc_t wxs[2] = {x.w_low, x.w_high};
+#pragma unroll
+        for (int corner = 0; corner < 8; ++corner) {
+          const int a = corner >> 2, b = (corner >> 1) & 1, d = corner & 1;
+          const acc_t w = wts[a] * wys[b] * wxs[d];
+          if (w != acc_t(0)) {
+            visit(ts[a], ys[b], xs[d], w);
+          }
+        }
+      }
+    }
+  }
+  return static_cast<acc_t>(max(gt * gy * gx, 1));
+}
+
 template <typename scalar_t, typename acc_t>
 __global__ void roi_align_3d_forward_kernel(
     const scalar_t* __restrict__ input,
@@ -86,37 +119,11 @@ __global__ void roi_align_3d_forward_kernel(
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const OutputIndex o = split_index(idx, C, PT, PH, PW);
-    const acc_t* row = table + o.k * 9;
-    const int gt = static_cast<int>(row[2]);
-    const int gy = static_cast<int>(row[5]);
-    const int gx = static_cast<int>(row[8]);
     const scalar_t* base = input + batch_index[o.k] * sb + o.c * sc;
-
     acc_t sum = 0;
-    for (int it = 0; it < gt; ++it) {
-      const Taps<acc_t> t = axis_taps(sample_coord(row, o.pt, it), T);
-      for (int iy = 0; iy < gy; ++iy) {
-        const Taps<acc_t> y = axis_taps(sample_coord(row + 3, o.ph, iy), H);
-        for (int ix = 0; ix < gx; ++ix) {
-          const Taps<acc_t> x = axis_taps(sample_coord(row + 6, o.pw, ix), W);
-          const int ts[2] = {t.low, t.high};
-          const int ys[2] = {y.low, y.high};
-          const int xs[2] = {x.low, x.high};
-          const acc_t wts[2] = {t.w_low, t.w_high};
-          const acc_t wys[2] = {y.w_low, y.w_high};
-          const acc_t wxs[2] = {x.w_low, x.w_high};
-#pragma unroll
-          for (int corner = 0; corner < 8; ++corner) {
-            const int a = corner >> 2, b = (corner >> 1) & 1, d = corner & 1;
-            const acc_t w = wts[a] * wys[b] * wxs[d];
-            if (w != acc_t(0)) {
-              sum += w * static_cast<acc_t>(base[ts[a] * st + ys[b] * sh + xs[d] * sw]);
-            }
-          }
-        }
-      }
-    }
-    const acc_t count = static_cast<acc_t>(max(gt * gy * gx, 1));
+    const acc_t count = visit_bin(table + o.k * 9, o, T, H, W, [&](int t, int y, int x, acc_t w) {
+      sum += w * static_cast<acc_t>(base[t * st + y * sh + x * sw]);
+    });
     output[idx] = static_cast<scalar_t>(sum / count);
   }
 }
@@ -134,39 +141,16 @@ __global__ void roi_align_3d_backward_kernel(
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const OutputIndex o = split_index(idx, C, PT, PH, PW);
     const acc_t* row = table + o.k * 9;
-    const int gt = static_cast<int>(row[2]);
-    const int gy = static_cast<int>(row[5]);
-    const int gx = static_cast<int>(row[8]);
-    const acc_t count = static_cast<acc_t>(max(gt * gy * gx, 1));
+    const acc_t count = static_cast<acc_t>(max(static_cast<int>(row[2]) * static_cast<int>(row[5]) *
+                                                   static_cast<int>(row[8]), 1));
     const acc_t g = static_cast<acc_t>(grad_output[idx]) / count;
     if (g == acc_t(0)) {
       continue;
     }
     acc_t* base = grad_input + (batch_index[o.k] * C + o.c) * static_cast<int64_t>(T) * H * W;
-
-    for (int it = 0; it < gt; ++it) {
-      const Taps<acc_t> t = axis_taps(sample_coord(row, o.pt, it), T);
-      for (int iy = 0; iy < gy; ++iy) {
-        const Taps<acc_t> y = axis_taps(sample_coord(row + 3, o.ph, iy), H);
-        for (int ix = 0; ix < gx; ++ix) {
-          const Taps<acc_t> x = axis_taps(sample_coord(row + 6, o.pw, ix), W);
-          const int ts[2] = {t.low, t.high};
-          const int ys[2] = {y.low, y.high};
-          const int xs[2] = {x.low, x.high};
-          const acc_t wts[2] = {t.w_low, t.w_high};
-          const acc_t wys[2] = {y.w_low, y.w_high};
-          const acc_t wxs[2] = {x.w_low, x.w_high};
-#pragma unroll
-          for (int corner = 0; corner < 8; ++corner) {
-            const int a = corner >> 2, b = (corner >> 1) & 1, d = corner & 1;
-            const acc_t w = wts[a] * wys[b] * wxs[d];
-            if (w != acc_t(0)) {
-              atomicAdd(base + (static_cast<int64_t>(ts[a]) * H + ys[b]) * W + xs[d], g * w);
-            }
-          }
-        }
-      }
-    }
+    visit_bin(row, o, T, H, W, [&](int t, int y, int x, acc_t w) {
+      atomicAdd(base + (static_cast<int64_t>(t) * H + y) * W + x, g * w);
+    });
   }
 }
 
