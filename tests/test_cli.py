@@ -62,6 +62,10 @@ BAD_INPUT: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
         (["eval", "retrieval", "--data", "/no/such", "--backbone", "r3d-tiny"], "/no/such: no such folder"),
         (["eval", "retrieval", "--data", ".", "--backbone", "r3d-tny"], "did you mean r3d-tiny"),
         (["eval", "retrieval", "--data", ".", "--repeats", "0"], "Invalid value for '--repeats'"),
+        (
+            ["eval", "retrieval", "--data", ".", "--backbone", "r3d-tiny", "--compare-random"],
+            "needs --weights",
+        ),
     ],
     ("eval", "linear-probe"): [
         (["eval", "linear-probe", "--data", ".", "--weights", "/no/such.safetensors"], "file not found"),

@@ -30,7 +30,7 @@ class Output:
         if self._stderr is None:
             from rich.console import Console
 
-            self._stderr = Console(stderr=True)
+            self._stderr = Console(stderr=True, soft_wrap=True)  # long lines (paths, JSON) stay whole
         return self._stderr
 
     def record(self, obj: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ import typer
 
 from vvk.commands._options import DecoderOpt, JsonOpt, WeightsOpt
 from vvk.commands._output import Output
+from vvk.errors import VvkError
 
 app = typer.Typer(help="Evaluate video backbones: clip retrieval, linear probe.", no_args_is_help=True)
 
@@ -59,6 +60,10 @@ def retrieval(
     size: SizeOpt = None,
     crop: CropOpt = None,
     repeats: Annotated[int, typer.Option(min=1, help="Average over this many augmentation draws.")] = 1,
+    compare_random: Annotated[
+        bool,
+        typer.Option(help="Also evaluate the same architecture at random initialisation (with --weights)."),
+    ] = False,
     seed: SeedOpt = 0,
     decoder: DecoderOpt = "auto",
     json_output: JsonOpt = False,
@@ -75,8 +80,15 @@ def retrieval(
         weights, backbone, seed, decoder, frames=frames, stride=stride, size=size, crop=crop
     )
     result = run_retrieval(model, data, reader=reader, seed=seed, repeats=repeats)
-    _print(Output(json_output), {"protocol": "retrieval", "weights": info["source"], **result},
-           ["recall@1", "recall@5"])  # fmt: skip
+    if compare_random:
+        from vvk.eval.features import random_twin
+
+        baseline = run_retrieval(
+            random_twin(weights, seed=seed), data, reader=reader, seed=seed, repeats=repeats
+        )
+        result.update({f"random_{k}": baseline[k] for k in ("recall@1", "recall@5")})
+    shown = [k for k in ("recall@1", "recall@5", "random_recall@1", "random_recall@5") if k in result]
+    _print(Output(json_output), {"protocol": "retrieval", "weights": info["source"], **result}, shown)
 
 
 @app.command("linear-probe")

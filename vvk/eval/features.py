@@ -67,6 +67,19 @@ def load_backbone(
     return model.eval(), info
 
 
+def random_twin(weights: str | os.PathLike, *, seed: int = 0) -> nn.Module:
+    """The architecture of a checkpoint (with its recorded arguments) at random initialisation:
+    the baseline a pretrained backbone is compared with."""
+    from vvk.methods.pretrain import backbone_file
+    from vvk.models import build
+    from vvk.models.checkpoint import read_arch
+    from vvk.weights import resolve
+
+    arch = read_arch(resolve(backbone_file(weights)))
+    torch.manual_seed(seed)
+    return build(arch["name"], **arch["kwargs"]).eval()
+
+
 def clip_spec_for(info: dict[str, Any], **given: int | None) -> ClipSpec:
     """The evaluation clip shape: given options, else the run's preset, else the defaults."""
     preset = info.get("preset", {})

@@ -67,3 +67,26 @@ def retrieval(
         "repeats": repeats,
         "clips": vars(reader.clips),
     }
+
+
+def retrieval_gain(
+    weights: str | os.PathLike,
+    data: str | os.PathLike,
+    *,
+    reader: ClipReader | None = None,
+    seed: int = 0,
+    repeats: int = 1,
+) -> dict[str, Any]:
+    """Retrieval of a pretrained backbone and of the same architecture at random initialisation,
+    on the same clips and augmentation draws: ``{"pretrained": ..., "random": ..., "gain@1": ...}``."""
+    from vvk.eval.features import clip_spec_for, load_backbone, random_twin
+
+    trained, info = load_backbone(weights)
+    reader = reader or ClipReader(clip_spec_for(info))
+    pretrained = retrieval(trained, data, reader=reader, seed=seed, repeats=repeats)
+    baseline = retrieval(random_twin(weights, seed=seed), data, reader=reader, seed=seed, repeats=repeats)
+    return {
+        "pretrained": pretrained,
+        "random": baseline,
+        "gain@1": pretrained["recall@1"] - baseline["recall@1"],
+    }
