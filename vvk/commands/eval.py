@@ -76,6 +76,8 @@ def retrieval(
     """
     from vvk.eval.retrieval import retrieval as run_retrieval
 
+    if compare_random and weights is None:
+        raise VvkError("--compare-random needs --weights (the pretrained backbone to compare)")
     model, info, reader = _setup(
         weights, backbone, seed, decoder, frames=frames, stride=stride, size=size, crop=crop
     )
