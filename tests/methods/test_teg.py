@@ -167,3 +167,37 @@ def test_tiny_preset_learns_on_real_clips(tmp_path, shared_data):
         "teg", data=data, preset="tiny", out=run, resume=True, steps=first.step + 4, progress=False
     )
     assert resumed.step == first.step + 4
+
+
+def _distributed_case(rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(10 + rank)
+    where = torch.tensor([[0.0, 0.5, 1.0], [2.5, 3.0, 3.5]]) + rank
+    return torch.randn(2, 3, 8, generator=gen), torch.randn(2, 6, 8, generator=gen), where
+
+
+def _distributed_worker(rank: int, store: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    short, long, where = _distributed_case(rank)
+    short.requires_grad_()
+    loss = fine_grained_loss(short, long, where, 0.2)  # picks up the default group itself
+    loss.backward()
+    torch.save({"loss": loss.detach(), "grad": short.grad}, f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_processes_give_the_loss_of_the_whole_batch(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_distributed_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    cases = [_distributed_case(r) for r in range(2)]
+    short = torch.cat([c[0] for c in cases]).requires_grad_()
+    loss = fine_grained_loss(short, torch.cat([c[1] for c in cases]), torch.cat([c[2] for c in cases]), 0.2)
+    loss.backward()
+    torch.testing.assert_close((ranks[0]["loss"] + ranks[1]["loss"]) / 2, loss.detach())
+    # Each rank's graph reaches the other's rows through the gathered keys: the summed
+    # gradients are world_size times the single-process ones.
+    torch.testing.assert_close(torch.cat([r["grad"] for r in ranks]), 2 * short.grad)

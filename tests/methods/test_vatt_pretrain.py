@@ -44,24 +44,31 @@ def test_fac_head_dimensions_and_layers():
     torch.testing.assert_close(z_va, before)
 
 
-def _plain_two_sided(anchors, candidates, valid, temperature):
-    """The reference's loss written out: per clip, explicit numerator and two-sided denominator
-    over the valid candidates, then ``mean(loss * mask * size / #valid)``."""
-    v, c = F.normalize(anchors, dim=-1), F.normalize(candidates, dim=-1)
+def _plain_per_clip(anchors, candidates, valid, temperature):
+    """The reference's per-clip loss written out: explicit numerator and two-sided denominator
+    over the valid candidates (None for a clip without any)."""
+    v, c = F.normalize(anchors, dim=-1).double(), F.normalize(candidates, dim=-1).double()
     b, slots = valid.shape
-    s = lambda x, y: float(x @ y) / temperature  # noqa: E731
-    losses, mask = [], valid.any(1).float()
+    s = lambda x, y: x @ y / temperature  # noqa: E731
+    losses = []
     for i in range(b):
         if not valid[i].any():
-            losses.append(0.0)
+            losses.append(None)
             continue
         pos = [s(v[i], c[i, k]) for k in range(slots) if valid[i, k]]
         local_to_all = [s(v[i], c[j, k]) for j in range(b) for k in range(slots) if valid[j, k]]
         all_to_local = [s(v[j], c[i, k]) for j in range(b) for k in range(slots) if valid[i, k]]
-        den = torch.logsumexp(torch.tensor(local_to_all + all_to_local, dtype=torch.float64), 0)
-        losses.append(float(den - torch.logsumexp(torch.tensor(pos, dtype=torch.float64), 0)))
-    scale = b / mask.sum() if mask.sum() > 0 else 0.0
-    return float(torch.mean(torch.tensor(losses, dtype=torch.float64) * mask * scale))
+        den = torch.logsumexp(torch.stack(local_to_all + all_to_local), 0)
+        losses.append(float(den - torch.logsumexp(torch.stack(pos), 0)))
+    return losses
+
+
+def _plain_two_sided(anchors, candidates, valid, temperature):
+    """Per-clip losses combined as the reference does: ``mean(loss * mask * size / #valid)``."""
+    losses = _plain_per_clip(anchors, candidates, valid, temperature)
+    mask = torch.tensor([loss is not None for loss in losses], dtype=torch.float64)
+    scale = len(losses) / mask.sum() if mask.sum() > 0 else 0.0
+    return float(torch.mean(torch.tensor([loss or 0.0 for loss in losses]) * mask * scale))
 
 
 def test_two_sided_mil_nce_equals_the_materialised_formula():
@@ -114,7 +121,7 @@ def test_a_clip_without_audio_contributes_nothing_and_the_rest_is_rescaled():
     nothing = torch.zeros(4, 1, dtype=torch.bool)
     empty = asymmetric_nce(v.requires_grad_(), a, nothing, 0.07)
     empty.backward()
-    assert float(empty) == 0 and torch.isfinite(v.grad).all() and v.grad.abs().max() == 0
+    assert float(empty.detach()) == 0 and torch.isfinite(v.grad).all() and v.grad.abs().max() == 0
 
 
 def test_paper_preset_geometry_and_droptoken_on_the_meta_device():
@@ -209,3 +216,33 @@ def test_tiny_preset_learns_on_real_clips_with_and_without_audio_and_captions(tm
         progress=False,
     )  # fmt: skip
     assert resumed.step == first.step + 4
+
+
+def _distributed_case(rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(20 + rank)
+    valid = torch.tensor([[[1, 1], [1, 0], [0, 0]], [[0, 1], [1, 1], [1, 1]]], dtype=torch.bool)[rank]
+    return torch.randn(3, 8, generator=gen), torch.randn(3, 2, 8, generator=gen), valid
+
+
+def _distributed_worker(rank: int, store: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    loss = asymmetric_nce(*_distributed_case(rank), 0.07)  # picks up the default group itself
+    torch.save(loss, f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_processes_see_every_clip_as_a_negative_and_rescale_per_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_distributed_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    cases = [_distributed_case(r) for r in range(2)]
+    anchors, candidates, valid = (torch.cat([c[i] for c in cases]) for i in range(3))
+    # Per clip, the global two-sided loss; each process averages over its own valid clips
+    # (the reference's per-replica #all / #valid), here 2 of 3 and 3 of 3.
+    per_clip = _plain_per_clip(anchors, candidates, valid, 0.07)
+    for rank, rows in enumerate((per_clip[:3], per_clip[3:])):
+        expected = np.mean([loss for loss in rows if loss is not None])
+        assert float(torch.load(tmp_path / f"rank{rank}.pt")) == pytest.approx(expected, rel=1e-5)
