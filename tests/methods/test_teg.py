@@ -133,6 +133,16 @@ def test_shapes_and_losses_of_the_tiny_model():
     assert model.dense_head.net[0].weight.grad.abs().sum() > 0
 
 
+def test_paper_preset_shapes_on_the_meta_device():
+    with torch.device("meta"):
+        model = teg.build(teg.PRESETS["paper"]).train()
+        global_emb, dense = model.embed(torch.empty(2, 3, 16, 224, 224))
+    assert global_emb.shape == (2, 128) and dense.shape == (2, 16, 128)  # all 16 steps kept at res5
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(model.backbone) == 31_672_128  # CVRL's R3D-50 (reference: 31.67M)
+    assert count(model.global_head) == count(model.dense_head) == 12_857_472  # CVRL's head shape
+
+
 def test_a_backbone_that_subsamples_time_too_much_is_refused():
     preset = dataclasses.replace(teg.PRESETS["tiny"], stem_temporal_stride=4)
     with pytest.raises(VvkError, match="stem_temporal_stride"):
