@@ -166,8 +166,8 @@ def test_tiny_preset_learns_on_real_clips(tmp_path, shared_data):
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     curves = {name: [line[name] for line in lines] for name in ("loss", "persistent", "fine_grained")}
     assert all(math.isfinite(v) for curve in curves.values() for v in curve)
-    early, late = ({k: np.mean(v[sl]) for k, v in curves.items()} for sl in (slice(0, 3), slice(-5, None)))
-    assert late["loss"] < early["loss"] - 1.0, curves["loss"]
+    early, late = ({k: np.mean(v[sl]) for k, v in curves.items()} for sl in (slice(0, 5), slice(-5, None)))
+    assert late["loss"] < early["loss"] - 0.8, curves["loss"]
     assert late["fine_grained"] < early["fine_grained"] - 0.3, curves["fine_grained"]
     # Below chance, log(2B - 1): the global embeddings tell the batch's videos apart.
     assert late["persistent"] < math.log(2 * teg.PRESETS["tiny"].train.batch_size - 1), curves["persistent"]
