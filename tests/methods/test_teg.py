@@ -110,8 +110,9 @@ def test_fine_grained_negatives_are_other_times_and_other_videos(tau):
         assert float(loss) == pytest.approx(math.log(2) / 2, abs=1e-4), (video, step)
 
 
-def test_shapes_and_losses_of_the_tiny_model():
-    preset = teg.PRESETS["tiny"]
+@pytest.mark.parametrize("short_frames", [8, 4])  # one backbone batch, or two (other lengths)
+def test_shapes_and_losses_of_the_tiny_model(short_frames):
+    preset = dataclasses.replace(teg.PRESETS["tiny"], short_frames=short_frames)
     model = teg.build(preset).train()
     assert model.temporal_stride == 1
     b, frames, side = 3, preset.long_frames, preset.size
