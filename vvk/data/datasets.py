@@ -37,7 +37,8 @@ from vvk.data.decode import SizeArg
 from vvk.data.index import VideoIndex, build_index, cache_path
 from vvk.data.media import PROBLEMS, BadVideo, VideoMeta
 from vvk.data.samplers import Caption, ClipSampler, overlapping_captions, window_seconds
-from vvk.data.sources import VideoItem, open_source, read_captions
+from vvk.data.sources import VideoItem, open_source
+from vvk.data.subtitles import read_caption_source
 from vvk.errors import VvkError
 
 
@@ -292,7 +293,7 @@ def open_video_dataset(
     cache = cache_path(source, cache_dir)
     index = build_index([item.path for item in found.items], cache=cache, decoder=decoder, progress=progress)
     if captions is not None and not isinstance(captions, Mapping):
-        captions = read_captions(captions)
+        captions = read_caption_source(captions)  # a caption table or a folder of subtitles
     return ClipDataset(
         found.items,
         index,
