@@ -75,12 +75,17 @@ def contrastive_case(impl: str, n: int, d: int) -> dict:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     before = _status_bytes("VmRSS")
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     loss = plain_infonce(q, k, 0.07) if impl == "plain" else contrastive_loss(q, k, 0.07)
     loss.backward()
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     peak = _status_bytes("VmHWM")
-    return {"seconds": seconds, "extra_peak_mib": (peak - before) / MIB, "loss": loss.item()}
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "extra_peak_mib": (peak - before) / MIB,
+        "loss": loss.item(),
+    }
 
 
 def _run_case(impl: str, n: int, d: int, threads: int) -> dict:
@@ -106,6 +111,7 @@ def contrastive_cpu(rounds: int, threads: int, n: int = 16384, d: int = 256, lar
         impl: {
             "seconds_median": statistics.median(r["seconds"] for r in rs),
             "seconds": [round(r["seconds"], 2) for r in rs],
+            "cpu_seconds_median": statistics.median(r["cpu_seconds"] for r in rs),
             "extra_peak_mib": max(r["extra_peak_mib"] for r in rs),
             "loss": rs[0]["loss"],
         }
@@ -180,15 +186,20 @@ def roi_benchmark(device: str, backends: list[str], repeats: int, timer) -> dict
     inputs = roi_inputs(device)
     variants = roi_variants(inputs, backends)
     outputs = {name: _fwd_bwd(fn, inputs["features"]) for name, fn in variants.items()}  # warm-up
-    times = {name: [] for name in variants}
+    times, cpu_times = {name: [] for name in variants}, {name: [] for name in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
+            cpu_start = time.process_time()
             times[name].append(timer(lambda fn=fn: _fwd_bwd(fn, inputs["features"])))
+            cpu_times[name].append(time.process_time() - cpu_start)
     result = {"rois": 512, "features": [2, 256, 8, 28, 28], "repeats": repeats, "target_speedup_min": 1.0}
     for name, ts in times.items():
         op, impl = name.split("/")
         loop = f"{op}/torchvision_loop"
-        entry = {"seconds_median": statistics.median(ts)}
+        entry = {
+            "seconds_median": statistics.median(ts),
+            "cpu_seconds_median": statistics.median(cpu_times[name]),
+        }
         if impl != "torchvision_loop":
             entry["speedup_vs_loop"] = statistics.median(times[loop]) / entry["seconds_median"]
             entry["max_abs_diff_vs_loop"] = (outputs[name] - outputs[loop]).abs().max().item()
@@ -315,7 +326,7 @@ def gpu_main(sections: Sections, repeats: int, quick: bool) -> None:
     contrastive_gpu(sections, results["contrastive"], **sizes)
 
 
-def cpu_main(sections: Sections, rounds: int, repeats: int, quick: bool) -> None:
+def cpu_main(sections: Sections, rounds: int, repeats: int, quick: bool, only: str | None) -> None:
     """Each figure at one thread and at all cores (torchvision's CPU roi_align is single-threaded;
     on a shared machine, OpenMP threads of many small GEMMs wait on each other at every barrier)."""
     results = sections.results
@@ -323,10 +334,12 @@ def cpu_main(sections: Sections, rounds: int, repeats: int, quick: bool) -> None
     sizes = dict(n=2048, large_n=4096) if quick else {}
     for threads in sorted({1, os.cpu_count() or 1}):
         torch.set_num_threads(threads)
-        run = lambda: roi_benchmark("cpu", ["reference"], repeats, _wall_seconds)  # noqa: E731
-        sections.run(f"roi_align_3d@{threads}_threads", run)
-        run = lambda threads=threads: contrastive_cpu(rounds, threads, **sizes)  # noqa: E731
-        sections.run(f"contrastive@{threads}_threads", run)
+        if only in (None, "roi_align_3d"):
+            run = lambda: roi_benchmark("cpu", ["reference"], repeats, _wall_seconds)  # noqa: E731
+            sections.run(f"roi_align_3d@{threads}_threads", run)
+        if only in (None, "contrastive"):
+            run = lambda threads=threads: contrastive_cpu(rounds, threads, **sizes)  # noqa: E731
+            sections.run(f"contrastive@{threads}_threads", run)
     results["load_average_end"] = os.getloadavg()
 
 
@@ -348,6 +361,9 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="small sizes: checks the script, not the targets"
     )
+    parser.add_argument(
+        "--only", choices=("roi_align_3d", "contrastive"), help="run one op (CPU), updating the JSON"
+    )
     parser.add_argument("--contrastive-case", choices=("plain", "tiled"), help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=16384, help=argparse.SUPPRESS)
     parser.add_argument("--d", type=int, default=256, help=argparse.SUPPRESS)
@@ -358,11 +374,12 @@ def main() -> None:
         print(json.dumps(contrastive_case(args.contrastive_case, args.n, args.d)))
         return
     path = args.out / ("kernels_gpu.json" if args.gpu else "kernels_cpu.json")
-    sections = Sections(path, args.budget_s, {})
+    previous = json.loads(path.read_text()) if args.only and path.exists() else {}
+    sections = Sections(path, args.budget_s, previous)
     if args.gpu:
         gpu_main(sections, args.repeats, args.quick)
     else:
-        cpu_main(sections, args.rounds, args.repeats, args.quick)
+        cpu_main(sections, args.rounds, args.repeats, args.quick, args.only)
     sections.save()
     print(json.dumps(sections.results, indent=2))
     print(f"wrote {path}")

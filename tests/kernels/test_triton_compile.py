@@ -29,7 +29,8 @@ SCRIPT = textwrap.dedent(
         assert kernel.asm["cubin"], fn.__name__
         print(fn.__name__, constants)
 
-    for dtype, block_d, precision in (("bf16", 512, "ieee"), ("fp32", 256, "tf32"), ("fp16", 64, "ieee")):
+    CONTRASTIVE = (("bf16", 512, "ieee"), ("fp32", 256, "tf32"), ("fp32", 128, "ieee"), ("fp16", 64, "ieee"))
+    for dtype, block_d, precision in CONTRASTIVE:
         types = {a: "*" + dtype for a in ("Q", "K", "OUT")}
         types.update({a: "*fp32" for a in ("SCALE", "LSE", "GRAD")})
         types.update({a: "*i64" for a in ("POS", "GQ", "GK")})
@@ -60,4 +61,4 @@ def test_triton_kernels_compile_for_sm90():
         [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert proc.stdout.count("\n") == 3 * 3 * 2 + 3 * 2
+    assert proc.stdout.count("\n") == 4 * 3 * 2 + 3 * 2

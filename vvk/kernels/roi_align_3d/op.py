@@ -150,7 +150,9 @@ def roi_align_tube(
             (the sampling ratio applies to x and y; each frame is sampled exactly once).
 
     Returns:
-        ``(K, C, T, ph, pw)``; per frame equal to ``torchvision.ops.roi_align`` on that frame.
+        ``(K, C, T, ph, pw)``; per frame equal to ``torchvision.ops.roi_align`` on that frame. It
+        is stored frame-major (a transposed view of ``(K, T, C, ph, pw)``, which saves a copy in
+        the forward and one in the backward): ``.reshape`` it, or ``.contiguous()`` it first.
     """
     _check_features(features, "roi_align_tube")
     frames = features.shape[2]

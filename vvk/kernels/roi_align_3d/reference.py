@@ -224,9 +224,9 @@ def tube_images(features: Tensor) -> Tensor:
 
 
 def tube_output(pooled: Tensor, num_rois: int, frames: int) -> Tensor:
-    """``(K*T, C, 1, ph, pw)`` -> ``(K, C, T, ph, pw)``."""
+    """``(K*T, C, 1, ph, pw)`` -> ``(K, C, T, ph, pw)``, a transposed view (no copy either way)."""
     _, c, _, ph, pw = pooled.shape
-    return pooled.view(num_rois, frames, c, ph, pw).transpose(1, 2).contiguous()
+    return pooled.view(num_rois, frames, c, ph, pw).transpose(1, 2)
 
 
 def roi_align_3d(
