@@ -1,0 +1,212 @@
+"""CVRL: contrastive video representation learning (Qian et al., CVPR 2021), the baseline of
+ConST-CL and of the 3D ResNet-RS backbones (``tensorflow/models: official/projects/video_ssl``;
+reference/video_ssl.md §4)::
+
+    video ──TwoViews──► clip a, clip b (gap from a linearly decreasing density)
+    clip a ─ view augment 1 ─┐                                          ┌─ z_a ─┐
+    clip b ─ view augment 2 ─┴─ backbone (2B clips, one batch) ─ GAP(res5) ─ MLP ─┴─ z_b ─┴─ NT-Xent, τ = 0.1
+
+Both views go through the backbone as one batch of 2B clips, so batch-norm statistics mix the
+views as in the reference (which concatenates them along the batch axis). Works with any 3D
+backbone that returns ``res5``: ``r3d-50`` (the reference), ``r3d-rs-*``, ``r3d-tiny``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vvk.data.augment import VideoAugment
+from vvk.data.samplers import TwoViews
+from vvk.engine import TrainConfig
+from vvk.errors import VvkError
+from vvk.methods.base import PretrainModel, global_pool
+from vvk.methods.heads import ProjectionMLP
+from vvk.methods.losses import nt_xent
+from vvk.models import build as build_model
+
+NAME = "cvrl"
+FEATURE = "res5"
+
+
+@dataclass(frozen=True)
+class CvrlPreset:
+    """CVRL hyperparameters; the defaults are the ``paper`` preset, from ``tensorflow/models:
+    official/projects/video_ssl/configs/{video_ssl.py, experiments/cvrl_pretrain_k600_200ep.yaml}``
+    and ``dataloaders/video_ssl_input.py`` unless a comment says otherwise."""
+
+    backbone: str = "r3d-50"  # R3D-50, v0 stem, temporal kernels [1, 1, 3, 3], no SE / gating
+    # Backbone batch norm: video_classification_kinetics600's NormActivation (Keras momentum 0.9,
+    # i.e. 0.1 in PyTorch's convention, eps 1e-5); the registry's r3d default is the RS recipe's.
+    bn_momentum: float = 0.1
+    bn_eps: float = 1e-5
+    stochastic_depth: float | None = None  # None: the backbone's own rate (0 for r3d-50, 0.1 for RS)
+    size: int = 256  # decoded short side (the reader's min_image_size); the crop takes `crop` from it
+    crop: int = 224
+    frames: int = 16  # feature_shape (16, 224, 224, 3), temporal_stride 2
+    stride: int = 2
+    max_gap: int | None = None  # sample_ssl_sequence: the gap may span the whole video
+    fps: float | None = None  # the videos' own frame rate
+    # The two asymmetric views of _process_image: random resized crop (area 0.3-1, aspect
+    # 0.5-2) and flip, colour jitter p 0.8 at SimCLR strength 1 (brightness, contrast,
+    # saturation 0.8·s, hue 0.2·s; s = 0 turns jitter and grayscale off), grayscale p 0.2,
+    # Gaussian blur with p 1.0 on view 1 and 0.1 on view 2, solarize on view 2 only (p 0.2).
+    color_strength: float = 1.0
+    blur: tuple[float, float] = (1.0, 0.1)
+    solarize: tuple[float, float] = (0.0, 0.2)
+    hidden_dim: int = 2048  # VideoSSLModel: 3 hidden layers of 2048, 128-d projection
+    embed_dim: int = 128
+    head_layers: int = 3
+    temperature: float = 0.1  # SSLLosses.temperature
+    # K600 yaml: global batch 1024 (per rank here: 16 ranks x 64), SGD momentum 0.9 without
+    # Nesterov, cosine from 0.32 after 1787 linear warm-up steps, 71488 steps (200 epochs),
+    # L2 1e-6 on kernels only (tf.nn.l2_loss: gradient 1e-6 · w, SGD's weight decay), bf16.
+    # Sync batch norm (use_sync_bn) is not applied here: see the module docstring of constcl.
+    train: TrainConfig = dataclasses.field(
+        default_factory=lambda: TrainConfig(
+            steps=71488,
+            batch_size=64,
+            lr=0.32,
+            optimizer="sgd",
+            momentum=0.9,
+            weight_decay=1e-6,
+            warmup_steps=1787,
+            schedule="cosine",
+            precision="bf16",
+        )
+    )
+
+
+def tiny_train(**changes: Any) -> TrainConfig:
+    """The laptop training settings shared by the CVRL and ConST-CL ``tiny`` presets: AdamW at a
+    constant 1e-3 (SGD at these sizes needs many more steps), batches of 8 clips (16 views)."""
+    settings: dict[str, Any] = dict(
+        steps=40, batch_size=8, lr=1e-3, optimizer="adamw", weight_decay=1e-4, warmup_steps=0,
+        schedule="constant", checkpoint_every=0, log_every=2, num_workers=1,
+    )  # fmt: skip
+    return TrainConfig(**{**settings, **changes})
+
+
+PRESETS: dict[str, CvrlPreset] = {
+    "paper": CvrlPreset(),
+    # A laptop CPU: the 1/8-width test ResNet on 8-frame clips at 48², small head; both views
+    # keep CVRL's colour augmentation, which the clip-retrieval evaluation also applies.
+    "tiny": CvrlPreset(
+        backbone="r3d-tiny",
+        size=64,
+        crop=48,
+        frames=8,
+        stride=4,
+        hidden_dim=256,
+        embed_dim=64,
+        head_layers=2,
+        temperature=0.2,
+        train=tiny_train(),
+    ),
+}
+
+
+def sampler(preset: CvrlPreset) -> TwoViews:
+    return TwoViews(frames=preset.frames, stride=preset.stride, max_gap=preset.max_gap, fps=preset.fps)
+
+
+def dataset_options(preset: CvrlPreset) -> dict[str, Any]:
+    return {}
+
+
+def build_backbone(preset: CvrlPreset, *, needs: tuple[str, ...] = (FEATURE,)):
+    """The preset's backbone with the reference's batch norm; refuses one without ``needs``."""
+    with torch.device("meta"):  # a free look at the outputs before building for real
+        outputs = build_model(preset.backbone).output_shape()
+    missing = [name for name in needs if name not in outputs]
+    if missing:
+        raise VvkError(
+            f"backbone '{preset.backbone}' has no {', '.join(missing)} output",
+            hint="use a 3D ResNet (r3d-50, r3d-rs-*, r3d-tiny)" if FEATURE in missing else None,
+        )
+    options = {"norm_momentum": preset.bn_momentum, "norm_eps": preset.bn_eps}
+    if preset.stochastic_depth is not None:
+        options["stochastic_depth_rate"] = preset.stochastic_depth
+    return build_model(preset.backbone, **options)
+
+
+def view_augments(preset: CvrlPreset) -> tuple[VideoAugment, VideoAugment]:
+    """The augmentations of view 1 and view 2 (``cvrl_view_augments`` with the paper preset)."""
+    s = preset.color_strength
+    colour = {"strength": s, "jitter": 0.8 if s else 0.0, "grayscale": 0.2 if s else 0.0}
+    view_1, view_2 = (
+        VideoAugment(size=preset.crop, blur=blur, solarize=solarize, **colour)
+        for blur, solarize in zip(preset.blur, preset.solarize, strict=True)
+    )
+    return view_1, view_2
+
+
+def global_head(preset: CvrlPreset, in_dim: int) -> ProjectionMLP:
+    # The reference's hidden Dense layers carry a bias before batch norm, which BN cancels;
+    # ProjectionMLP drops it (6,144 fewer parameters, same function).
+    return ProjectionMLP(in_dim=in_dim, hidden_dim=preset.hidden_dim, out_dim=preset.embed_dim,
+                         layers=preset.head_layers)  # fmt: skip
+
+
+def build(preset: CvrlPreset) -> CvrlModel:
+    backbone = build_backbone(preset)
+    augment_a, augment_b = view_augments(preset)
+    return CvrlModel(
+        backbone=backbone,
+        head=global_head(preset, backbone.output_shape()[FEATURE].channels),
+        augment_a=augment_a,
+        augment_b=augment_b,
+        temperature=preset.temperature,
+    )
+
+
+def global_loss(z_a: Tensor, z_b: Tensor, temperature: float) -> Tensor:
+    """The reference's global loss: NT-Xent of a against [b, a] plus that of b against [b, a]
+    (losses.py: ``loss_a + loss_b``, each a mean over the batch), i.e. twice ``nt_xent``,
+    which averages over all 2N rows. Kept as a sum so that loss values and the learning rate
+    mean what they mean in the reference."""
+    return 2.0 * nt_xent(z_a, z_b, temperature)
+
+
+@torch.no_grad()
+def contrastive_accuracy(z_a: Tensor, z_b: Tensor) -> Tensor:
+    """How often clip i's view a is most similar to its own view b among this batch's b views
+    (the reference's ``contrast_acc``; on one process's batch, not gathered)."""
+    similarity = F.normalize(z_a.float(), dim=-1) @ F.normalize(z_b.float(), dim=-1).T  # (N, N)
+    return (similarity.argmax(dim=1) == torch.arange(len(z_a), device=z_a.device)).float().mean()
+
+
+class CvrlModel(PretrainModel):
+    """The training module: ``forward(batch)`` -> {"loss", "accuracy"}.
+
+    Args:
+        backbone: a 3D ResNet returning ``res5``.
+        head: GAP(res5) -> embedding.
+        augment_a, augment_b: uint8 clips -> float views (view 1, view 2 of the reference).
+        temperature: NT-Xent temperature.
+    """
+
+    def __init__(self, *, backbone, head: ProjectionMLP, augment_a: VideoAugment, augment_b: VideoAugment,
+                 temperature: float):  # fmt: skip
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.augment_a, self.augment_b = augment_a, augment_b
+        self.temperature = temperature
+
+    def views(self, batch: dict[str, Any]) -> Tensor:
+        """Both augmented views as one batch: (2B, 3, T, crop, crop), view a first."""
+        return torch.cat([self.augment_a(batch["video"]), self.augment_b(batch["video_b"])])
+
+    def embed(self, features: dict[str, Tensor]) -> Tensor:
+        """Backbone outputs of 2B clips -> (2B, embed_dim) global embeddings."""
+        return self.head(global_pool(features[FEATURE]))
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        z_a, z_b = self.embed(self.backbone(self.views(batch))).chunk(2)
+        return {"loss": global_loss(z_a, z_b, self.temperature), "accuracy": contrastive_accuracy(z_a, z_b)}
