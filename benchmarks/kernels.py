@@ -330,17 +330,26 @@ def cpu_main(sections: Sections, rounds: int, repeats: int, quick: bool, only: s
     """Each figure at one thread and at all cores (torchvision's CPU roi_align is single-threaded;
     on a shared machine, OpenMP threads of many small GEMMs wait on each other at every barrier)."""
     results = sections.results
-    results.update(machine=_cpu_name(), cores=os.cpu_count(), load_average_start=os.getloadavg())
+    results.update(machine=_cpu_name(), cores=os.cpu_count())
     sizes = dict(n=2048, large_n=4096) if quick else {}
     for threads in sorted({1, os.cpu_count() or 1}):
         torch.set_num_threads(threads)
         if only in (None, "roi_align_3d"):
             run = lambda: roi_benchmark("cpu", ["reference"], repeats, _wall_seconds)  # noqa: E731
-            sections.run(f"roi_align_3d@{threads}_threads", run)
+            sections.run(f"roi_align_3d@{threads}_threads", _with_load(run))
         if only in (None, "contrastive"):
             run = lambda threads=threads: contrastive_cpu(rounds, threads, **sizes)  # noqa: E731
-            sections.run(f"contrastive@{threads}_threads", run)
-    results["load_average_end"] = os.getloadavg()
+            sections.run(f"contrastive@{threads}_threads", _with_load(run))
+
+
+def _with_load(fn):
+    """``fn`` whose result also records the machine's 1-minute load average before and after."""
+
+    def run() -> dict:
+        before = os.getloadavg()[0]
+        return {**fn(), "load_average_1min": [before, os.getloadavg()[0]]}
+
+    return run
 
 
 def _cpu_name() -> str:
