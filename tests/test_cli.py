@@ -67,6 +67,17 @@ BAD_INPUT: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
             "needs --weights",
         ),
     ],
+    ("pretrain", "cvrl"): [
+        (["pretrain", "cvrl", "--data", "/no/such"], "--data /no/such: no such file or folder"),
+        (["pretrain", "cvrl", "--shared-backbone"], "only vatt has a modality-agnostic variant"),
+    ],
+    ("pretrain", "constcl"): [
+        (["pretrain", "constcl", "--set", "nope=1"], "--set nope: no such preset field")
+    ],
+    ("pretrain", "teg"): [(["pretrain", "teg", "--preset", "huge"], "not a preset of teg")],
+    ("pretrain", "vatt"): [
+        (["pretrain", "vatt", "--set", "train.lr=x"], "--set train.lr=x: expected a number")
+    ],
     ("eval", "linear-probe"): [
         (["eval", "linear-probe", "--data", ".", "--weights", "/no/such.safetensors"], "file not found"),
         (["eval", "linear-probe", "--data", "."], "give --weights"),

@@ -14,7 +14,7 @@ import click
 import typer
 
 from vvk import __version__
-from vvk.commands import augment, data, eval, info, models, weights
+from vvk.commands import augment, data, eval, info, models, pretrain, weights
 from vvk.errors import VvkError
 
 EXIT_INTERNAL = 70
@@ -54,6 +54,7 @@ app.add_typer(weights.app, name="weights")
 app.add_typer(augment.app, name="augment")
 app.add_typer(data.app, name="data")
 app.add_typer(eval.app, name="eval")
+app.add_typer(pretrain.app, name="pretrain")
 
 
 def _debug_enabled(args: list[str]) -> bool:

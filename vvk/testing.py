@@ -46,3 +46,23 @@ def run_vvk(*args: str, env: dict[str, str] | None = None, timeout: float = 300)
         env={**os.environ, **(env or {})},
     )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def link_videos(dest: str | os.PathLike, paths) -> Path:
+    """A folder of symlinks to ``paths``: a dataset made of real files without copying them."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        (dest / Path(path).name).symlink_to(path)
+    return dest
+
+
+def twelve_real_videos(data_root: str | os.PathLike) -> list[Path]:
+    """The 9 UCF101-24 clips, the 2 ActivityNet videos and the Kinetics clip of the shared data:
+    twelve videos, so an epoch of batches up to 12 never holds a video twice."""
+    video = Path(data_root) / "video"
+    return [
+        *sorted((video / "ucf24").glob("*.mp4")),
+        *sorted((video / "activitynet").glob("*.mp4")),
+        video / "kinetics" / "arm_wrestling.mp4",
+    ]

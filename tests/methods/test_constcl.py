@@ -26,6 +26,7 @@ from vvk.methods.constcl_local import (
     instance_loss,
     match_instances,
 )
+from vvk.testing import link_videos
 
 
 def test_reference_shapes_and_head_sizes():
@@ -247,10 +248,7 @@ def _ucf_boxes_csv(shared_data, folder, fps_of):
 
 
 def test_detected_boxes_on_real_clips_land_where_the_people_are(tmp_path, shared_data):
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    for path in sorted((shared_data / "video" / "ucf24").glob("*.mp4")):
-        (videos / path.name).symlink_to(path)
+    videos = link_videos(tmp_path / "videos", sorted((shared_data / "video" / "ucf24").glob("*.mp4")))
     preset = dataclasses.replace(constcl.PRESETS["tiny"], pooling="tube")
     dataset = open_video_dataset(
         videos, sampler=constcl.sampler(preset), size=preset.size, cache_dir=tmp_path

@@ -16,6 +16,7 @@ from vvk.data.augment import VideoAugment, cvrl_view_augments
 from vvk.errors import VvkError
 from vvk.methods import cvrl
 from vvk.methods.cvrl import CvrlPreset, contrastive_accuracy, global_loss
+from vvk.testing import link_videos, twelve_real_videos
 
 
 def _reference_global_loss(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -111,13 +112,7 @@ def test_a_backbone_without_res5_is_refused():
 
 
 def _real_videos(shared_data, folder):
-    video = shared_data / "video"
-    folder.mkdir()
-    # 12 videos: no batch of 8 holds one video twice within an epoch's first batch.
-    clips = [*sorted((video / "ucf24").glob("*.mp4")), *sorted((video / "activitynet").glob("*.mp4"))]
-    for path in [*clips, video / "kinetics" / "arm_wrestling.mp4"]:
-        (folder / path.name).symlink_to(path)
-    return folder
+    return link_videos(folder, twelve_real_videos(shared_data))
 
 
 def check_tiny_run(method: str, tmp_path, shared_data, *, parts: tuple[str, ...], steps: int):

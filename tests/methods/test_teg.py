@@ -16,6 +16,7 @@ from vvk.data.samplers import LongShortClips
 from vvk.errors import VvkError
 from vvk.methods import teg
 from vvk.methods.teg import fine_grained_loss, interpolate_steps, short_steps_on_long
+from vvk.testing import link_videos, twelve_real_videos
 
 
 def test_short_steps_land_at_the_same_absolute_time_on_the_long_clip():
@@ -154,13 +155,8 @@ def test_tiny_preset_learns_on_real_clips(tmp_path, shared_data):
     from vvk.methods.pretrain import pretrain
     from vvk.models import load
 
-    data = tmp_path / "videos"
-    data.mkdir()
-    video = shared_data / "video"
     # 12 videos: two batches of 6 per epoch, so no batch holds one video twice.
-    clips = [*sorted((video / "ucf24").glob("*.mp4")), *sorted((video / "activitynet").glob("*.mp4"))]
-    for path in [*clips, video / "kinetics" / "arm_wrestling.mp4"]:
-        (data / path.name).symlink_to(path)
+    data = link_videos(tmp_path / "videos", twelve_real_videos(shared_data))
     run = tmp_path / "run"
     first = pretrain("teg", data=data, preset="tiny", out=run, progress=False)
     assert first.step == teg.PRESETS["tiny"].train.steps

@@ -19,6 +19,7 @@ from vvk.methods import vatt
 from vvk.methods.vatt import add_waveform_noise, fit_waveform, pick_captions
 from vvk.methods.vatt_heads import FACHead, asymmetric_nce
 from vvk.models.backbones.vatt import UniversalVatt
+from vvk.testing import link_videos
 
 
 def test_fac_head_dimensions_and_layers():
@@ -189,13 +190,10 @@ def test_tiny_preset_learns_on_real_clips_with_and_without_audio_and_captions(tm
     from vvk.models import load
 
     video = shared_data / "video"
-    data = tmp_path / "videos"
-    data.mkdir()
     # 2 videos with audio and captions, 4 silent ones without captions; the batch of 6 is one
     # epoch, so every step sees each video once.
     silent = [video / "kinetics" / "arm_wrestling.mp4", *sorted((video / "ucf24").glob("*.mp4"))[:3]]
-    for path in [*sorted((video / "activitynet").glob("*.mp4")), *silent]:
-        (data / path.name).symlink_to(path)
+    data = link_videos(tmp_path / "videos", [*sorted((video / "activitynet").glob("*.mp4")), *silent])
     run = tmp_path / "run"
     captions = video / "activitynet" / "captions.tsv"
     first = pretrain("vatt", data=data, preset="tiny", out=run, captions=captions, progress=False)

@@ -19,6 +19,7 @@ import dataclasses
 import importlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,10 +113,16 @@ def pretrain(
     if captions is not None:
         options["captions"] = captions
     started = time.monotonic()
-    dataset = open_video_dataset(
-        source, sampler=module.sampler(config), size=config.size, cache_dir=run_dir, decoder=decoder,
-        progress=progress, seed=config.train.seed, **options,
-    )  # fmt: skip
+    created = not run_dir.exists()
+    try:
+        dataset = open_video_dataset(
+            source, sampler=module.sampler(config), size=config.size, cache_dir=run_dir, decoder=decoder,
+            progress=progress, seed=config.train.seed, **options,
+        )  # fmt: skip
+    except VvkError:
+        if created:  # nothing trained: leave no half-made run folder that blocks the next --out
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     run_dir.mkdir(parents=True, exist_ok=True)
     record = {"method": method, "preset": preset, "data": str(source), "resolved": to_dict(config)}
     atomic_write_text(run_dir / "preset.json", json.dumps(record, indent=2) + "\n")

@@ -1,0 +1,71 @@
+"""`vvk pretrain` end to end on real clips: train, resume, export, evaluate; bad input."""
+
+from __future__ import annotations
+
+import json
+
+from vvk.commands.pretrain import METHODS as COMMANDS
+from vvk.methods.pretrain import METHODS
+from vvk.testing import link_videos, twelve_real_videos
+
+
+def test_every_library_method_has_a_command():
+    assert set(COMMANDS) == set(METHODS)
+
+
+def test_pretrain_resume_and_evaluate_on_real_clips(cli, shared_data, tmp_path):
+    videos = link_videos(tmp_path / "videos", twelve_real_videos(shared_data))
+    run = tmp_path / "run"
+    first = cli("pretrain", "cvrl", "--data", str(videos), "--steps", "2", "--out", str(run), "--json")
+    assert first.code == 0, first.stderr
+    record = json.loads(first.stdout)
+    assert record["status"] == "finished" and record["step"] == 2 and record["preset"]["train"]["steps"] == 2
+    assert json.loads((run / "preset.json").read_text())["resolved"] == record["preset"]
+
+    again = cli("pretrain", "cvrl", "--data", str(videos), "--steps", "3", "--out", str(run), "--json")
+    assert again.code == 1 and "--out" in again.stderr and "not empty" in again.stderr
+
+    resumed = cli(
+        "pretrain", "cvrl", "--data", str(videos), "--steps", "4", "--out", str(run), "--resume", "--json"
+    )
+    assert resumed.code == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["step"] == 4
+
+    other = cli("pretrain", "teg", "--data", str(videos), "--out", str(run), "--resume")
+    assert other.code == 1 and "trained by 'cvrl', not 'teg'" in other.stderr
+
+    evaluated = cli(
+        "eval", "retrieval", "--data", str(videos), "--weights", str(run), "--compare-random", "--json"
+    )
+    assert evaluated.code == 0, evaluated.stderr
+    result = json.loads(evaluated.stdout)
+    assert result["videos"] == 12 and {"recall@1", "random_recall@1"} <= set(result)
+    assert result["clips"]["crop"] == record["preset"]["crop"]  # the clip shape comes from the run
+
+
+def test_no_decodable_videos_is_an_error_before_training(cli, tmp_path):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    (folder / "notes.mp4").write_text("not a video")
+    run = tmp_path / "run"
+    result = cli("pretrain", "cvrl", "--data", str(folder), "--out", str(run))
+    assert result.code == 1
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == "vvk: error: no usable videos: all 1 were skipped (1 not_media)"
+    )
+    assert not run.exists()  # nothing trained, no run folder left behind
+
+
+def test_missing_paths_in_a_list_are_reported_and_skipped(cli, shared_data, tmp_path):
+    real = shared_data / "video" / "kinetics" / "arm_wrestling.mp4"
+    listing = tmp_path / "list.csv"
+    listing.write_text(f"path,label\n{real},wrestling\n{tmp_path / 'gone.mp4'},gone\n")
+    run = tmp_path / "run"
+    result = cli(
+        "pretrain", "cvrl", "--data", str(listing), "--steps", "1", "--batch-size", "2", "--out", str(run)
+    )
+    assert result.code == 0, result.stderr
+    assert f"{tmp_path / 'gone.mp4'}:" in result.stderr and "skipped" in result.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert [f["path"] for f in summary["bad_files"]["files"]] == [str(tmp_path / "gone.mp4")]
