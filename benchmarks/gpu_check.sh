@@ -6,11 +6,11 @@
 #
 # A failing or timed-out step is recorded and the next steps still run. Steps and time limits
 # (their sum, 290 s, bounds the run):
-#   env    15 s  card, driver, torch / triton / nvcc versions       -> env.log
-#   build 100 s  the two CUDA extensions, compiled in parallel      -> build.log
-#   tests  75 s  tests/kernels on the GPU (gpu-marked ones included) -> tests.log, tests.xml
+#   env    10 s  card, driver, torch / triton / nvcc versions       -> env.log
+#   build 120 s  the two CUDA extensions, compiled in parallel      -> build.log
+#   tests  70 s  tests/kernels on the GPU (gpu-marked ones included) -> tests.log, tests.xml
 #   others 15 s  every other gpu-marked test in tests/               -> others.log
-#   bench  85 s  benchmarks/kernels.py --gpu (saves after each part) -> bench.log, kernels_gpu.json
+#   bench  75 s  benchmarks/kernels.py --gpu (saves after each part) -> bench.log, kernels_gpu.json
 # Summary: $OUT/gpu_check.json (steps with exit codes and seconds, the environment, the
 # benchmark figures, the tail of every log). A failed build turns the cuda backend off
 # (VVK_DISABLE_CUDA_EXTENSIONS=1) for the later steps instead of rebuilding in each of them.
@@ -35,23 +35,23 @@ step() { # step NAME LIMIT_S COMMAND...: log to $OUT/NAME.log, record exit code 
     return "$rc"
 }
 
-step env 15 bash -c "nvidia-smi; command -v nvcc && nvcc --version; $PY -c '
+step env 10 bash -c "nvidia-smi; command -v nvcc && nvcc --version; $PY -c '
 import torch, triton
 print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"triton\", triton.__version__)
 print(\"device\", torch.cuda.get_device_name() if torch.cuda.is_available() else None)
 '"
 
 build_one='from vvk.kernels.OP.cuda import extension; extension(); print("built OP")'
-if ! step build 100 bash -c "$PY -c '${build_one//OP/roi_align_3d}' & a=\$!
+if ! step build 120 bash -c "$PY -c '${build_one//OP/roi_align_3d}' & a=\$!
     $PY -c '${build_one//OP/contrastive}' & b=\$!
     wait \$a; ra=\$?; wait \$b; rb=\$?; exit \$((ra | rb))"; then
     export VVK_DISABLE_CUDA_EXTENSIONS=1
 fi
 
-step tests 75 "$PY" -m pytest tests/kernels -q -n 4 -p no:cacheprovider --junitxml="$OUT/tests.xml"
+step tests 70 "$PY" -m pytest tests/kernels -q -n 4 -p no:cacheprovider --junitxml="$OUT/tests.xml"
 step others 15 "$PY" -m pytest tests -m gpu --ignore=tests/kernels -q -p no:cacheprovider \
     --continue-on-collection-errors
-step bench 85 "$PY" benchmarks/kernels.py --gpu --out "$OUT" --budget-s 70
+step bench 75 "$PY" benchmarks/kernels.py --gpu --out "$OUT" --budget-s 60
 
 "$PY" - "$OUT" <<'EOF' || echo '{"error": "could not write the summary"}' >"$OUT/gpu_check.json"
 import json, os, sys

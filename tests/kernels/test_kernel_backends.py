@@ -29,6 +29,7 @@ def test_automatic_choice(monkeypatch):
 
 def test_argument_beats_environment_beats_automatic(monkeypatch):
     monkeypatch.setenv(ENV_VAR, "cuda")
+    monkeypatch.delenv(DISABLE_CUDA_VAR, raising=False)
     monkeypatch.setattr("vvk.kernels.backends.nvcc_path", lambda: "/usr/bin/true")
     assert resolve_backend(None, CUDA) == "cuda"
     assert resolve_backend("reference", CUDA) == "reference"

@@ -1,7 +1,9 @@
 // Python bindings and argument checks for the similarity log-sum-exp CUDA kernels
 // (similarity_lse_kernel.cu). Built on first use by vvk.kernels.backends.load_cuda_extension.
 
-#include <torch/extension.h>
+// ATen plus torch's pybind11 type casters: a fraction of <torch/extension.h>'s compile time.
+#include <ATen/ATen.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <optional>
 #include <vector>

@@ -264,20 +264,13 @@ Problem<scalar_t, acc_t> make_problem(
   return p;
 }
 
-// Launches lse_backward_kernel<scalar_t, acc_t, CHUNKS, FOR_KEYS> with the smallest CHUNKS in
-// {1, 2, 4, 8, 16} that covers the feature dimension d.
+// Launches lse_backward_kernel<scalar_t, acc_t, CHUNKS, FOR_KEYS>: CHUNKS = 4 for d <= 128,
+// else kMaxChunks (d <= 512). Two sizes only: every instance multiplies the first-use build time.
 template <typename scalar_t, typename acc_t, bool FOR_KEYS>
 void launch_backward(const Problem<scalar_t, acc_t>& p, const acc_t* lse, const acc_t* grad, scalar_t* out,
                      unsigned int blocks, cudaStream_t stream) {
-  const int64_t chunks = (p.d + kTile - 1) / kTile;
-  if (chunks <= 1) {
-    lse_backward_kernel<scalar_t, acc_t, 1, FOR_KEYS><<<blocks, kThreads, 0, stream>>>(p, lse, grad, out);
-  } else if (chunks <= 2) {
-    lse_backward_kernel<scalar_t, acc_t, 2, FOR_KEYS><<<blocks, kThreads, 0, stream>>>(p, lse, grad, out);
-  } else if (chunks <= 4) {
+  if (p.d <= 4 * kTile) {
     lse_backward_kernel<scalar_t, acc_t, 4, FOR_KEYS><<<blocks, kThreads, 0, stream>>>(p, lse, grad, out);
-  } else if (chunks <= 8) {
-    lse_backward_kernel<scalar_t, acc_t, 8, FOR_KEYS><<<blocks, kThreads, 0, stream>>>(p, lse, grad, out);
   } else {
     lse_backward_kernel<scalar_t, acc_t, kMaxChunks, FOR_KEYS><<<blocks, kThreads, 0, stream>>>(p, lse, grad, out);
   }

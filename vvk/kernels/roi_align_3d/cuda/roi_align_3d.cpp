@@ -1,7 +1,9 @@
 // Python bindings and argument checks for the RoIAlign-3D CUDA kernels (roi_align_3d_kernel.cu).
 // Built on first use by vvk.kernels.backends.load_cuda_extension; called from op.py.
 
-#include <torch/extension.h>
+// ATen plus torch's pybind11 type casters: a fraction of <torch/extension.h>'s compile time.
+#include <ATen/ATen.h>
+#include <torch/csrc/utils/pybind.h>
 
 at::Tensor roi_align_3d_forward_cuda(
     const at::Tensor& input, const at::Tensor& batch_index, const at::Tensor& table,
