@@ -284,13 +284,14 @@ def test_detected_boxes_on_real_clips_land_where_the_people_are(tmp_path, shared
                 assert float(distance.min()) < 1e-5, (path, view, person)
                 found += 1
     assert found >= 6  # people were looked up and placed, not only random boxes
-    out = model.outputs(views, boxes)
-    assert math.isfinite(float(instance_loss(out["regions"], out["translated"], 0.2)))
+    with torch.no_grad():
+        out = model.outputs(views, boxes)
+        assert math.isfinite(float(instance_loss(out["regions"], out["translated"], 0.2)))
 
 
 def test_tiny_preset_learns_on_real_clips(tmp_path, shared_data):
     curves, early, late = check_tiny_run(
-        "constcl", tmp_path, shared_data, parts=("global", "local"), steps=30
+        "constcl", tmp_path, shared_data, parts=("global", "local"), steps=150
     )
     assert late["local"] < early["local"] - 0.1, curves["local"]
     weight = constcl.PRESETS["tiny"].local_weight

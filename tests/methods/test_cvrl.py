@@ -115,6 +115,9 @@ def _real_videos(shared_data, folder):
     return link_videos(folder, twelve_real_videos(shared_data))
 
 
+BATCH = 6
+
+
 def check_tiny_run(method: str, tmp_path, shared_data, *, parts: tuple[str, ...], steps: int):
     """Train ``method``'s tiny preset on real clips; return the logged curves after checking
     they are finite and that the global loss fell; check the export loads and resume goes on."""
@@ -123,25 +126,26 @@ def check_tiny_run(method: str, tmp_path, shared_data, *, parts: tuple[str, ...]
 
     data = _real_videos(shared_data, tmp_path / "videos")
     run = tmp_path / "run"
-    first = pretrain(method, data=data, preset="tiny", steps=steps, out=run, progress=False)
+    first = pretrain(method, data=data, preset="tiny", overrides=["train.log_every=1"], steps=steps,
+                     batch_size=BATCH, out=run, progress=False)  # fmt: skip
     assert first.step == steps
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     curves = {name: [line[name] for line in lines] for name in ("loss", *parts)}
     assert all(math.isfinite(v) for curve in curves.values() for v in curve), curves
     early, late = (
-        {k: float(np.mean(v[sl])) for k, v in curves.items()} for sl in (slice(0, 3), slice(-4, None))
+        {k: float(np.mean(v[sl])) for k, v in curves.items()} for sl in (slice(0, 30), slice(-30, None))
     )
-    assert late["loss"] < early["loss"] - 0.4, curves["loss"]
+    # Means of 30 steps each: one batch's loss swings by ±0.5 with its clips and augmentations.
+    assert late["loss"] < early["loss"] - 0.3, curves["loss"]
     backbone = load(first.backbone_path)
     assert "res5" in backbone.output_shape()
-    resumed = pretrain(
-        method, data=data, preset="tiny", out=run, resume=True, steps=steps + 2, progress=False
-    )
+    resumed = pretrain(method, data=data, preset="tiny", out=run, resume=True, steps=steps + 2,
+                       batch_size=BATCH, progress=False)  # fmt: skip
     assert resumed.step == steps + 2
     return curves, early, late
 
 
 def test_tiny_preset_learns_on_real_clips(tmp_path, shared_data):
-    _, _, late = check_tiny_run("cvrl", tmp_path, shared_data, parts=("accuracy",), steps=30)
+    _, _, late = check_tiny_run("cvrl", tmp_path, shared_data, parts=("accuracy",), steps=150)
     # Below chance, 2·log(2B - 1): the embeddings tell the batch's videos apart.
-    assert late["loss"] < 2 * math.log(2 * cvrl.PRESETS["tiny"].train.batch_size - 1)
+    assert late["loss"] < 2 * math.log(2 * BATCH - 1)

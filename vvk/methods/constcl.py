@@ -51,6 +51,8 @@ from vvk.errors import VvkError
 from vvk.methods.constcl_boxes import BoxTable, FileBoxes, RandomBoxes
 from vvk.methods.constcl_local import InstanceReconstructor, context_steps, instance_loss
 from vvk.methods.cvrl import (
+    TINY_HEAD,
+    TINY_VIEWS,
     CvrlModel,
     CvrlPreset,
     build_backbone,
@@ -108,19 +110,14 @@ class ConstclPreset(CvrlPreset):
 
 PRESETS: dict[str, ConstclPreset] = {
     "paper": ConstclPreset(),
-    # A laptop CPU: the 1/8-width Y-shaped test ResNet (res5_1: 256 channels, 4 steps × 2 × 2
-    # at 8 × 64²), 3 context frames, 4 boxes per view, a one-layer two-head decoder. AdamW
-    # normalises each parameter's step, so the 0.001-weighted local head still trains.
+    # A laptop CPU: CVRL's tiny clips, views and head on the 1/8-width Y-shaped test ResNet
+    # (res5_1: 256 channels, 4 steps x 2 x 2 at 8 x 64²), 3 context frames, 4 boxes per view, a
+    # one-layer two-head decoder. AdamW normalises each parameter's step, so the local head
+    # trains despite its 0.001 weight.
     "tiny": ConstclPreset(
         backbone="r3d-y-tiny",
-        size=80,
-        crop=64,
-        frames=8,
-        stride=4,
-        hidden_dim=256,
-        embed_dim=64,
-        head_layers=2,
-        temperature=0.2,
+        **TINY_VIEWS,
+        **TINY_HEAD,
         num_boxes=4,
         context_frames=3,
         decoder_dim=64,
