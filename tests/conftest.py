@@ -8,19 +8,23 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from vvk.testing import CliResult, shared_data_reason, shared_data_root
+if not torch.cuda.is_available():
+    # Without a GPU the Triton kernels are tested under the interpreter. Triton reads this when a
+    # function is decorated, its own standard library (tl.zeros, ...) included, so it must be set
+    # before anything imports triton; open_clip and torchvision do, and test modules of every
+    # folder are collected before tests/kernels. CPU tensors still default to the reference path.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from vvk.testing import CliResult, shared_data_reason, shared_data_root  # noqa: E402
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Two xdist workers on two cores: one intra-op thread each avoids oversubscription.
-    import torch
-
     torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
-    import torch
-
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs CUDA")

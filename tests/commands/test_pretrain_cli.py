@@ -33,6 +33,7 @@ def test_pretrain_resume_and_evaluate_on_real_clips(cli, shared_data, tmp_path):
 
     other = cli("pretrain", "teg", "--data", str(videos), "--out", str(run), "--resume")
     assert other.code == 1 and "trained by 'cvrl', not 'teg'" in other.stderr
+    assert json.loads((run / "preset.json").read_text())["method"] == "cvrl"  # the refusal wrote nothing
 
     evaluated = cli(
         "eval", "retrieval", "--data", str(videos), "--weights", str(run), "--compare-random", "--json"

@@ -70,20 +70,9 @@ class RunDir:
     ) -> RunDir:
         """Check the folder against ``resume`` and, on the main rank, record the run."""
         run = cls(path)
-        record = run.record()
+        record = run.check(method=method, resume=resume)
         if resume:
-            if record is None:
-                raise VvkError(f"--resume: {run.path} holds no run (no run.json)")
-            if record.get("method") != method:
-                raise VvkError(
-                    f"--resume: {run.path} was trained by '{record.get('method')}', not '{method}'",
-                    hint="resume with the same method, or start a new run folder",
-                )
             run._warn_config_changes(config, is_main)
-        elif record is not None and run.latest() is not None:
-            raise VvkError(
-                f"{run.path} already holds a run", hint="pass --resume to continue it, or choose a new folder"
-            )
         if is_main:
             run.path.mkdir(parents=True, exist_ok=True)
             if not resume or record is None:
@@ -99,6 +88,28 @@ class RunDir:
                 run.path / "config.json", json.dumps(config.to_json(), indent=2, sort_keys=True) + "\n"
             )
         return run
+
+    def check(self, *, method: str, resume: bool) -> dict[str, Any] | None:
+        """Refuse a folder that this run cannot use, writing nothing; returns its run record.
+
+        Callers that write into the run folder before training (``vvk pretrain`` writes its
+        preset) call this first, so that a refused ``--resume`` leaves the folder as it was.
+        """
+        record = self.record()
+        if resume:
+            if record is None:
+                raise VvkError(f"--resume: {self.path} holds no run (no run.json)")
+            if record.get("method") != method:
+                raise VvkError(
+                    f"--resume: {self.path} was trained by '{record.get('method')}', not '{method}'",
+                    hint="resume with the same method, or start a new run folder",
+                )
+        elif record is not None and self.latest() is not None:
+            raise VvkError(
+                f"{self.path} already holds a run",
+                hint="pass --resume to continue it, or choose a new folder",
+            )
+        return record
 
     def record(self) -> dict[str, Any] | None:
         path = self.path / "run.json"

@@ -105,7 +105,7 @@ def pretrain(
     config = resolve_preset(method, preset, overrides=overrides, backbone=backbone, steps=steps,
                             batch_size=batch_size)  # fmt: skip
     run_dir = Path(out) if out is not None else Path("runs") / f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
-    _check_run_dir(run_dir, resume=resume)
+    _check_run_dir(run_dir, method=method, resume=resume)
     source = Path(data) if data is not None else _builtin_example()
     if not source.exists():
         raise VvkError(f"--data {source}: no such file or folder")
@@ -153,9 +153,12 @@ def _forward(net, batch):
     return net(batch)
 
 
-def _check_run_dir(run_dir: Path, *, resume: bool) -> None:
-    if resume:
-        return  # the engine checks the folder holds a run of this method
+def _check_run_dir(run_dir: Path, *, method: str, resume: bool) -> None:
+    from vvk.engine.state import RunDir
+
+    if resume:  # before preset.json is rewritten: a refused resume leaves the run as it was
+        RunDir(run_dir).check(method=method, resume=True)
+        return
     if run_dir.exists() and any(run_dir.iterdir()):
         raise VvkError(
             f"--out {run_dir}: the folder is not empty",
