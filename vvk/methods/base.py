@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from vvk.engine import TrainConfig
 from vvk.models.backbones.base import Backbone
 
 
@@ -47,6 +48,16 @@ class Method(Protocol):
     def build(self, preset: Any) -> PretrainModel: ...
 
     def dataset_options(self, preset: Any) -> dict[str, Any]: ...
+
+
+def laptop_train(**settings: Any) -> TrainConfig:
+    """The training settings every ``tiny`` preset shares (AdamW at a constant rate, no warm-up, no
+    periodic checkpoints, a log line every 2 steps); ``settings`` give the rest (steps, batch
+    size, learning rate, ...) and may override these."""
+    shared: dict[str, Any] = dict(
+        optimizer="adamw", warmup_steps=0, schedule="constant", checkpoint_every=0, log_every=2
+    )
+    return TrainConfig(**{**shared, **settings})
 
 
 def process_group() -> dist.ProcessGroup | None:

@@ -25,7 +25,7 @@ from vvk.data.augment import VideoAugment
 from vvk.data.samplers import TwoViews
 from vvk.engine import TrainConfig
 from vvk.errors import VvkError
-from vvk.methods.base import PretrainModel, global_pool
+from vvk.methods.base import PretrainModel, global_pool, laptop_train
 from vvk.methods.heads import ProjectionMLP
 from vvk.methods.losses import nt_xent
 from vvk.models import build as build_model
@@ -85,11 +85,8 @@ class CvrlPreset:
 def tiny_train(**changes: Any) -> TrainConfig:
     """The laptop training settings shared by the CVRL and ConST-CL ``tiny`` presets: AdamW at a
     constant 1e-3 (SGD at these sizes needs many more steps), batches of 8 clips (16 views)."""
-    settings: dict[str, Any] = dict(
-        steps=40, batch_size=8, lr=1e-3, optimizer="adamw", weight_decay=1e-4, warmup_steps=0,
-        schedule="constant", checkpoint_every=0, log_every=2, num_workers=1,
-    )  # fmt: skip
-    return TrainConfig(**{**settings, **changes})
+    settings: dict[str, Any] = dict(steps=40, batch_size=8, lr=1e-3, weight_decay=1e-4, num_workers=1)
+    return laptop_train(**{**settings, **changes})
 
 
 # A laptop CPU (2 cores), tuned on the ~16 real clips of ../shared/data/video for the clip-retrieval

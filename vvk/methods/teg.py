@@ -34,7 +34,7 @@ from vvk.data.samplers import LongShortClips
 from vvk.engine import TrainConfig
 from vvk.errors import VvkError
 from vvk.kernels import contrastive_loss
-from vvk.methods.base import PretrainModel, global_pool, process_group
+from vvk.methods.base import PretrainModel, global_pool, laptop_train, process_group
 from vvk.methods.heads import ProjectionMLP
 from vvk.methods.losses import nt_xent
 from vvk.models import build as build_model
@@ -116,18 +116,7 @@ PRESETS: dict[str, TegPreset] = {
         hidden_dim=128,
         embed_dim=32,
         head_layers=2,
-        train=TrainConfig(
-            steps=60,
-            batch_size=6,
-            lr=3e-3,
-            optimizer="adamw",
-            weight_decay=0.0,
-            warmup_steps=0,
-            schedule="constant",
-            checkpoint_every=0,
-            log_every=2,
-            num_workers=0,
-        ),
+        train=laptop_train(steps=60, batch_size=6, lr=3e-3, weight_decay=0.0, num_workers=0),
     ),
 }
 

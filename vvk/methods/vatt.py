@@ -33,7 +33,7 @@ from vvk.data.samplers import AudioVisualClip
 from vvk.data.subtitles import read_caption_source
 from vvk.engine import TrainConfig
 from vvk.errors import VvkError
-from vvk.methods.base import PretrainModel
+from vvk.methods.base import PretrainModel, laptop_train
 from vvk.methods.vatt_heads import FACHead, asymmetric_nce
 from vvk.models import build as build_model
 from vvk.models.backbones.vatt_text import tokenize
@@ -124,18 +124,7 @@ PRESETS: dict[str, VattPreset] = {
         va_dim=128,
         vat_dim=64,
         color_strength=0.0,
-        train=TrainConfig(
-            steps=100,
-            batch_size=6,
-            lr=3e-3,
-            optimizer="adamw",
-            weight_decay=0.0,
-            warmup_steps=0,
-            schedule="constant",
-            checkpoint_every=0,
-            log_every=2,
-            num_workers=0,
-        ),
+        train=laptop_train(steps=100, batch_size=6, lr=3e-3, weight_decay=0.0, num_workers=0),
     ),
 }
 
