@@ -1,24 +1,30 @@
 #!/usr/bin/env bash
-# Every GPU test of vvk's kernels and the GPU kernel benchmarks, in under 5 minutes, with the
-# results as JSON in $OUT (default benchmarks/results/gpu). For a lent GPU machine:
+# Every GPU test of vvk's kernels, the GPU kernel benchmarks and the pretraining throughput, in
+# about 5 minutes, with the results as JSON in $OUT (default benchmarks/results/gpu). For a lent
+# GPU machine, after benchmarks/gpu_wheels.sh here (PyAV and kornia, which its image lacks):
 #
-#     OUT=/tmp/out benchmarks/gpu_check.sh            # PYTHON=python3 by default
+#     OUT=/tmp/out benchmarks/gpu_check.sh            # PYTHON=python3 by default; carry .whl
 #
 # A failing or timed-out step is recorded and the next steps still run. Steps and time limits
-# (their sum, 290 s, bounds the run):
-#   env    10 s  card, driver, torch / triton / nvcc versions       -> env.log
-#   build 120 s  the two CUDA extensions, compiled in parallel      -> build.log
-#   tests  70 s  tests/kernels on the GPU (gpu-marked ones included) -> tests.log, tests.xml
-#   others 15 s  every other gpu-marked test in tests/               -> others.log
-#   bench  75 s  benchmarks/kernels.py --gpu (saves after each part) -> bench.log, kernels_gpu.json
-# Summary: $OUT/gpu_check.json (steps with exit codes and seconds, the environment, the
-# benchmark figures, the tail of every log). A failed build turns the cuda backend off
-# (VVK_DISABLE_CUDA_EXTENSIONS=1) for the later steps instead of rebuilding in each of them.
+# (their sum, 360 s, bounds the run):
+#   deps     10 s  install the wheels in .whl/ (when present) into /tmp/site
+#   env      10 s  card, driver, torch / triton / nvcc versions
+#   build   120 s  the two CUDA extensions, compiled in parallel
+#   tests    70 s  tests/kernels on the GPU (gpu-marked ones included) -> tests.xml
+#   others   15 s  every other gpu-marked test in tests/
+#   bench    75 s  benchmarks/kernels.py --gpu (saves after each part) -> kernels_gpu.json
+#   pretrain 60 s  benchmarks/pretrain_throughput.py: ConST-CL paper preset, r3d-50-y, bf16
+#                  -> pretrain_throughput.json
+# Logs go to $OUT/logs/STEP.log, packed into $OUT/logs.tar.gz at the end (the device tool
+# brings back at most 8 files). Summary: $OUT/gpu_check.json (steps with exit codes and
+# seconds, the benchmark figures, the tail of every log). A failed build turns the cuda backend
+# off (VVK_DISABLE_CUDA_EXTENSIONS=1) for the later steps instead of rebuilding in each of them.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-benchmarks/results/gpu}
 PY=${PYTHON:-python3}
-mkdir -p "$OUT"
+LOGS="$OUT/logs"
+mkdir -p "$LOGS"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-${TMPDIR:-/tmp}/vvk_torch_extensions}
 STEPS="$OUT/steps.jsonl"
@@ -28,12 +34,18 @@ step() { # step NAME LIMIT_S COMMAND...: log to $OUT/NAME.log, record exit code 
     local name=$1 limit=$2 t0 rc
     shift 2
     t0=$(date +%s)
-    timeout --kill-after=5 "$limit" "$@" >"$OUT/$name.log" 2>&1
+    timeout --kill-after=5 "$limit" "$@" >"$LOGS/$name.log" 2>&1
     rc=$?
     printf '{"step": "%s", "rc": %d, "seconds": %d, "limit_s": %d}\n' "$name" "$rc" "$(($(date +%s) - t0))" "$limit" >>"$STEPS"
     echo "[$name] exit $rc after $(($(date +%s) - t0)) s (limit $limit s)"
     return "$rc"
 }
+
+if [ -d .whl ]; then
+    step deps 10 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl
+    export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
 
 step env 10 bash -c "nvidia-smi; command -v nvcc && nvcc --version; $PY -c '
 import torch, triton
@@ -52,12 +64,14 @@ step tests 70 "$PY" -m pytest tests/kernels -q -n 4 -p no:cacheprovider --junitx
 step others 15 "$PY" -m pytest tests -m gpu --ignore=tests/kernels -q -p no:cacheprovider \
     --continue-on-collection-errors
 step bench 75 "$PY" benchmarks/kernels.py --gpu --out "$OUT" --budget-s 60
+step pretrain 60 "$PY" benchmarks/pretrain_throughput.py --method constcl --preset paper --batch-size 16 \
+    --out "$OUT"
 
 "$PY" - "$OUT" <<'EOF' || echo '{"error": "could not write the summary"}' >"$OUT/gpu_check.json"
 import json, os, sys
 out = sys.argv[1]
 def tail(name, lines=40):
-    path = os.path.join(out, name + ".log")
+    path = os.path.join(out, "logs", name + ".log")
     return open(path, errors="replace").read().splitlines()[-lines:] if os.path.exists(path) else None
 steps = [json.loads(line) for line in open(os.path.join(out, "steps.jsonl"))]
 summary = {
@@ -66,10 +80,11 @@ summary = {
     "cuda_extensions_disabled": os.environ.get("VVK_DISABLE_CUDA_EXTENSIONS") == "1",
     "logs": {s["step"]: tail(s["step"]) for s in steps},
 }
-bench = os.path.join(out, "kernels_gpu.json")
-if os.path.exists(bench):
-    summary["benchmarks"] = json.load(open(bench))
+for key, name in (("benchmarks", "kernels_gpu.json"), ("pretrain_throughput", "pretrain_throughput.json")):
+    if os.path.exists(os.path.join(out, name)):
+        summary[key] = json.load(open(os.path.join(out, name)))
 json.dump(summary, open(os.path.join(out, "gpu_check.json"), "w"), indent=2)
 os.remove(os.path.join(out, "steps.jsonl"))  # in the summary now; at most 8 files come back from $OUT
 print(json.dumps({"ok": summary["ok"], "steps": steps}, indent=2))
 EOF
+tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -r "$LOGS"

@@ -7,7 +7,7 @@ step, a dataset, a preset ``TrainConfig``).
 """
 
 from vvk.engine.config import TrainConfig
-from vvk.engine.loop import NonFiniteLoss, TrainResult, train
+from vvk.engine.loop import NonFiniteLoss, TrainResult, autocast, train
 from vvk.engine.state import RunDir
 
-__all__ = ["NonFiniteLoss", "RunDir", "TrainConfig", "TrainResult", "train"]
+__all__ = ["NonFiniteLoss", "RunDir", "TrainConfig", "TrainResult", "autocast", "train"]

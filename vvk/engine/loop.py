@@ -148,7 +148,7 @@ def _train(
                 # DDP all-reduces gradients in backward; only the last micro-step needs it.
                 last = micro == config.grad_accum - 1
                 with contextlib.nullcontext() if last or not ctx.distributed else net.no_sync():
-                    with _autocast(ctx.device, config.precision):
+                    with autocast(ctx.device, config.precision):
                         out = dict(step_fn(net, batch))
                         total = out.pop("loss") if "loss" in out else sum(out.values())
                     scaler.scale(total / config.grad_accum).backward()
@@ -238,7 +238,8 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     }
 
 
-def _autocast(device: torch.device, precision: str):
+def autocast(device: torch.device, precision: str):
+    """The autocast context of a ``TrainConfig.precision`` (fp32: none; fp16 only on a GPU)."""
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision == "fp16" and device.type != "cuda":
