@@ -1,18 +1,22 @@
 """Does pretraining learn? Each method's tiny preset on the real clips, then clip retrieval.
 
-    python benchmarks/pretrain.py [--methods cvrl constcl teg vatt] [--budget 600] [--repeats 5]
+    python benchmarks/pretrain.py [--methods cvrl constcl teg vatt] [--budget 600] [--repeats 20]
+    python benchmarks/pretrain.py --methods constcl --steps 828 --seed 1 --label constcl-828-s1
+    python benchmarks/pretrain.py --methods teg --set color_augment=true --label teg-colour
 
 For every method:
 
 1. throughput: a short run (``--probe-steps`` steps) of the tiny preset on the real videos of
    ``../shared/data/video`` gives seconds per step and clips per second (forward + backward,
    data loading included; the first two steps are excluded as warm-up);
-2. learning: a fresh run of ``budget / seconds-per-step`` steps (≈ ``--budget`` seconds);
+2. learning: a fresh run of ``budget / seconds-per-step`` steps (≈ ``--budget`` seconds), or of
+   ``--steps`` steps, with the preset's seed or ``--seed``;
 3. evaluation: ``vvk.eval.retrieval.retrieval_gain`` on the same videos — recall@1/5 of the
    pretrained backbone and of the same architecture at random initialisation, on the same clips
    and the same ``--repeats`` augmentation draws.
 
-Writes benchmarks/results/pretrain.json (summarised in docs/results.md and docs/benchmarks.md).
+Writes benchmarks/results/pretrain.json (summarised in docs/results.md and docs/benchmarks.md),
+one record per method, or per ``--label`` (``constcl-seed1``) when one method is run several ways.
 The target (issue 6): pretraining beats random initialisation by >= 20 points of recall@1 for
 CVRL and ConST-CL.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -50,25 +55,28 @@ def seconds_per_step(run_dir: Path) -> float:
     return (t1 - t0) / (s1 - s0)
 
 
-def eval_clips(method: str) -> ClipSpec:
-    """The evaluation clip shape of a method's tiny preset (TeG: its short clip)."""
-    preset = resolve_preset(method, "tiny")
-    frames = getattr(preset, "frames", None) or getattr(preset, "short_frames", 8)
-    stride = getattr(preset, "stride", None) or getattr(preset, "short_stride", 2)
-    return ClipSpec(frames=frames, stride=stride, size=preset.size, crop=preset.crop)
+def eval_clips(preset: dict) -> ClipSpec:
+    """The evaluation clip shape of a run's resolved preset (TeG: its short clip)."""
+    frames = preset.get("frames") or preset["short_frames"]
+    stride = preset.get("stride") or preset["short_stride"]
+    return ClipSpec(frames=frames, stride=stride, size=preset["size"], crop=preset["crop"])
 
 
 def run_method(method: str, videos: Path, work: Path, args) -> dict:
+    overrides = [f"train.seed={args.seed}"] if args.seed is not None else []
+    overrides += args.set  # ablations: preset overrides, as `vvk pretrain --set`
     common = dict(data=videos, preset="tiny", progress=False, captions=_captions(method, videos))
-    probe = pretrain(method, out=work / f"{method}-probe", steps=args.probe_steps,
-                     overrides=["train.log_every=1"], **common)  # fmt: skip
+    name = args.label or method
+    probe = pretrain(method, out=work / f"{name}-probe", steps=args.probe_steps,
+                     overrides=["train.log_every=1", *overrides], **common)  # fmt: skip
     step_s = seconds_per_step(probe.run_dir)
     batch = resolve_preset(method, "tiny").train.batch_size
-    steps = max(args.probe_steps, int(args.budget / step_s))
+    steps = args.steps or max(args.probe_steps, int(args.budget / step_s))
     started = time.monotonic()
-    run = pretrain(method, out=work / method, steps=steps, **common)
+    run = pretrain(method, out=work / name, steps=steps, overrides=overrides, **common)
     train_s = time.monotonic() - started
-    gain = retrieval_gain(run.run_dir, videos, reader=ClipReader(eval_clips(method)), repeats=args.repeats)
+    reader = ClipReader(eval_clips(run.preset))
+    gain = retrieval_gain(run.run_dir, videos, reader=reader, repeats=args.repeats)
     losses = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in losses if "loss" in r]
     return {
@@ -77,6 +85,10 @@ def run_method(method: str, videos: Path, work: Path, args) -> dict:
         "clips_per_second": round(batch / step_s, 2),
         "batch_size": batch,
         "steps": steps,
+        "seed": run.preset["train"]["seed"],
+        "overrides": args.set,
+        "budget_seconds": None if args.steps else args.budget,
+        "load_average_1min": round(os.getloadavg()[0], 2),  # other jobs on the machine slow the steps
         "train_seconds": round(train_s, 1),
         "loss_first": losses[0],
         "loss_last": losses[-1],
@@ -102,28 +114,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=["cvrl", "constcl", "teg", "vatt"])
     parser.add_argument("--budget", type=float, default=600.0, help="training seconds per method")
+    parser.add_argument("--steps", type=int, default=None, help="train this many steps instead")
+    parser.add_argument("--seed", type=int, default=None, help="training seed (default: the preset's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="preset override")
+    parser.add_argument("--label", default=None, help="results key (default: the method's name)")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the run folders here")
     parser.add_argument("--probe-steps", type=int, default=8)
     parser.add_argument(
-        "--repeats", type=int, default=5, help="augmentation draws averaged in the evaluation"
+        "--repeats", type=int, default=20, help="augmentation draws averaged in the evaluation"
     )
     args = parser.parse_args()
+    if args.label and len(args.methods) != 1:
+        parser.error("--label names the record of one method")
     data = shared_data_root()
     if data is None:
         raise SystemExit(shared_data_reason())
     videos = data / "video"
-    work = Path(tempfile.mkdtemp(prefix="vvk-pretrain-bench-"))
+    work = args.keep or Path(tempfile.mkdtemp(prefix="vvk-pretrain-bench-"))
     results = {"machine": machine_info(), "budget_seconds": args.budget, "data": str(videos), "methods": {}}
     if RESULTS.is_file():  # keep methods measured in earlier invocations
         results["methods"] = json.loads(RESULTS.read_text()).get("methods", {})
     try:
         for method in args.methods:
             record = run_method(method, videos, work, args)
-            results["methods"][method] = record
+            results["methods"][args.label or method] = record
             print(json.dumps({k: v for k, v in record.items() if k != "preset"}), flush=True)
             RESULTS.parent.mkdir(parents=True, exist_ok=True)
             RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
