@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from vvk.commands.pretrain import METHODS as COMMANDS
 from vvk.methods.pretrain import METHODS
@@ -70,3 +71,25 @@ def test_missing_paths_in_a_list_are_reported_and_skipped(cli, shared_data, tmp_
     assert f"{tmp_path / 'gone.mp4'}:" in result.stderr and "skipped" in result.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert [f["path"] for f in summary["bad_files"]["files"]] == [str(tmp_path / "gone.mp4")]
+
+
+def test_demo_on_the_built_in_example_set(cli, tmp_path, monkeypatch):
+    import vvk.methods.pretrain
+
+    monkeypatch.setenv("VVK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(vvk.methods.pretrain, "DEMO_STEPS", 2)  # the demo's own default, kept short
+    result = cli("pretrain", "cvrl", "--batch-size", "4", "--out", str(tmp_path / "run"), "--json")
+    assert result.code == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["step"] == 2 and Path(record["data"]).is_relative_to(tmp_path / "cache")
+    assert (Path(record["data"]) / "manifest.json").is_file()  # synthesised into the user cache
+    retrieval = record["demo_retrieval"]
+    assert retrieval["videos"] == 32
+    assert all(0 <= retrieval[k] <= 1 for k in ("recall@1", "random_recall@1"))
+    assert "random initialisation" in result.stderr and "pretrained" in result.stderr
+
+    # An explicit step count wins over the demo's default.
+    again = cli("pretrain", "cvrl", "--batch-size", "4", "--set", "train.steps=1",
+                "--out", str(tmp_path / "run1"), "--json")  # fmt: skip
+    assert again.code == 0, again.stderr
+    assert json.loads(again.stdout)["step"] == 1
