@@ -8,8 +8,9 @@ process each, interleaved ``--repeats`` times. The machine is shared with other 
 wall and CPU seconds (this process and its children) are recorded, and medians reported:
 
 - ``copy_paste``: ``vvk.augment.augment_coco`` (workers=1), the whole command minus printing.
-- ``floor_two_images``: for every output, decode the destination and the source, jitter both,
-  encode the destination as JPEG: every copy that pastes must do at least this.
+- ``floor_two_images``: for every output, decode the destination and (when the copy pastes
+  anything) the source, jitter both, encode the destination as JPEG: every copy that pastes
+  must do at least this.
 - ``floor_one_image``: decode, jitter and encode the destination only (plain scale jitter).
 
 Then ``augment_coco`` with workers 1 and 2 (see ``scaling_runs``), and the
@@ -64,7 +65,7 @@ def floor_run(src: Path, options: CopyPasteOptions, out_dir: Path, *, with_sourc
         for copy in range(options.copies):
             draw = draw_copy(plan, dst, copy)
             image = jitter_image(pixels, draw.dst_jitter)
-            if with_source:
+            if with_source and draw.chosen:  # copy-paste reads no source when it pastes nothing
                 source = load_rgb(draw.source.path, exif_orientation=draw.source.exif_orientation)
                 jitter_image(source, draw.src_jitter)
             write_jpeg(out_dir / f"{dst.id:012d}_cp{copy:02d}.jpg", image)
@@ -172,7 +173,8 @@ def main() -> None:
                 if name == "copy_paste":
                     summary = result
         distribution = category_table(src, work / "copy_paste-0" / "annotations" / "instances_train2017.json")
-        scaling = scaling_runs(src, args.size, args.scaling_repeats, work)
+        # --scaling-repeats 0 skips the worker runs (a quick check of the ratio alone)
+        scaling = scaling_runs(src, args.size, args.scaling_repeats, work) if args.scaling_repeats else None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     med_wall = {k: statistics.median(v) for k, v in wall.items()}

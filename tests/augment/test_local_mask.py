@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from vvk.augment.masks import LocalMask
+from vvk.augment.masks import Cover, LocalMask, RleMask
 from vvk.data.coco import decode_segmentation, tight_box
 
 
@@ -41,14 +41,14 @@ def test_minus_paint_and_tight_in_a_frame():
     bits = np.ones((4, 5), bool)
     mask = LocalMask(3, 2, bits, frame)
     assert mask.box == (2, 3, 7, 7) and mask.area == 20
-    cover = np.zeros(frame, bool)
-    cover[3:7, 2:4] = True  # the left two columns
-    rest = mask.minus(cover).tight()
+    left = np.zeros(frame, bool)
+    left[3:7, 2:4] = True  # the left two columns
+    rest = mask.minus(Cover(frame, [LocalMask.from_full(left)])).tight()
     assert rest.box == (4, 3, 7, 7) and rest.area == 12 and (rest.top, rest.left) == (3, 4)
     canvas = np.zeros(frame, bool)
     rest.paint(canvas)
     assert canvas.sum() == 12 and canvas[3:7, 4:7].all()
-    assert mask.minus(np.ones(frame, bool)).tight().box is None
+    assert mask.minus(Cover(frame, [LocalMask.from_full(np.ones(frame, bool))])).tight().box is None
     assert mask.tight() is mask  # already tight: no copy
 
 
@@ -77,3 +77,53 @@ def test_rle_of_windows_anywhere_in_tall_frames():
         full[top : top + h, left : left + w] = rng.random((h, w)) < rng.uniform(0.1, 0.9)
         expected = mask_utils.encode(np.asfortranarray(full.astype(np.uint8)))["counts"].decode("ascii")
         assert LocalMask.from_full(full).to_rle()["counts"] == expected
+
+
+def random_cover(rng, frame, count):
+    """Up to ``count`` random masks in a frame, some touching its first or last pixel."""
+    masks = []
+    for _ in range(count):
+        full = np.zeros(frame, bool)
+        y0, x0 = rng.integers(0, frame[0]), rng.integers(0, frame[1])
+        y1, x1 = rng.integers(y0, frame[0] + 1), rng.integers(x0, frame[1] + 1)
+        full[y0:y1, x0:x1] = rng.random((y1 - y0, x1 - x0)) < rng.uniform(0.3, 1.0)
+        full[0, 0] |= rng.random() < 0.2
+        full[-1, -1] |= rng.random() < 0.2
+        masks.append(LocalMask.from_full(full))
+    return masks
+
+
+def test_cover_complement_rle_is_the_complement_of_the_union():
+    """Overlapping, adjacent, empty, frame-start and frame-end masks, and no masks at all."""
+    rng = np.random.default_rng(4)
+    for trial in range(200):
+        frame = (int(rng.integers(1, 30)), int(rng.integers(1, 30)))
+        masks = random_cover(rng, frame, int(rng.integers(0, 5)))
+        cover = Cover(frame, masks)
+        union = np.zeros(frame, bool)
+        for m in masks:
+            union |= m.to_full()
+        assert np.array_equal(cover.bits, union)
+        complement = cover.complement_rle
+        assert np.array_equal(mask_utils.decode(complement).astype(bool), ~union), trial
+        canonical = mask_utils.encode(np.asfortranarray((~union).astype(np.uint8)))
+        assert complement["counts"] == canonical["counts"]
+
+
+def test_rle_mask_answers_as_the_pixels_do():
+    """Area, box, RLE, subtraction of a cover and the pixels of an RleMask equal LocalMask's."""
+    rng = np.random.default_rng(5)
+    for _ in range(100):
+        frame = (int(rng.integers(1, 40)), int(rng.integers(1, 40)))
+        local = random_cover(rng, frame, 1)[0]
+        rle = RleMask(mask_utils.encode(np.asfortranarray(local.to_full().astype(np.uint8))))
+        assert rle.frame == frame and rle.area == local.area and rle.box == local.box
+        assert rle.to_rle() == local.to_rle() and np.array_equal(rle.to_full(), local.to_full())
+        assert rle.tight() is rle
+        cover = Cover(frame, random_cover(rng, frame, int(rng.integers(0, 3))))
+        rest_rle, rest_local = rle.minus(cover), local.minus(cover).tight()
+        assert rest_rle.area == rest_local.area and rest_rle.box == rest_local.box
+        assert rest_rle.to_rle() == rest_local.to_rle()
+        canvas = np.zeros(frame, bool)
+        rest_rle.paint(canvas)
+        assert np.array_equal(canvas, rest_local.to_full())

@@ -12,17 +12,19 @@ from typing import Any
 from vvk.augment.copy_paste import Instance, PasteResult, choose_objects, compose, paste, survives_occlusion
 from vvk.augment.dataset_writer import augment_coco
 from vvk.augment.jitter import SCALE_PRESETS, Jitter, jitter_image, sample_jitter
-from vvk.augment.masks import LocalMask
+from vvk.augment.masks import Cover, LocalMask, RleMask
 from vvk.augment.render import CopyPasteOptions
 
 __all__ = [
     "SCALE_PRESETS",
     "CopyPaste",
     "CopyPasteOptions",
+    "Cover",
     "Instance",
     "Jitter",
     "LocalMask",
     "PasteResult",
+    "RleMask",
     "augment_coco",
     "choose_objects",
     "compose",

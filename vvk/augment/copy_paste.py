@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vvk.augment.masks import LocalMask
+from vvk.augment.masks import Cover, LocalMask, RleMask
 
 BOX_PX = 10  # official copy_paste_box_update_threshold, mmdet bbox_occluded_thr
 AREA_PX = 300  # official copy_paste_occluded_obj_threshold, mmdet mask_occluded_thr
@@ -35,7 +35,7 @@ class Instance:
     """One object in a jittered frame: its class, its mask, and where it came from."""
 
     category_id: int
-    mask: LocalMask
+    mask: LocalMask | RleMask  # pasted objects always LocalMask: their pixels are copied
     iscrowd: bool = False
     origin: int | None = None  # id of the annotation it was made from
 
@@ -46,10 +46,15 @@ class PasteResult:
 
     image: np.ndarray  # (S, S, 3) uint8
     instances: list[Instance]
-    union: np.ndarray  # (S, S) bool, the pasted pixels
+    cover: Cover  # the pasted masks' union
     num_pasted: int
     num_dropped: int
     pasted_flags: list[bool] = field(default_factory=list)
+
+    @property
+    def union(self) -> np.ndarray:
+        """(S, S) bool, the pasted pixels."""
+        return self.cover.bits
 
 
 def choose_objects(rng: np.random.Generator, num_candidates: int, max_objects: int) -> np.ndarray:
@@ -159,9 +164,7 @@ def paste(
         box_px, area_px: the occlusion thresholds (module docstring).
         in_place: compose into ``dst_image`` instead of a copy of it.
     """
-    union = np.zeros(dst_image.shape[:2], dtype=bool)
-    for inst in pasted:
-        inst.mask.paint(union)
+    cover = Cover(dst_image.shape[:2], [inst.mask for inst in pasted])
     image = compose(dst_image, src_image, [inst.mask for inst in pasted], blend_sigma, in_place=in_place)
     pasted_boxes = [inst.mask.box for inst in pasted if inst.mask.area]
     kept: list[Instance] = []
@@ -169,7 +172,7 @@ def paste(
         if not any(_overlap(inst.mask.box, box) for box in pasted_boxes):
             kept.append(inst)  # untouched: the common case, and a cheap test
             continue
-        updated = inst.mask.minus(union).tight()
+        updated = inst.mask.minus(cover).tight()
         keep = survives_occlusion(inst.mask.box, updated.box, updated.area, box_px=box_px, area_px=area_px)
         if keep:
             kept.append(Instance(inst.category_id, updated, inst.iscrowd, inst.origin))
@@ -177,7 +180,7 @@ def paste(
     return PasteResult(
         image=image,
         instances=instances,
-        union=union,
+        cover=cover,
         num_pasted=len(pasted),
         num_dropped=len(dst_instances) - len(kept),
         pasted_flags=[False] * len(kept) + [True] * len(pasted),

@@ -85,11 +85,17 @@ def copy_rng(seed: int, image_id: int, copy: int) -> np.random.Generator:
     return np.random.default_rng([seed, image_id, copy])
 
 
-def jitter_objects(objects: tuple[PlannedObject, ...], jitter: Jitter) -> list[Instance]:
-    """The objects as masks in the jittered frame; objects cut away by the crop are left out."""
+def jitter_objects(
+    objects: tuple[PlannedObject, ...], jitter: Jitter, *, as_rle: bool = False
+) -> list[Instance]:
+    """The objects as masks in the jittered frame; objects cut away by the crop are left out.
+
+    ``as_rle`` for destination objects: only their area, box, RLE and what is pasted over them
+    are ever needed, which an ``RleMask`` gives without expanding pixels.
+    """
     instances = []
     for obj in objects:
-        mask = jitter_segmentation(obj.segmentation, jitter, obj.box)
+        mask = jitter_segmentation(obj.segmentation, jitter, obj.box, as_rle=as_rle)
         if mask.area:
             instances.append(Instance(obj.category_id, mask, obj.iscrowd, obj.ann_id))
     return instances
@@ -130,7 +136,7 @@ def render_copy(
     if dst_pixels is None:
         out.issues["copies_skipped_unreadable_image"] = 1
         return out
-    dst_instances = jitter_objects(dst.objects, draw.dst_jitter)
+    dst_instances = jitter_objects(dst.objects, draw.dst_jitter, as_rle=True)
     out.num_cropped_out = len(dst.objects) - len(dst_instances)
     pasted = jitter_objects(draw.chosen, draw.src_jitter)
     jittered_dst = jitter_image(dst_pixels, draw.dst_jitter)
