@@ -195,11 +195,11 @@ def _rasterise_polygons_in_frame(polygons: list[list[float]], jitter: Jitter) ->
 @lru_cache(maxsize=64)
 def _content_rle(size: int, rows: int, cols: int) -> dict[str, Any]:
     """RLE of the top-left rows x cols pixels of a size x size frame (the image; the rest is padding)."""
-    from pycocotools import mask as mask_utils
+    from vvk.data.coco import compress_runs
 
     runs = [0] + [rows, size - rows] * cols  # column-major: each image column, then its padding
     runs[-1] += (size - cols) * size  # the padding columns on the right
-    return mask_utils.frPyObjects({"counts": runs, "size": [size, size]}, size, size)
+    return compress_runs(runs, size, size)
 
 
 def _rasterise_polygons(polygons: list[list[float]], jitter: Jitter, window: tuple[int, ...]) -> LocalMask:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from vvk.data.coco import rle_from_runs, tight_box
+from vvk.data.coco import compress_runs, rle_from_runs, tight_box
 
 
 @dataclass(frozen=True)
@@ -231,7 +231,7 @@ class Cover:
         if complement[-1] == 0:
             complement.pop()  # the sentinel, when it is a piece of its own
         complement = complement[1:] if complement[0] == 0 else [0, *complement]  # zeros first
-        return mask_utils.frPyObjects({"counts": complement, "size": [height, width]}, height, width)
+        return compress_runs(complement, height, width)
 
 
 def _column_runs(bits: np.ndarray, top: int, height: int) -> list[int]:
