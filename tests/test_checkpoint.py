@@ -122,7 +122,8 @@ def test_weights_verify_checks_a_checkpoint_against_its_sidecar(toy, tmp_path, c
     ok = cli("weights", "verify", str(path), "--json")
     assert ok.code == 0, ok.stderr
     assert json.loads(ok.stdout)["status"] == "ok"
-    path.write_bytes(path.read_bytes()[:-1] + b" ")
+    data = path.read_bytes()
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # a changed last byte, always
     bad = cli("weights", "verify", str(path), "--json")
     assert bad.code == 1
     assert json.loads(bad.stdout)["status"].startswith("MISMATCH")

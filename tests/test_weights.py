@@ -6,6 +6,7 @@ import hashlib
 import http.server
 import json
 import os
+import random
 import socket
 import threading
 import time
@@ -242,7 +243,7 @@ class _FileHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def file_server():
-    payload = os.urandom(300_000)
+    payload = random.Random(0).randbytes(300_000)  # fixed, so a failure reproduces
     handler = type("Handler", (_FileHandler,), {"payload": payload})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -266,7 +267,7 @@ def test_url_download_into_vvk_cache(tmp_path, monkeypatch, file_server):
     assert path == tmp_path / "cache" / "weights" / "u.test" / "w.bin"
     assert path.read_bytes() == payload
     # Loaded again: served from the cache (server not needed) and checked again.
-    path.write_bytes(payload[:-1] + b"\0")
+    path.write_bytes(payload[:-1] + bytes([payload[-1] ^ 0xFF]))  # a changed last byte, always
     with pytest.raises(VvkError, match="sha256 mismatch"):
         resolve("u.test", registry=registry)
 
