@@ -13,8 +13,9 @@ wall and CPU seconds (this process and its children) are recorded, and medians r
   must do at least this.
 - ``floor_one_image``: decode, jitter and encode the destination only (plain scale jitter).
 
-Then ``augment_coco`` with workers 1 and 2 (see ``scaling_runs``), and the
-per-category object counts of input and output. Writes benchmarks/results/copy_paste.json.
+Then the mask work alone (``mask_work``: destination objects as window pixels or as frame RLE),
+``augment_coco`` with workers 1 and 2 (see ``scaling_runs``), and the per-category object
+counts of input and output. Writes benchmarks/results/copy_paste.json.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ from collections import Counter
 from pathlib import Path
 
 from vvk.augment import CopyPasteOptions, augment_coco
+from vvk.augment.copy_paste import paste
 from vvk.augment.dataset_writer import build_plan
 from vvk.augment.jitter import jitter_image
-from vvk.augment.render import draw_copy
+from vvk.augment.render import annotation_record, draw_copy, jitter_objects
 from vvk.data.coco import find_coco_layout, load_coco, load_rgb, write_jpeg
 from vvk.testing import shared_data_reason, shared_data_root
 
@@ -69,6 +71,39 @@ def floor_run(src: Path, options: CopyPasteOptions, out_dir: Path, *, with_sourc
                 source = load_rgb(draw.source.path, exif_orientation=draw.source.exif_orientation)
                 jitter_image(source, draw.src_jitter)
             write_jpeg(out_dir / f"{dst.id:012d}_cp{copy:02d}.jpg", image)
+
+
+def mask_work(src: Path, options: CopyPasteOptions, repeats: int) -> dict:
+    """Seconds of the mask work of every output (jittering the masks, pasting, the records),
+    with the destination objects as window pixels (``LocalMask``) and as frame RLE
+    (``RleMask``, what ``render_copy`` uses); blank frames, so no image work is counted."""
+    import numpy as np
+
+    dataset = load_coco(*find_coco_layout(src))
+    plan, _, _ = build_plan(dataset, dataset, options)
+    draws = [(dst, draw_copy(plan, dst, copy)) for dst in plan.destinations for copy in range(options.copies)]
+    blank = np.zeros((options.size, options.size, 3), np.uint8)
+
+    def one_pass(as_rle: bool) -> float:
+        start = time.perf_counter()
+        for dst, draw in draws:
+            kept = jitter_objects(dst.objects, draw.dst_jitter, as_rle=as_rle)
+            pasted = jitter_objects(draw.chosen, draw.src_jitter)
+            result = paste(blank, kept, blank, pasted, in_place=True)
+            for inst in result.instances:
+                annotation_record(inst, options.mask_format)
+        return time.perf_counter() - start
+
+    seconds: dict[str, list[float]] = {"window_pixels": [], "frame_rle": []}
+    for _ in range(repeats):  # interleaved
+        seconds["window_pixels"].append(one_pass(False))
+        seconds["frame_rle"].append(one_pass(True))
+    median = {k: statistics.median(v) for k, v in seconds.items()}
+    return {
+        "seconds": seconds,
+        "median_seconds": median,
+        "rle_over_pixels": round(median["frame_rle"] / median["window_pixels"], 3),
+    }
 
 
 def scaling_runs(src: Path, size: int, repeats: int, work: Path) -> dict:
@@ -172,6 +207,7 @@ def main() -> None:
                 cpu[name].append(cpu_s)
                 if name == "copy_paste":
                     summary = result
+        masks = mask_work(src, options, args.repeats)
         distribution = category_table(src, work / "copy_paste-0" / "annotations" / "instances_train2017.json")
         # --scaling-repeats 0 skips the worker runs (a quick check of the ratio alone)
         scaling = scaling_runs(src, args.size, args.scaling_repeats, work) if args.scaling_repeats else None
@@ -200,6 +236,7 @@ def main() -> None:
             "wall": round(med_wall["copy_paste"] / med_wall["floor_one_image"], 3),
             "cpu": round(med_cpu["copy_paste"] / med_cpu["floor_one_image"], 3),
         },
+        "mask_work": masks,
         "scaling": scaling,
         "summary_of_one_run": summary,
         "categories": distribution,
