@@ -151,7 +151,7 @@ def jitter_segmentation(
     ``as_rle`` rasterises polygons in the whole frame, into an ``RleMask``: the pixels a COCO tool
     gives for the written polygon, for objects whose pixels may never be needed. Without it they
     are rasterised inside the object's window, which pixel copies need; pycocotools rounds on a
-    5x finer grid, so a shifted window can round a few pixels differently (~0.5% of objects).
+    5x finer grid, so a shifted window can round a few pixels differently (rarely).
     """
     h, w = jitter.in_size
     frame = (jitter.size, jitter.size)
