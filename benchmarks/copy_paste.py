@@ -36,7 +36,7 @@ from vvk.augment import CopyPasteOptions, augment_coco
 from vvk.augment.copy_paste import paste
 from vvk.augment.dataset_writer import build_plan
 from vvk.augment.jitter import jitter_image
-from vvk.augment.render import annotation_record, draw_copy, jitter_objects
+from vvk.augment.render import Plan, annotation_record, draw_copy, jitter_objects
 from vvk.data.coco import find_coco_layout, load_coco, load_rgb, write_jpeg
 from vvk.testing import shared_data_reason, shared_data_root
 
@@ -57,10 +57,16 @@ def timed(fn, *args, **kwargs) -> tuple[float, float, object]:
     return time.perf_counter() - wall, cpu_seconds() - cpu, result
 
 
-def floor_run(src: Path, options: CopyPasteOptions, out_dir: Path, *, with_source: bool) -> None:
-    """Read, jitter and write every output image without any pasting."""
+def self_plan(src: Path, options: CopyPasteOptions) -> Plan:
+    """The plan of ``augment_coco(src, ...)`` pasting from the dataset itself."""
     dataset = load_coco(*find_coco_layout(src))
     plan, _, _ = build_plan(dataset, dataset, options)
+    return plan
+
+
+def floor_run(src: Path, options: CopyPasteOptions, out_dir: Path, *, with_source: bool) -> None:
+    """Read, jitter and write every output image without any pasting."""
+    plan = self_plan(src, options)
     out_dir.mkdir(parents=True)
     for dst in plan.destinations:
         pixels = load_rgb(dst.path, exif_orientation=dst.exif_orientation)
@@ -79,8 +85,7 @@ def mask_work(src: Path, options: CopyPasteOptions, repeats: int) -> dict:
     (``RleMask``, what ``render_copy`` uses); blank frames, so no image work is counted."""
     import numpy as np
 
-    dataset = load_coco(*find_coco_layout(src))
-    plan, _, _ = build_plan(dataset, dataset, options)
+    plan = self_plan(src, options)
     draws = [(dst, draw_copy(plan, dst, copy)) for dst in plan.destinations for copy in range(options.copies)]
     blank = np.zeros((options.size, options.size, 3), np.uint8)
 

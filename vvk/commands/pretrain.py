@@ -14,10 +14,10 @@ from vvk.errors import VvkError
 
 app = typer.Typer(help="Self-supervised video pretraining: ConST-CL, TeG, VATT, CVRL.", no_args_is_help=True)
 
-# Typer needs the command list before the library is imported; vvk.methods.pretrain.METHODS
-# is the library's list, and tests/commands check that the two agree.
 DEMO_REPEATS = 3  # augmentation draws averaged in the demo's retrieval check
 
+# Typer needs the command list before the library is imported; vvk.methods.pretrain.METHODS
+# is the library's list, and tests/commands check that the two agree.
 METHODS = {
     "constcl": "ConST-CL: contextualized spatio-temporal contrastive learning (global + local branch).",
     "teg": "TeG: temporal granularity (long/short clips, fine-grained + persistent losses).",
