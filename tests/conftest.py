@@ -62,3 +62,16 @@ def cli(capsys, monkeypatch):
         return CliResult(code, out, err)
 
     return run
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Tests write caches (decoded frames, indexes) under a temporary folder, never the user's;
+    a test that needs its own sets ``VVK_CACHE`` itself."""
+    previous = os.environ.get("VVK_CACHE")
+    os.environ["VVK_CACHE"] = str(tmp_path_factory.mktemp("vvk-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("VVK_CACHE", None)
+    else:
+        os.environ["VVK_CACHE"] = previous

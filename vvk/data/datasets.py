@@ -34,7 +34,7 @@ from torch.utils.data import Dataset, default_collate
 
 from vvk.data.backends import Decoder, get_decoder
 from vvk.data.decode import SizeArg
-from vvk.data.index import VideoIndex, build_index, cache_path
+from vvk.data.index import VideoIndex, build_index, cache_path, ensure_outside
 from vvk.data.media import PROBLEMS, BadVideo, VideoMeta
 from vvk.data.samplers import Caption, ClipSampler, overlapping_captions, window_seconds
 from vvk.data.sources import VideoItem, open_source
@@ -284,25 +284,43 @@ def open_video_dataset(
     captions: str | os.PathLike | Mapping[str, Sequence[Caption]] | None = None,
     cache_dir: str | os.PathLike | None = None,
     decoder: str = "auto",
+    frame_cache: bool | str | os.PathLike = False,
     progress: bool = False,
     **dataset_kwargs: Any,
 ) -> ClipDataset:
     """A ``ClipDataset`` over a folder or list file, with its index cached in ``cache_dir``
-    (e.g. the run folder; default the user cache). ``dataset_kwargs`` go to ``ClipDataset``."""
+    (e.g. the run folder; default the user cache). ``dataset_kwargs`` go to ``ClipDataset``.
+
+    ``frame_cache``: True (the user cache) or a folder: decode each video once, whole, and serve
+    clips from the decoded frames (``vvk.data.frame_cache``; for small datasets).
+    """
     found = open_source(source)
     cache = cache_path(source, cache_dir)
     index = build_index([item.path for item in found.items], cache=cache, decoder=decoder, progress=progress)
     if captions is not None and not isinstance(captions, Mapping):
         captions = read_caption_source(captions)  # a caption table or a folder of subtitles
-    return ClipDataset(
+    reader: str | Decoder = decoder
+    if frame_cache:
+        from vvk.data.frame_cache import FrameCache, default_root
+
+        root = default_root() if frame_cache is True else Path(frame_cache)
+        reader = FrameCache(get_decoder(decoder), ensure_outside(root, source))
+    dataset = ClipDataset(
         found.items,
         index,
         sampler=sampler,
-        decoder=decoder,
+        decoder=reader,
         captions=captions,
         classes=found.classes,
         **dataset_kwargs,
     )
+    if frame_cache:
+        from vvk.data.frame_cache import check_space
+
+        rows = [dataset.clips[i] for i in range(len(dataset.clips))]
+        videos = {item.path: meta for item, meta, _ in rows}  # segments of one file share an entry
+        check_space(reader, videos.items(), dataset.size)
+    return dataset
 
 
 def _counts(bad: BadFiles) -> str:

@@ -270,6 +270,19 @@ class PyAVDecoder:
         return out if first is None else place_window(wave, first - t0, n, sample_rate)
 
 
+def every_frame(
+    path: str | os.PathLike, *, meta: VideoMeta, size: SizeArg = None, threads: int = 1
+) -> Iterator[tuple[float, np.ndarray]]:
+    """Every frame in display order with its time (seconds from the first frame), converted as
+    ``PyAVDecoder.frames`` converts it: ``frames_on_screen`` over these times picks what it picks."""
+    convert = _Converter(output_size(meta.height, meta.width, size), meta.rotation)
+    with open_media(path) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = threads
+        for t, frame in _timed_frames(container, stream, meta):
+            yield t, convert(frame)
+
+
 def place_window(wave: np.ndarray, lead: float, n: int, sample_rate: int) -> np.ndarray:
     """The ``n`` samples of a window from decoded ``wave``, whose first sample is ``lead``
     seconds after the window starts (negative: before it); zeros where ``wave`` has none."""

@@ -43,6 +43,8 @@ class TrainConfig:
         log_every: steps between metric lines.
         seed: seeds the data order, clip sampling, augmentation and dropout.
         num_workers: data-loader worker processes per rank.
+        frame_cache: decode each video once, whole, into the user cache and read clips from
+            there (``vvk.data.frame_cache``): for datasets that fit on disk at the frame size.
         tensorboard: also write TensorBoard event files (needs the tensorboard package).
         progress: show a progress bar on stderr (rank 0).
     """
@@ -66,6 +68,7 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     num_workers: int = 2
+    frame_cache: bool = False
     tensorboard: bool = False
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # the method's own settings, recorded

@@ -51,6 +51,7 @@ _RESUMABLE_CHANGES = {
     "keep_checkpoints",
     "log_every",
     "num_workers",
+    "frame_cache",  # the same frames either way
     "progress",
     "tensorboard",
 }

@@ -52,11 +52,13 @@ class Method(Protocol):
 
 def laptop_train(**settings: Any) -> TrainConfig:
     """The training settings every ``tiny`` preset shares (AdamW at a constant rate, no warm-up, no
-    periodic checkpoints, a log line every 2 steps); ``settings`` give the rest (steps, batch
-    size, learning rate, ...) and may override these."""
+    periodic checkpoints, a log line every 2 steps, decoded frames cached: at a tiny preset's
+    frame size decoding costs several times the network's step); ``settings`` give the rest
+    (steps, batch size, learning rate, ...) and may override these."""
     shared: dict[str, Any] = dict(
-        optimizer="adamw", warmup_steps=0, schedule="constant", checkpoint_every=0, log_every=2
-    )
+        optimizer="adamw", warmup_steps=0, schedule="constant", checkpoint_every=0, log_every=2,
+        frame_cache=True,
+    )  # fmt: skip
     return TrainConfig(**{**shared, **settings})
 
 

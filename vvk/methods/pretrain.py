@@ -124,7 +124,7 @@ def pretrain(
     try:
         dataset = open_video_dataset(
             source, sampler=module.sampler(config), size=config.size, cache_dir=run_dir, decoder=decoder,
-            progress=progress, seed=config.train.seed, **options,
+            frame_cache=config.train.frame_cache, progress=progress, seed=config.train.seed, **options,
         )  # fmt: skip
     except VvkError:
         if created:  # nothing trained: leave no half-made run folder that blocks the next --out
