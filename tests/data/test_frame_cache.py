@@ -69,8 +69,9 @@ def test_an_unfinished_entry_is_rebuilt(tmp_path):
     entry = cache.entry(path, 16)
     entry.parent.mkdir()
     entry.with_suffix(".u8").write_bytes(b"\x07" * 10)  # frames written, the record never was
-    got = cache.frames(path, np.arange(20) / meta.fps, meta=meta, size=16)
-    np.testing.assert_array_equal(got, PyAVDecoder().frames(path, np.arange(20) / meta.fps, meta=meta, size=16))
+    times = np.arange(20) / meta.fps
+    got = cache.frames(path, times, meta=meta, size=16)
+    np.testing.assert_array_equal(got, PyAVDecoder().frames(path, times, meta=meta, size=16))
 
 
 def test_dataset_with_the_cache_gives_the_same_samples_through_workers(shared_data, tmp_path):
