@@ -3,6 +3,7 @@
     python benchmarks/pretrain.py [--methods cvrl constcl teg vatt] [--budget 600] [--repeats 20]
     python benchmarks/pretrain.py --methods constcl --steps 828 --seed 1 --label constcl-828-s1
     python benchmarks/pretrain.py --methods teg --set color_augment=true --label teg-colour
+    python benchmarks/pretrain.py --methods cvrl --probe-only --set train.frame_cache=0 --label cvrl-nocache
 
 For every method:
 
@@ -71,6 +72,16 @@ def run_method(method: str, videos: Path, work: Path, args) -> dict:
                      overrides=["train.log_every=1", *overrides], **common)  # fmt: skip
     step_s = seconds_per_step(probe.run_dir)
     batch = resolve_preset(method, "tiny").train.batch_size
+    speed = {
+        "method": method,
+        "seconds_per_step": round(step_s, 3),
+        "clips_per_second": round(batch / step_s, 2),
+        "batch_size": batch,
+        "overrides": args.set,
+        "load_average_1min": round(os.getloadavg()[0], 2),  # other jobs on the machine slow the steps
+    }
+    if args.probe_only:
+        return {**speed, "probe_steps": args.probe_steps, "preset": probe.preset}
     steps = args.steps or max(args.probe_steps, int(args.budget / step_s))
     started = time.monotonic()
     run = pretrain(method, out=work / name, steps=steps, overrides=overrides, **common)
@@ -80,15 +91,11 @@ def run_method(method: str, videos: Path, work: Path, args) -> dict:
     losses = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in losses if "loss" in r]
     return {
-        "method": method,
-        "seconds_per_step": round(step_s, 3),
-        "clips_per_second": round(batch / step_s, 2),
-        "batch_size": batch,
+        **speed,
         "steps": steps,
         "seed": run.preset["train"]["seed"],
-        "overrides": args.set,
         "budget_seconds": None if args.steps else args.budget,
-        "load_average_1min": round(os.getloadavg()[0], 2),  # other jobs on the machine slow the steps
+        "load_average_1min": round(os.getloadavg()[0], 2),  # at the end of the run
         "train_seconds": round(train_s, 1),
         "loss_first": losses[0],
         "loss_last": losses[-1],
@@ -120,6 +127,7 @@ def main() -> None:
     parser.add_argument("--label", default=None, help="results key (default: the method's name)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the run folders here")
     parser.add_argument("--probe-steps", type=int, default=8)
+    parser.add_argument("--probe-only", action="store_true", help="throughput only: no learning run")
     parser.add_argument(
         "--repeats", type=int, default=20, help="augmentation draws averaged in the evaluation"
     )
