@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from vvk.augment.masks import Cover, LocalMask, RleMask, window_runs_in_frame
-from vvk.data.coco import compress_runs, decode_segmentation, rle_counts, tight_box
+from vvk.augment.masks import Cover, LocalMask, RleMask
+from vvk.data.coco import decode_segmentation, tight_box
 
 
 def random_masks():
@@ -127,21 +127,3 @@ def test_rle_mask_answers_as_the_pixels_do():
         canvas = np.zeros(frame, bool)
         rest_rle.paint(canvas)
         assert np.array_equal(canvas, rest_local.to_full())
-
-
-def test_frame_runs_from_a_window_rle_equal_those_of_its_pixels():
-    rng = np.random.default_rng(4)
-    frame = (30, 20)
-    for trial in range(300):
-        h, w = int(rng.integers(1, 31)), int(rng.integers(1, 21))
-        if trial % 4 == 0:
-            h = 30  # full height: a run of ones may wrap from one column into the next
-        top, left = int(rng.integers(0, 31 - h)), int(rng.integers(0, 21 - w))
-        bits = rng.random((h, w)) < rng.choice([0.0, 0.05, 0.5, 0.97, 1.0])
-        window = mask_utils.encode(np.asfortranarray(bits.astype(np.uint8)))
-        got = window_runs_in_frame(rle_counts(window["counts"]), (h, w), top, left, frame)
-        full = np.zeros(frame, bool)
-        full[top : top + h, left : left + w] = bits
-        assert got == LocalMask.from_full(full).runs
-        expected = mask_utils.encode(np.asfortranarray(full.astype(np.uint8)))["counts"]
-        assert compress_runs(got, *frame)["counts"] == expected

@@ -12,7 +12,6 @@ from pycocotools import mask as mask_utils
 from vvk.data.coco import (
     ImageReadError,
     check_instances,
-    compress_runs,
     decode_segmentation,
     find_coco_layout,
     load_coco,
@@ -20,7 +19,6 @@ from vvk.data.coco import (
     probe_image,
     read_json,
     rle_area_and_box,
-    rle_counts,
     rle_from_runs,
     tight_box,
 )
@@ -177,19 +175,6 @@ def test_rle_from_runs_round_trips():
     assert rle_area_and_box(rle) == (4, [0, 0, 3, 4])
     decoded = decode_segmentation(rle, 4, 3)
     assert decoded.T.ravel().tolist() == [0] * 3 + [1] * 2 + [0] * 5 + [1] * 2
-
-
-def test_rle_counts_inverts_pycocotools_compression():
-    rng = np.random.default_rng(0)
-    # Small and huge runs (one to five 5-bit groups), runs shorter and longer than the one two
-    # before them (negative and positive deltas), an empty first run, a single run.
-    cases = [[0, 7], [12], [5, 1, 1, 1000000, 3, 31, 32, 33, 1]]
-    cases += [rng.integers(1, [8, 200, 70000][i % 3], size=rng.integers(1, 30)).tolist() for i in range(300)]
-    for counts in cases:
-        coded = compress_runs(counts, 1, sum(counts))["counts"]
-        assert rle_counts(coded).tolist() == counts
-        assert rle_counts(coded.decode("ascii")).tolist() == counts
-    assert rle_counts(b"").tolist() == []
 
 
 # --------------------------------------------------------------------------------------------

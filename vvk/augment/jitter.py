@@ -20,8 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from vvk.augment.masks import LocalMask, RleMask, window_runs_in_frame
-from vvk.data.coco import rle_counts
+from vvk.augment.masks import LocalMask, RleMask
 from vvk.errors import VvkError
 
 SCALE_PRESETS = {"lsj": (0.1, 2.0), "ssj": (0.8, 1.25)}  # large / standard scale jitter
@@ -214,12 +213,10 @@ def _rasterise_polygons(polygons: list[list[float]], jitter: Jitter, window: tup
     area = int(mask_utils.area(rle))
     if area == 0:
         return LocalMask(0, 0, np.zeros((0, 0), dtype=bool), frame)
-    # The tight box and the area from the RLE (in C), and the frame's runs from the window's,
-    # spare three passes over the decoded pixels.
+    # The tight box and the area from the RLE (in C) spare two scans of the decoded pixels.
     bx, by, bw, bh = (int(v) for v in mask_utils.toBbox(rle))
     bits = mask_utils.decode(rle).view(bool)  # 0/1 bytes read as bool without a copy
-    runs = window_runs_in_frame(rle_counts(rle["counts"]), (y1 - y0, x1 - x0), y0, x0, frame)
-    return LocalMask.from_tight(y0 + by, x0 + bx, bits[by : by + bh, bx : bx + bw], frame, area, runs)
+    return LocalMask.from_tight(y0 + by, x0 + bx, bits[by : by + bh, bx : bx + bw], frame, area)
 
 
 def _resample_raster(rle: dict, jitter: Jitter, window: tuple[int, ...]) -> np.ndarray:

@@ -56,24 +56,16 @@ class LocalMask:
 
     @classmethod
     def from_tight(
-        cls,
-        top: int,
-        left: int,
-        bits: np.ndarray,
-        frame: tuple[int, int],
-        area: int | None = None,
-        runs: list[int] | None = None,
+        cls, top: int, left: int, bits: np.ndarray, frame: tuple[int, int], area: int | None = None
     ) -> LocalMask:
         """A mask whose non-empty ``bits`` are known to be its tight window (and ``area`` its
-        pixel count, ``runs`` its frame's run lengths, when given), so none is computed again."""
+        pixel count, when given), so neither is scanned for again."""
         mask = cls(top, left, bits, frame)
         h, w = bits.shape
         # cached_property keeps its value in the instance __dict__, which frozen leaves writable
         mask.__dict__["box"] = (left, top, left + w, top + h)
         if area is not None:
             mask.__dict__["area"] = area
-        if runs is not None:
-            mask.__dict__["runs"] = runs
         return mask
 
     def tight(self) -> LocalMask:
@@ -268,40 +260,4 @@ def _column_runs(bits: np.ndarray, top: int, height: int) -> list[int]:
         runs.insert(0, 0)  # RLE counts always start with a (possibly empty) run of zeros
     if len(runs) > 1 and runs[-1] == 0:
         runs.pop()  # an empty final run (a zero-height bottom pad) is not written
-    return runs
-
-
-def window_runs_in_frame(
-    counts: np.ndarray, window: tuple[int, int], top: int, left: int, frame: tuple[int, int]
-) -> list[int]:
-    """The frame's column-major run lengths (zeros first) of a mask given as the run lengths
-    ``counts`` of its (h, w) ``window`` at (top, left): arithmetic on the runs, not the pixels.
-
-    Each run of ones is cut where it passes from the bottom of a window column to the top of
-    the next, and each piece is moved to its frame position.
-    """
-    h, _ = window
-    height, width = frame
-    edges = np.cumsum(counts)  # (zeros, ones, zeros, ...) -> their end positions
-    starts, ends = edges[0:-1:2], edges[1::2]
-    starts = starts[: len(ends)]
-    keep = ends > starts  # empty runs of ones carry nothing
-    starts, ends = starts[keep], ends[keep]
-    if starts.size == 0:
-        return [height * width]
-    first_col, last_col = starts // h, (ends - 1) // h
-    pieces = last_col - first_col + 1  # window columns each run touches
-    run = np.repeat(np.arange(starts.size), pieces)
-    col = first_col[run] + np.arange(run.size) - np.repeat(np.cumsum(pieces) - pieces, pieces)
-    lo, hi = np.maximum(starts[run], col * h), np.minimum(ends[run], (col + 1) * h)
-    frame_lo = (left + col) * height + top + (lo - col * h)
-    frame_hi = frame_lo + (hi - lo)
-    # Pieces that meet in the frame (a full-height window's run that wraps a column) are one run.
-    opens = np.concatenate(([True], frame_lo[1:] != frame_hi[:-1]))
-    closes = np.concatenate((opens[1:], [True]))
-    bounds = np.stack([frame_lo[opens], frame_hi[closes]], axis=1).ravel()  # s0, e0, s1, e1, ...
-    runs = np.diff(bounds, prepend=0).tolist()  # zeros, ones, zeros, ones, ...
-    trailing = height * width - int(bounds[-1])
-    if trailing:
-        runs.append(trailing)
     return runs

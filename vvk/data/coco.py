@@ -318,31 +318,6 @@ def rle_from_runs(counts: list[int], height: int, width: int) -> dict[str, Any]:
     return {"size": [height, width], "counts": compress_runs(counts, height, width)["counts"].decode("ascii")}
 
 
-def rle_counts(counts: bytes | str) -> np.ndarray:
-    """Column-major run lengths (int64, zeros first) of a compressed COCO RLE string: the inverse
-    of ``compress_runs``, vectorised (pycocotools keeps its decoded runs in C).
-
-    The format (``rleToString`` in pycocotools' maskApi.c): each count, less the count two
-    before it from the fourth on, is written in 5-bit groups, least significant first, as
-    characters ``48 + group``; bit 0x20 says another group follows, and bit 0x10 of the last
-    one is the sign.
-    """
-    chars = np.frombuffer(counts.encode("ascii") if isinstance(counts, str) else counts, np.uint8)
-    if chars.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    groups = (chars - 48).astype(np.int64)
-    last = (groups & 0x20) == 0  # the final character of each count
-    starts = np.concatenate(([0], np.flatnonzero(last)[:-1] + 1))
-    place = np.arange(groups.size) - np.repeat(starts, np.diff(np.append(starts, groups.size)))
-    values = np.add.reduceat((groups & 0x1F) << (5 * place), starts)
-    negative = (groups[last] & 0x10) != 0
-    values[negative] -= np.int64(1) << (5 * (place[last][negative] + 1))
-    # Undo the delta coding: count m (m > 2) was written less count m - 2.
-    values[3::2] = np.cumsum(values[1::2])[1:]
-    values[4::2] = np.cumsum(values[2::2])[1:]
-    return values
-
-
 def rle_area_and_box(rle: dict[str, Any]) -> tuple[int, list[int]]:
     """Pixel count and tight ``[x, y, w, h]`` box of a compressed RLE, as pycocotools sees it."""
     from pycocotools import mask as mask_utils
