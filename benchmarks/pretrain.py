@@ -78,6 +78,7 @@ def run_method(method: str, videos: Path, work: Path, args) -> dict:
         "clips_per_second": round(batch / step_s, 2),
         "batch_size": batch,
         "overrides": args.set,
+        "frame_cache": probe.preset["train"]["frame_cache"],
         "load_average_1min": round(os.getloadavg()[0], 2),  # other jobs on the machine slow the steps
     }
     if args.probe_only:
