@@ -10,7 +10,7 @@ the same timestamps), converted by the same scaler. Memory maps share one page c
 workers hold no private copies.
 
 The cache costs ``frames × height × width × 3`` bytes per video (the 16 clips of
-``shared/data/video`` at a short side of 80: 67 MB; an hour of 30 fps video at 256: 25 GB), so it
+``shared/data/video`` at a short side of 80: 95 MB; an hour of 30 fps video at 256: 25 GB), so it
 is for small datasets: ``check_space`` refuses a dataset that would not fit on the cache's disk.
 An entry is keyed by the file's path, size and modification time and the frame size, so an edited
 video gets a new entry; old entries are not removed (delete the folder to reclaim the space).
@@ -117,14 +117,15 @@ class FrameCache:
         # Two workers filling one entry at once each write a complete copy; the last rename wins.
         times: list[float] = []
         height, width = output_size(meta.height, meta.width, size)
-        with atomic_path(entry.with_suffix(".u8")) as tmp, open(tmp, "wb") as out:
-            for t, frame in every_frame(path, meta=meta, size=size, threads=self.threads):
-                times.append(t)
-                out.write(np.ascontiguousarray(frame).data)  # (H, W, 3) uint8
-        if not times:
-            raise BadVideo("decode_error", "no frame could be decoded")
-        if any(b < a for a, b in zip(times, times[1:], strict=False)):
-            raise BadVideo("decode_error", "frame times decrease: the file's clock is unusable")
+        with atomic_path(entry.with_suffix(".u8")) as tmp:  # a failure leaves no file behind
+            with open(tmp, "wb") as out:
+                for t, frame in every_frame(path, meta=meta, size=size, threads=self.threads):
+                    times.append(t)
+                    out.write(np.ascontiguousarray(frame).data)  # (H, W, 3) uint8
+            if not times:
+                raise BadVideo("decode_error", "no frame could be decoded")
+            if any(b < a for a, b in zip(times, times[1:], strict=False)):  # frames_on_screen needs order
+                raise BadVideo("decode_error", "frame times decrease: the file's clock is unusable")
         record = {"source": str(Path(path).resolve()), "size": size, "shape": [len(times), height, width, 3],
                   "times": times}  # fmt: skip
         atomic_write_text(entry.with_suffix(".json"), json.dumps(record) + "\n")
