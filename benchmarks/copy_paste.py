@@ -13,7 +13,7 @@ wall and CPU seconds (this process and its children) are recorded, and medians r
   must do at least this.
 - ``floor_one_image``: decode, jitter and encode the destination only (plain scale jitter).
 
-Then the mask work alone (``mask_work``: destination objects as window pixels or as frame RLE),
+Then the mask work alone (``mask_work``),
 ``augment_coco`` with workers 1 and 2 (see ``scaling_runs``), and the per-category object
 counts of input and output. Writes benchmarks/results/copy_paste.json.
 """
@@ -80,35 +80,26 @@ def floor_run(src: Path, options: CopyPasteOptions, out_dir: Path, *, with_sourc
 
 
 def mask_work(src: Path, options: CopyPasteOptions, repeats: int) -> dict:
-    """Seconds of the mask work of every output (jittering the masks, pasting, the records),
-    with the destination objects as window pixels (``LocalMask``) and as frame RLE
-    (``RleMask``, what ``render_copy`` uses); blank frames, so no image work is counted."""
+    """Seconds of the mask work of every output (jittering the masks, pasting, the records) on
+    blank frames, so that no image work is counted."""
     import numpy as np
 
     plan = self_plan(src, options)
     draws = [(dst, draw_copy(plan, dst, copy)) for dst in plan.destinations for copy in range(options.copies)]
     blank = np.zeros((options.size, options.size, 3), np.uint8)
 
-    def one_pass(as_rle: bool) -> float:
+    def one_pass() -> float:
         start = time.perf_counter()
         for dst, draw in draws:
-            kept = jitter_objects(dst.objects, draw.dst_jitter, as_rle=as_rle)
+            kept = jitter_objects(dst.objects, draw.dst_jitter)
             pasted = jitter_objects(draw.chosen, draw.src_jitter)
             result = paste(blank, kept, blank, pasted, in_place=True)
             for inst in result.instances:
                 annotation_record(inst, options.mask_format)
         return time.perf_counter() - start
 
-    seconds: dict[str, list[float]] = {"window_pixels": [], "frame_rle": []}
-    for _ in range(repeats):  # interleaved
-        seconds["window_pixels"].append(one_pass(False))
-        seconds["frame_rle"].append(one_pass(True))
-    median = {k: statistics.median(v) for k, v in seconds.items()}
-    return {
-        "seconds": seconds,
-        "median_seconds": median,
-        "rle_over_pixels": round(median["frame_rle"] / median["window_pixels"], 3),
-    }
+    seconds = [one_pass() for _ in range(repeats)]
+    return {"seconds": seconds, "median_seconds": statistics.median(seconds)}
 
 
 def scaling_runs(src: Path, size: int, repeats: int, work: Path) -> dict:

@@ -92,7 +92,7 @@ def test_pixel_truth_and_per_object_occlusion_on_real_data(tiny_coco, tmp_path):
             for inst, flag in zip(rendered.instances, rendered.pasted_flags, strict=True)
             if not flag
         }
-        for before in jitter_objects(dst.objects, draw.dst_jitter, as_rle=True):  # as render_copy does
+        for before in jitter_objects(dst.objects, draw.dst_jitter):  # as render_copy does
             remaining = before.mask.to_full() & ~union
             rows, cols = np.nonzero(remaining)
             box_after = (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1) if rows.size else None

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from vvk.augment.masks import Cover, LocalMask, RleMask
+from vvk.augment.masks import Cover, LocalMask, RunMask
 from vvk.data.coco import decode_segmentation, tight_box
 
 
@@ -93,7 +93,7 @@ def random_cover(rng, frame, count):
     return masks
 
 
-def test_cover_complement_rle_is_the_complement_of_the_union():
+def test_cover_is_the_union_as_pixels_and_as_spans():
     """Overlapping, adjacent, empty, frame-start and frame-end masks, and no masks at all."""
     rng = np.random.default_rng(4)
     for trial in range(200):
@@ -104,26 +104,24 @@ def test_cover_complement_rle_is_the_complement_of_the_union():
         for m in masks:
             union |= m.to_full()
         assert np.array_equal(cover.bits, union)
-        complement = cover.complement_rle
-        assert np.array_equal(mask_utils.decode(complement).astype(bool), ~union), trial
-        canonical = mask_utils.encode(np.asfortranarray((~union).astype(np.uint8)))
-        assert complement["counts"] == canonical["counts"]
+        assert np.array_equal(RunMask(cover.spans, frame).to_full(), union), trial
 
 
-def test_rle_mask_answers_as_the_pixels_do():
-    """Area, box, RLE, subtraction of a cover and the pixels of an RleMask equal LocalMask's."""
+def test_run_mask_answers_as_the_pixels_do():
+    """Area, box, RLE, subtraction of a cover and the pixels of a RunMask equal LocalMask's."""
     rng = np.random.default_rng(5)
     for _ in range(100):
         frame = (int(rng.integers(1, 40)), int(rng.integers(1, 40)))
         local = random_cover(rng, frame, 1)[0]
-        rle = RleMask(mask_utils.encode(np.asfortranarray(local.to_full().astype(np.uint8))))
-        assert rle.frame == frame and rle.area == local.area and rle.box == local.box
-        assert rle.to_rle() == local.to_rle() and np.array_equal(rle.to_full(), local.to_full())
-        assert rle.tight() is rle
+        run = RunMask(local.spans, frame)
+        assert run.area == local.area and run.box == local.box
+        assert run.to_rle() == local.to_rle() and np.array_equal(run.to_full(), local.to_full())
+        assert run.tight() is run
         cover = Cover(frame, random_cover(rng, frame, int(rng.integers(0, 3))))
-        rest_rle, rest_local = rle.minus(cover), local.minus(cover).tight()
-        assert rest_rle.area == rest_local.area and rest_rle.box == rest_local.box
-        assert rest_rle.to_rle() == rest_local.to_rle()
+        rest_run, rest_local = run.minus(cover), local.minus(cover).tight()
+        assert rest_run.area == rest_local.area and rest_run.box == rest_local.box
+        assert rest_run.to_rle() == rest_local.to_rle()
         canvas = np.zeros(frame, bool)
-        rest_rle.paint(canvas)
+        rest_run.paint(canvas)
         assert np.array_equal(canvas, rest_local.to_full())
+        assert run.to_polygons() == local.to_polygons()

@@ -12,7 +12,7 @@ from typing import Any
 from vvk.augment.copy_paste import Instance, PasteResult, choose_objects, compose, paste, survives_occlusion
 from vvk.augment.dataset_writer import augment_coco
 from vvk.augment.jitter import SCALE_PRESETS, Jitter, jitter_image, sample_jitter
-from vvk.augment.masks import Cover, LocalMask, RleMask
+from vvk.augment.masks import Cover, LocalMask, RunMask
 from vvk.augment.render import CopyPasteOptions
 
 __all__ = [
@@ -24,7 +24,7 @@ __all__ = [
     "Jitter",
     "LocalMask",
     "PasteResult",
-    "RleMask",
+    "RunMask",
     "augment_coco",
     "choose_objects",
     "compose",

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vvk.augment.masks import Cover, LocalMask, RleMask
+from vvk.augment.masks import Cover, LocalMask, RunMask
 
 BOX_PX = 10  # official copy_paste_box_update_threshold, mmdet bbox_occluded_thr
 AREA_PX = 300  # official copy_paste_occluded_obj_threshold, mmdet mask_occluded_thr
@@ -35,7 +35,7 @@ class Instance:
     """One object in a jittered frame: its class, its mask, and where it came from."""
 
     category_id: int
-    mask: LocalMask | RleMask  # pasted objects always LocalMask: their pixels are copied
+    mask: LocalMask | RunMask
     iscrowd: bool = False
     origin: int | None = None  # id of the annotation it was made from
 
@@ -87,7 +87,7 @@ def survives_occlusion(
 def compose(
     dst: np.ndarray,
     src: np.ndarray,
-    masks: list[LocalMask],
+    masks: list[LocalMask | RunMask],
     blend_sigma: float = 0.0,
     *,
     in_place: bool = False,
@@ -99,6 +99,7 @@ def compose(
     into ``dst`` itself, saving a frame-sized copy.
     """
     out = dst if in_place else dst.copy()
+    masks = [m.local for m in masks]  # the pixels of each mask's window
     boxes = [m.box for m in masks if m.area]
     if not boxes:
         return out

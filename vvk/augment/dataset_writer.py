@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from vvk import __version__
-from vvk.augment.jitter import source_box
+from vvk.augment.jitter import Polygons, source_box
 from vvk.augment.render import (
     CopyPasteOptions,
     Plan,
@@ -195,7 +195,9 @@ def _planned(
         PlannedObject(
             ann_id=a.id,
             category_id=category_map[a.category_id],
-            segmentation=a.segmentation,
+            segmentation=(
+                Polygons.from_coco(a.segmentation) if isinstance(a.segmentation, list) else a.segmentation
+            ),
             iscrowd=a.iscrowd,
             box=source_box(a.segmentation, image.height, image.width),
         )

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-from vvk.augment.masks import LocalMask, RleMask
+from vvk.augment import runs
+from vvk.augment.masks import LocalMask, RunMask
 from vvk.errors import VvkError
 
 SCALE_PRESETS = {"lsj": (0.1, 2.0), "ssj": (0.8, 1.25)}  # large / standard scale jitter
@@ -108,12 +108,26 @@ def jitter_image(image: np.ndarray, jitter: Jitter) -> np.ndarray:
     return out.numpy()
 
 
+@dataclass(frozen=True)
+class Polygons:
+    """The COCO polygons of one object as arrays, the form ``vvk.augment.runs`` rasterises."""
+
+    xy: np.ndarray  # (n, 2) float64: every polygon's (x, y) vertices, end to end
+    ends: np.ndarray  # (p,) int64: where each polygon ends in ``xy``
+
+    @classmethod
+    def from_coco(cls, polygons: list[list[float]]) -> Polygons:
+        """From flat ``[x0, y0, x1, y1, ...]`` lists (three vertices or more each)."""
+        xy = np.concatenate([np.asarray(p, dtype=np.float64) for p in polygons]).reshape(-1, 2)
+        return cls(xy, np.cumsum([len(p) // 2 for p in polygons], dtype=np.int64))
+
+
 def source_box(segmentation: Any, height: int, width: int) -> tuple[float, float, float, float]:
-    """(x0, y0, x1, y1) around a polygon list (its vertices) or an RLE (its pixels)."""
-    if isinstance(segmentation, list):
-        xs = [x for p in segmentation for x in p[0::2]]
-        ys = [y for p in segmentation for y in p[1::2]]
-        return max(0.0, min(xs)), max(0.0, min(ys)), min(float(width), max(xs)), min(float(height), max(ys))
+    """(x0, y0, x1, y1) around polygons (their vertices) or an RLE (its pixels)."""
+    if isinstance(segmentation, list | Polygons):
+        xy = segmentation.xy if isinstance(segmentation, Polygons) else Polygons.from_coco(segmentation).xy
+        (x0, y0), (x1, y1) = xy.min(axis=0).tolist(), xy.max(axis=0).tolist()
+        return max(0.0, x0), max(0.0, y0), min(float(width), x1), min(float(height), y1)
     from pycocotools import mask as mask_utils
 
     rle = segmentation
@@ -137,21 +151,14 @@ def frame_window(box: tuple[float, float, float, float], jitter: Jitter) -> tupl
 
 
 def jitter_segmentation(
-    segmentation: Any,
-    jitter: Jitter,
-    box: tuple[float, float, float, float] | None = None,
-    *,
-    as_rle: bool = False,
-) -> LocalMask | RleMask:
+    segmentation: Any, jitter: Jitter, box: tuple[float, float, float, float] | None = None
+) -> LocalMask | RunMask:
     """A COCO segmentation of the input image as a mask in the jittered frame.
 
-    Polygons are mapped and rasterised at the output resolution; RLE masks are resampled with
-    nearest neighbour. ``box`` (from ``source_box``) saves recomputing it.
-
-    ``as_rle`` rasterises polygons in the whole frame, into an ``RleMask``: the pixels a COCO tool
-    gives for the written polygon, for objects whose pixels may never be needed. Without it they
-    are rasterised inside the object's window, which pixel copies need; pycocotools rounds on a
-    5x finer grid, so a shifted window can round a few pixels differently (rarely).
+    Polygons (COCO lists or ``Polygons``) are mapped exactly and rasterised in the whole frame,
+    as a COCO tool rasterises the mapped polygon, cut to the image's pixels: a ``RunMask``. RLE
+    masks are resampled with nearest neighbour into their window: a ``LocalMask``. ``box`` (from
+    ``source_box``) saves recomputing it.
     """
     h, w = jitter.in_size
     frame = (jitter.size, jitter.size)
@@ -159,64 +166,17 @@ def jitter_segmentation(
     if window is None:
         return LocalMask(0, 0, np.zeros((0, 0), dtype=bool), frame)
     if isinstance(segmentation, list):
-        if as_rle:
-            return _rasterise_polygons_in_frame(segmentation, jitter)
-        return _rasterise_polygons(segmentation, jitter, window)
+        segmentation = Polygons.from_coco(segmentation)
+    if isinstance(segmentation, Polygons):
+        (sh, sw), (oy, ox) = jitter.scaled, jitter.offset
+        # the kernel maps the vertices with map_xy's float steps
+        spans = runs.polygon_spans(
+            segmentation.xy, segmentation.ends, jitter.size, *jitter.content,
+            jitter.flip, w, sw / w, sh / h, ox, oy,
+        )  # fmt: skip
+        return RunMask(spans, frame)
     bits = _resample_raster(segmentation, jitter, window)
     return LocalMask(window[1], window[0], bits, frame).tight()
-
-
-def _mapped_polygons(
-    polygons: list[list[float]], jitter: Jitter, x0: int = 0, y0: int = 0
-) -> list[np.ndarray]:
-    """Flat (x, y, x, y, ...) polygons of the input image in frame pixels, less (x0, y0)."""
-    mapped = []
-    for flat in polygons:
-        p = np.asarray(flat, dtype=np.float64)
-        xs, ys = jitter.map_xy(p[0::2], p[1::2])
-        q = np.empty_like(p)
-        q[0::2], q[1::2] = xs - x0, ys - y0
-        mapped.append(q)
-    return mapped
-
-
-def _rasterise_polygons_in_frame(polygons: list[list[float]], jitter: Jitter) -> RleMask:
-    """The polygons mapped into the frame and rasterised there, cut to the image's pixels."""
-    from pycocotools import mask as mask_utils
-
-    size = jitter.size
-    rles = mask_utils.frPyObjects(_mapped_polygons(polygons, jitter), size, size)
-    rle = rles[0] if len(rles) == 1 else mask_utils.merge(rles)
-    if jitter.content != (size, size):  # annotations may stray past the image into the padding
-        rle = mask_utils.merge([rle, _content_rle(size, *jitter.content)], intersect=True)
-    return RleMask(rle)
-
-
-@lru_cache(maxsize=64)
-def _content_rle(size: int, rows: int, cols: int) -> dict[str, Any]:
-    """RLE of the top-left rows x cols pixels of a size x size frame (the image; the rest is padding)."""
-    from vvk.data.coco import compress_runs
-
-    runs = [0] + [rows, size - rows] * cols  # column-major: each image column, then its padding
-    runs[-1] += (size - cols) * size  # the padding columns on the right
-    return compress_runs(runs, size, size)
-
-
-def _rasterise_polygons(polygons: list[list[float]], jitter: Jitter, window: tuple[int, ...]) -> LocalMask:
-    """The polygons mapped into the frame and rasterised inside ``window`` (x0, y0, x1, y1)."""
-    from pycocotools import mask as mask_utils
-
-    x0, y0, x1, y1 = window
-    rles = mask_utils.frPyObjects(_mapped_polygons(polygons, jitter, x0, y0), y1 - y0, x1 - x0)
-    rle = rles[0] if len(rles) == 1 else mask_utils.merge(rles)
-    frame = (jitter.size, jitter.size)
-    area = int(mask_utils.area(rle))
-    if area == 0:
-        return LocalMask(0, 0, np.zeros((0, 0), dtype=bool), frame)
-    # The tight box and the area from the RLE (in C) spare two scans of the decoded pixels.
-    bx, by, bw, bh = (int(v) for v in mask_utils.toBbox(rle))
-    bits = mask_utils.decode(rle).view(bool)  # 0/1 bytes read as bool without a copy
-    return LocalMask.from_tight(y0 + by, x0 + bx, bits[by : by + bh, bx : bx + bw], frame, area)
 
 
 def _resample_raster(rle: dict, jitter: Jitter, window: tuple[int, ...]) -> np.ndarray:

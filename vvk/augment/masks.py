@@ -2,10 +2,11 @@
 
 A 1024x1024 frame with twenty objects would be 20 MB of full-frame masks, and every union,
 subtraction, area, box and RLE would touch all of it. ``LocalMask`` keeps the small window of
-pixels that holds the object (for masks whose pixels are needed: pasted objects, online use);
-``RleMask`` keeps pycocotools' RLE of the frame and never expands it (for destination objects,
-which only need their area, box, RLE and the subtraction of what is pasted over them).
-Both answer the same calls: area, box, tight, minus(cover), paint, to_full, to_rle, to_polygons.
+pixels that holds the object (masks made from pixels: online use, resampled RLE annotations);
+``RunMask`` keeps the spans of the frame's column-major index that are ones (polygons rasterised
+by ``vvk.augment.runs``), which is all that area, box, subtraction and the RLE written need.
+Both answer the same calls: area, box, tight, minus(cover), local, paint, to_full, to_rle,
+to_polygons.
 """
 
 from __future__ import annotations
@@ -15,9 +16,16 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
-from vvk.data.coco import compress_runs, rle_from_runs, tight_box
+from vvk.augment import runs
+from vvk.data.coco import tight_box
+
+
+def _rle(spans: np.ndarray, frame: tuple[int, int]) -> dict[str, Any]:
+    """Compressed COCO RLE as JSON holds it (``counts`` as a str)."""
+    height, width = frame
+    counts = runs.encode_spans(spans, height, width).tobytes().decode("ascii")
+    return {"size": [height, width], "counts": counts}
 
 
 @dataclass(frozen=True)
@@ -92,27 +100,18 @@ class LocalMask:
         self.paint(full)
         return full
 
-    def to_rle(self) -> dict[str, Any]:
-        """Compressed COCO RLE of the whole frame, computed from the window alone."""
-        return rle_from_runs(self.runs, *self.frame)
+    @property
+    def local(self) -> LocalMask:
+        return self
 
     @cached_property
-    def runs(self) -> list[int]:
-        """Column-major run lengths of the whole frame, zeros first (uncompressed COCO RLE).
-        Not to be modified: it is computed once, for the RLE written and for a ``Cover``."""
-        height, width = self.frame
-        m = self.tight()
-        h, w = m.bits.shape
-        if h == 0:
-            return [height * width]
-        runs = _column_runs(m.bits, m.top, height)
-        runs[0] += m.left * height  # the empty columns left of the window
-        trailing = (width - m.left - w) * height
-        if len(runs) % 2 == 1:  # the last run is zeros
-            runs[-1] += trailing
-        elif trailing:
-            runs.append(trailing)
-        return runs
+    def spans(self) -> np.ndarray:
+        """(n, 2) int64 spans of the frame's column-major index (``vvk.augment.runs``)."""
+        return runs.window_spans(self.bits, self.top, self.left, self.frame[0])
+
+    def to_rle(self) -> dict[str, Any]:
+        """Compressed COCO RLE of the whole frame, computed from the window alone."""
+        return _rle(self.spans, self.frame)
 
     def to_polygons(self) -> list[list[float]]:
         """Outer boundaries as COCO polygons (holes cannot be expressed and are filled).
@@ -140,62 +139,65 @@ class LocalMask:
 
 
 @dataclass(frozen=True)
-class RleMask:
-    """A mask as pycocotools' compressed RLE of the whole frame (``counts`` as bytes).
+class RunMask:
+    """A mask as the spans of ones of its (H, W) ``frame``'s column-major index (COCO's order).
 
-    Area, box, subtraction and the RLE written out are pycocotools' C functions over the runs,
-    so the pixels are never expanded; they are decoded (the whole frame) only when asked for.
+    Area, box, subtraction and the RLE written are compiled loops over the spans, so the pixels
+    are never expanded; the window of pixels is decoded only when asked for (``local``).
     """
 
-    rle: dict[str, Any]
+    spans: np.ndarray  # (n, 2) int64 [start, end), sorted, disjoint, never touching
+    frame: tuple[int, int]
+
+    @cached_property
+    def _stats(self) -> tuple[int, int, int, int, int]:
+        return runs.span_stats(self.spans, self.frame[0])
 
     @property
-    def frame(self) -> tuple[int, int]:
-        height, width = self.rle["size"]
-        return height, width
-
-    @cached_property
     def area(self) -> int:
-        return int(mask_utils.area(self.rle))
+        return self._stats[0]
 
-    @cached_property
+    @property
     def box(self) -> tuple[int, int, int, int] | None:
         """Tight (x0, y0, x1, y1) in frame pixel edges (x1, y1 exclusive); None when empty."""
-        if not self.area:
-            return None
-        x, y, w, h = (int(v) for v in mask_utils.toBbox(self.rle))
-        return x, y, x + w, y + h
+        area, *box = self._stats
+        return tuple(box) if area else None
 
-    def tight(self) -> RleMask:
-        return self  # runs have no window to trim
+    def tight(self) -> RunMask:
+        return self  # spans have no window to trim
 
-    def minus(self, cover: Cover) -> RleMask:
-        """This mask with the covered pixels removed: an intersection with the cover's complement."""
-        return RleMask(mask_utils.merge([self.rle, cover.complement_rle], intersect=True))
+    def minus(self, cover: Cover) -> RunMask:
+        """This mask with the covered pixels removed."""
+        return RunMask(runs.minus_spans(self.spans, cover.spans), self.frame)
 
     @cached_property
-    def pixels(self) -> LocalMask:
-        return LocalMask.from_full(mask_utils.decode(self.rle).view(bool))
+    def local(self) -> LocalMask:
+        """The pixels of the tight window."""
+        box = self.box
+        if box is None:
+            return LocalMask(0, 0, np.zeros((0, 0), dtype=bool), self.frame)
+        x0, y0, x1, y1 = box
+        bits = runs.decode_window(self.spans, self.frame[0], x0, y0, x1, y1)
+        return LocalMask.from_tight(y0, x0, bits, self.frame, self.area)
 
     def paint(self, canvas: np.ndarray) -> None:
-        self.pixels.paint(canvas)
+        self.local.paint(canvas)
 
     def to_full(self) -> np.ndarray:
-        return self.pixels.to_full()
+        return self.local.to_full()
 
     def to_rle(self) -> dict[str, Any]:
-        return {"size": list(self.frame), "counts": self.rle["counts"].decode("ascii")}
+        return _rle(self.spans, self.frame)
 
     def to_polygons(self) -> list[list[float]]:
-        return self.pixels.to_polygons()
+        return self.local.to_polygons()
 
 
 class Cover:
     """The union of the masks pasted on a frame, each form made on first use: (H, W) pixels
-    (for ``LocalMask.minus`` and callers who want the union) and the RLE of the complement
-    (for ``RleMask.minus``), made from the masks' runs without touching pixels."""
+    (for ``LocalMask.minus`` and callers who want the union) and spans (for ``RunMask.minus``)."""
 
-    def __init__(self, frame: tuple[int, int], masks: list[LocalMask]):
+    def __init__(self, frame: tuple[int, int], masks: list[LocalMask | RunMask]):
         self.frame = frame
         self.masks = masks
 
@@ -207,57 +209,7 @@ class Cover:
         return bits
 
     @cached_property
-    def complement_rle(self) -> dict[str, Any]:
-        height, width = self.frame
-        total = height * width
-        # Each mask's ones as [start, end) intervals of the column-major frame index.
-        starts, ends = [], []
-        for mask in self.masks:
-            edges = np.cumsum(mask.runs)  # (zeros, ones, zeros, ...) -> their end positions
-            starts.append(edges[0:-1:2])
-            ends.append(edges[1::2])
-        starts, ends = np.concatenate([[total], *starts]), np.concatenate([[total], *ends])
-        order = np.argsort(starts, kind="stable")
-        starts, reach = starts[order], np.maximum.accumulate(ends[order])
-        # An interval opens a new piece of the union where it starts past all earlier ones' ends.
-        opens = np.flatnonzero(starts[1:] > reach[:-1]) + 1
-        piece_starts = starts[np.concatenate(([0], opens))]
-        piece_ends = reach[np.concatenate((opens - 1, [len(starts) - 1]))]
-        # The complement's runs, zeros first: the union's pieces are its zeros, the gaps its ones
-        # (the sentinel piece [total, total) closes the last gap).
-        bounds = np.stack([piece_starts, piece_ends], axis=1).ravel()  # s0, e0, s1, e1, ...
-        runs = np.diff(bounds, prepend=0)  # gap, piece, gap, piece, ...
-        complement = runs.tolist()
-        if complement[-1] == 0:
-            complement.pop()  # the sentinel, when it is a piece of its own
-        complement = complement[1:] if complement[0] == 0 else [0, *complement]  # zeros first
-        return compress_runs(complement, height, width)
-
-
-def _column_runs(bits: np.ndarray, top: int, height: int) -> list[int]:
-    """Column-major run lengths (zeros first) of the full-height strip holding ``bits`` at ``top``.
-
-    Each window column is padded with one background pixel above and below; a pad stands for
-    all the background rows on its side, so the work is the window's, not the strip's.
-    """
-    h, w = bits.shape
-    bottom = height - top - h
-    if top == 0 and bottom == 0:  # full height: the window is the strip
-        seq, pitch = bits.T.ravel(), 0
-    else:
-        padded = np.zeros((w, h + 2), dtype=bool)  # (w, h) -> (w, h + 2): pads above and below
-        padded[:, 1:-1] = bits.T
-        seq, pitch = padded.ravel(), h + 2
-    edges = np.concatenate(([0], np.flatnonzero(seq[1:] != seq[:-1]) + 1, [seq.size]))
-    starts, ends = edges[:-1], edges[1:]
-    runs = ends - starts
-    if pitch:
-        tops = (ends + pitch - 1) // pitch - (starts + pitch - 1) // pitch  # top pads in each run
-        bottoms = ends // pitch - starts // pitch  # bottom pads in each run
-        runs = runs + tops * (top - 1) + bottoms * (bottom - 1)
-    runs = runs.tolist()
-    if seq[0]:
-        runs.insert(0, 0)  # RLE counts always start with a (possibly empty) run of zeros
-    if len(runs) > 1 and runs[-1] == 0:
-        runs.pop()  # an empty final run (a zero-height bottom pad) is not written
-    return runs
+    def spans(self) -> np.ndarray:
+        if not self.masks:
+            return np.zeros((0, 2), dtype=np.int64)
+        return runs.merge_spans(np.concatenate([mask.spans for mask in self.masks]))

@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 
 from vvk.augment.copy_paste import AREA_PX, BOX_PX, Instance, choose_objects, paste
-from vvk.augment.jitter import Jitter, frame_window, jitter_image, jitter_segmentation, sample_jitter
+from vvk.augment.jitter import (
+    Jitter,
+    Polygons,
+    frame_window,
+    jitter_image,
+    jitter_segmentation,
+    sample_jitter,
+)
 from vvk.data.coco import ImageReadError, load_rgb, rle_area_and_box
 
 
@@ -37,7 +44,7 @@ class CopyPasteOptions:
 class PlannedObject:
     ann_id: int
     category_id: int  # in the output's category ids
-    segmentation: Any
+    segmentation: Polygons | dict[str, Any]  # polygons as arrays, or a COCO RLE
     iscrowd: bool
     box: tuple[float, float, float, float]  # (x0, y0, x1, y1) in the input image
 
@@ -85,17 +92,11 @@ def copy_rng(seed: int, image_id: int, copy: int) -> np.random.Generator:
     return np.random.default_rng([seed, image_id, copy])
 
 
-def jitter_objects(
-    objects: tuple[PlannedObject, ...], jitter: Jitter, *, as_rle: bool = False
-) -> list[Instance]:
-    """The objects as masks in the jittered frame; objects cut away by the crop are left out.
-
-    ``as_rle`` for destination objects: only their area, box, RLE and what is pasted over them
-    are ever needed, which an ``RleMask`` gives without expanding pixels.
-    """
+def jitter_objects(objects: tuple[PlannedObject, ...], jitter: Jitter) -> list[Instance]:
+    """The objects as masks in the jittered frame; objects cut away by the crop are left out."""
     instances = []
     for obj in objects:
-        mask = jitter_segmentation(obj.segmentation, jitter, obj.box, as_rle=as_rle)
+        mask = jitter_segmentation(obj.segmentation, jitter, obj.box)
         if mask.area:
             instances.append(Instance(obj.category_id, mask, obj.iscrowd, obj.ann_id))
     return instances
@@ -136,7 +137,7 @@ def render_copy(
     if dst_pixels is None:
         out.issues["copies_skipped_unreadable_image"] = 1
         return out
-    dst_instances = jitter_objects(dst.objects, draw.dst_jitter, as_rle=True)
+    dst_instances = jitter_objects(dst.objects, draw.dst_jitter)
     out.num_cropped_out = len(dst.objects) - len(dst_instances)
     pasted = jitter_objects(draw.chosen, draw.src_jitter)
     jittered_dst = jitter_image(dst_pixels, draw.dst_jitter)
