@@ -3,6 +3,10 @@ full frames for everything else."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
@@ -161,3 +165,13 @@ def test_union_and_difference():
             for b in (*masks, np.logical_or.reduce(masks), np.ones(frame, bool)):
                 rest = runs.minus_spans(spans_of(a), spans_of(b))
                 assert np.array_equal(rest, spans_of(a & ~b)), trial
+
+
+def test_kernels_stay_inside_their_arrays(tmp_path):
+    """Compiled code does not check indices: rerun this file's tests with numba's bounds checks
+    compiled in, so that a read or write past an array raises instead of passing silently."""
+    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path)}  # a fresh compile
+    command = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
+    done = subprocess.run([*command, "-k", "not stay_inside"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert " passed" in done.stdout and "failed" not in done.stdout

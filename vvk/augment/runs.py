@@ -56,6 +56,8 @@ def _polygon_counts(xs: np.ndarray, ys: np.ndarray, height: int, width: int) -> 
     m = 0
     for j in range(k):
         m += max(abs(x[j] - x[j + 1]), abs(y[j] - y[j + 1])) + 1
+    # No bounds checks in compiled code: the writes below stay inside these m points and the
+    # m + 1 toggles because the loops count exactly as the sum above does.
     u = np.empty(m, np.int64)
     v = np.empty(m, np.int64)
     m = 0
