@@ -19,7 +19,6 @@ from vvk.data.coco import (
     probe_image,
     read_json,
     rle_area_and_box,
-    rle_from_runs,
     tight_box,
 )
 from vvk.errors import VvkError
@@ -169,9 +168,9 @@ def test_decode_polygon_rle_and_uncompressed_agree():
     assert tight_box(np.zeros((3, 3), bool)) is None
 
 
-def test_rle_from_runs_round_trips():
-    rle = rle_from_runs([3, 2, 5, 2], 4, 3)
-    assert isinstance(rle["counts"], str) and rle["size"] == [4, 3]
+def test_rle_area_and_box_of_a_json_rle():
+    coded = mask_utils.frPyObjects({"counts": [3, 2, 5, 2], "size": [4, 3]}, 4, 3)
+    rle = {"size": [4, 3], "counts": coded["counts"].decode("ascii")}  # as JSON holds it
     assert rle_area_and_box(rle) == (4, [0, 0, 3, 4])
     decoded = decode_segmentation(rle, 4, 3)
     assert decoded.T.ravel().tolist() == [0] * 3 + [1] * 2 + [0] * 5 + [1] * 2

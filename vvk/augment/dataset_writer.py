@@ -191,19 +191,13 @@ def _planned(
     dataset: CocoDataset, image_id: int, probe: ImageProbe, category_map: dict[int, int], *, crowd: bool
 ) -> PlannedImage:
     image = dataset.images[image_id]
-    objects = tuple(
-        PlannedObject(
-            ann_id=a.id,
-            category_id=category_map[a.category_id],
-            segmentation=(
-                Polygons.from_coco(a.segmentation) if isinstance(a.segmentation, list) else a.segmentation
-            ),
-            iscrowd=a.iscrowd,
-            box=source_box(a.segmentation, image.height, image.width),
-        )
-        for a in dataset.annotations[image_id]
-        if a.category_id in category_map and (crowd or not a.iscrowd)
-    )
+    objects = []
+    for a in dataset.annotations[image_id]:
+        if a.category_id not in category_map or (a.iscrowd and not crowd):
+            continue
+        seg = Polygons.from_coco(a.segmentation) if isinstance(a.segmentation, list) else a.segmentation
+        box = source_box(seg, image.height, image.width)
+        objects.append(PlannedObject(a.id, category_map[a.category_id], seg, a.iscrowd, box))
     return PlannedImage(
         id=image.id,
         path=str(dataset.image_path(image)),
@@ -211,7 +205,7 @@ def _planned(
         width=image.width,
         exif_orientation=probe.exif_orientation,
         license=image.license,
-        objects=objects,
+        objects=tuple(objects),
     )
 
 

@@ -169,11 +169,18 @@ def jitter_segmentation(
         segmentation = Polygons.from_coco(segmentation)
     if isinstance(segmentation, Polygons):
         (sh, sw), (oy, ox) = jitter.scaled, jitter.offset
-        # the kernel maps the vertices with map_xy's float steps
-        spans = runs.polygon_spans(
-            segmentation.xy, segmentation.ends, jitter.size, *jitter.content,
-            jitter.flip, w, sw / w, sh / h, ox, oy,
-        )  # fmt: skip
+        spans = runs.polygon_spans(  # maps the vertices with map_xy's float steps
+            segmentation.xy,
+            segmentation.ends,
+            jitter.size,
+            *jitter.content,
+            jitter.flip,
+            w,
+            sw / w,
+            sh / h,
+            ox,
+            oy,
+        )
         return RunMask(spans, frame)
     bits = _resample_raster(segmentation, jitter, window)
     return LocalMask(window[1], window[0], bits, frame).tight()

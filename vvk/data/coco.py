@@ -305,19 +305,6 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
     return mask_utils.decode(rle).astype(bool)
 
 
-def compress_runs(counts: list[int], height: int, width: int) -> dict[str, Any]:
-    """pycocotools' compressed RLE (``counts`` as bytes, what its C functions take) from
-    column-major run lengths (python ints, zeros first)."""
-    from pycocotools import mask as mask_utils
-
-    return mask_utils.frPyObjects({"counts": counts, "size": [height, width]}, height, width)
-
-
-def rle_from_runs(counts: list[int], height: int, width: int) -> dict[str, Any]:
-    """Compressed COCO RLE as JSON holds it (``counts`` as a str) from column-major run lengths."""
-    return {"size": [height, width], "counts": compress_runs(counts, height, width)["counts"].decode("ascii")}
-
-
 def rle_area_and_box(rle: dict[str, Any]) -> tuple[int, list[int]]:
     """Pixel count and tight ``[x, y, w, h]`` box of a compressed RLE, as pycocotools sees it."""
     from pycocotools import mask as mask_utils
