@@ -66,19 +66,6 @@ def test_polygons_rasterise_back_to_the_same_pixels():
     assert LocalMask.from_full(np.zeros((4, 4), bool)).to_polygons() == []
 
 
-def test_rle_of_windows_anywhere_in_tall_frames():
-    """Windows touching the top, the bottom, both or neither, in frames much taller than them."""
-    rng = np.random.default_rng(2)
-    for _ in range(300):
-        height, width = int(rng.integers(1, 80)), int(rng.integers(1, 30))
-        h, w = int(rng.integers(1, height + 1)), int(rng.integers(1, width + 1))
-        top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
-        full = np.zeros((height, width), bool)
-        full[top : top + h, left : left + w] = rng.random((h, w)) < rng.uniform(0.1, 0.9)
-        expected = mask_utils.encode(np.asfortranarray(full.astype(np.uint8)))["counts"].decode("ascii")
-        assert LocalMask.from_full(full).to_rle()["counts"] == expected
-
-
 def random_cover(rng, frame, count):
     """Up to ``count`` random masks in a frame, some touching its first or last pixel."""
     masks = []

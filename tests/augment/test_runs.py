@@ -136,7 +136,8 @@ def test_stats_window_and_string_of_one_mask(full):
 
 
 def test_windows_placed_anywhere_in_tall_frames():
-    """A window touching the frame's top, bottom, both or neither; decoded at any offset."""
+    """A window touching the frame's top, bottom, both or neither; its string as pycocotools
+    encodes the whole frame; decoded at any offset."""
     rng = np.random.default_rng(2)
     for _ in range(300):
         height, width = int(rng.integers(1, 80)), int(rng.integers(1, 30))
@@ -147,6 +148,7 @@ def test_windows_placed_anywhere_in_tall_frames():
         full[top : top + h, left : left + w] = bits
         spans = runs.window_spans(bits, top, left, height)
         assert np.array_equal(spans, spans_of(full))
+        assert runs.encode_spans(spans, height, width).tobytes().decode("ascii") == coco_string(full)
         y0, x0 = int(rng.integers(0, height)), int(rng.integers(0, width))
         y1, x1 = int(rng.integers(y0, height + 1)), int(rng.integers(x0, width + 1))
         assert np.array_equal(runs.decode_window(spans, height, x0, y0, x1, y1), full[y0:y1, x0:x1])
