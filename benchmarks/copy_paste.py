@@ -13,9 +13,9 @@ wall and CPU seconds (this process and its children) are recorded, and medians r
   must do at least this.
 - ``floor_one_image``: decode, jitter and encode the destination only (plain scale jitter).
 
-Then the mask work alone (``mask_work``),
-``augment_coco`` with workers 1 and 2 (see ``scaling_runs``), and the per-category object
-counts of input and output. Writes benchmarks/results/copy_paste.json.
+Then the mask work alone by stage (``mask_work``), the first run's kernel compilation
+(``first_run``), ``augment_coco`` with workers 1 and 2 (see ``scaling_runs``), and the
+per-category object counts of input and output. Writes benchmarks/results/copy_paste.json.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import platform
 import resource
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -80,26 +82,66 @@ def floor_run(src: Path, options: CopyPasteOptions, out_dir: Path, *, with_sourc
 
 
 def mask_work(src: Path, options: CopyPasteOptions, repeats: int) -> dict:
-    """Seconds of the mask work of every output (jittering the masks, pasting, the records) on
-    blank frames, so that no image work is counted."""
+    """Seconds of the mask work of every output on blank frames, so that no image work is
+    counted, by stage: ``masks`` (the destination's and the pasted objects' masks in the jittered
+    frames: rasterising polygons, resampling RLE), ``paste`` (the masked copy, the union, the
+    destination objects' subtraction and occlusion rule) and ``records`` (area, box, RLE string)."""
     import numpy as np
 
     plan = self_plan(src, options)
     draws = [(dst, draw_copy(plan, dst, copy)) for dst in plan.destinations for copy in range(options.copies)]
     blank = np.zeros((options.size, options.size, 3), np.uint8)
+    objects = sum(len(dst.objects) + len(draw.chosen) for dst, draw in draws)
 
-    def one_pass() -> float:
-        start = time.perf_counter()
+    def one_pass() -> dict[str, float]:
+        stages = dict.fromkeys(("masks", "paste", "records"), 0.0)
         for dst, draw in draws:
+            t0 = time.perf_counter()
             kept = jitter_objects(dst.objects, draw.dst_jitter)
             pasted = jitter_objects(draw.chosen, draw.src_jitter)
+            t1 = time.perf_counter()
             result = paste(blank, kept, blank, pasted, in_place=True)
+            t2 = time.perf_counter()
             for inst in result.instances:
                 annotation_record(inst, options.mask_format)
-        return time.perf_counter() - start
+            t3 = time.perf_counter()
+            stages["masks"] += t1 - t0
+            stages["paste"] += t2 - t1
+            stages["records"] += t3 - t2
+        stages["total"] = sum(stages.values())
+        return stages
 
-    seconds = [one_pass() for _ in range(repeats)]
-    return {"seconds": seconds, "median_seconds": statistics.median(seconds)}
+    one_pass()  # untimed: the kernels are loaded on first use
+    passes = [one_pass() for _ in range(repeats)]
+    median = {k: statistics.median(p[k] for p in passes) for k in passes[0]}
+    return {
+        "seconds": [p["total"] for p in passes],
+        "median_seconds": median["total"],
+        "median_seconds_by_stage": median,
+        "objects_jittered": objects,
+        "masks_us_per_object": round(1e6 * median["masks"] / objects, 2),
+    }
+
+
+def first_run(src: Path) -> dict:
+    """Seconds of a small ``augment_coco`` run (1 copy at 256²) in a fresh process, twice, with a
+    fresh numba cache: the first compiles the mask kernels, the second loads them."""
+    code = (
+        "import sys, time; start = time.perf_counter(); from pathlib import Path;"
+        "from vvk.augment import CopyPasteOptions, augment_coco;"
+        "augment_coco(Path(sys.argv[1]), Path(sys.argv[2]), options=CopyPasteOptions(size=256));"
+        "print(time.perf_counter() - start)"
+    )
+    with tempfile.TemporaryDirectory(prefix="vvk-bench-numba-") as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        seconds = []
+        for attempt in ("first", "second"):
+            out = Path(cache) / f"out-{attempt}"
+            command = [sys.executable, "-c", code, str(src), str(out)]
+            done = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+            seconds.append(float(done.stdout.split()[-1]))
+    first, second = seconds
+    return {"first_seconds": first, "second_seconds": second, "compile_seconds": first - second}
 
 
 def scaling_runs(src: Path, size: int, repeats: int, work: Path) -> dict:
@@ -204,6 +246,7 @@ def main() -> None:
                 if name == "copy_paste":
                     summary = result
         masks = mask_work(src, options, args.repeats)
+        first = first_run(src)
         distribution = category_table(src, work / "copy_paste-0" / "annotations" / "instances_train2017.json")
         # --scaling-repeats 0 skips the worker runs (a quick check of the ratio alone)
         scaling = scaling_runs(src, args.size, args.scaling_repeats, work) if args.scaling_repeats else None
@@ -233,6 +276,7 @@ def main() -> None:
             "cpu": round(med_cpu["copy_paste"] / med_cpu["floor_one_image"], 3),
         },
         "mask_work": masks,
+        "first_run": first,
         "scaling": scaling,
         "summary_of_one_run": summary,
         "categories": distribution,
