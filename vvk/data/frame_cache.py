@@ -3,18 +3,18 @@
 A small preset on a laptop spends most of each step decoding, not training: every clip seeks to
 a keyframe and decodes up to its last frame, to show a network 64² pixels (CVRL's tiny preset on
 2 cores: 0.63 s a step fed from the files, 0.15 s for the training step alone; see
-docs/benchmarks.md). ``FrameCache`` decodes each video once, whole, at the dataset's frame size,
-into a raw uint8 file beside a JSON record of the frames' times, and serves a clip by indexing a
-memory map of that file. The frames
-are exactly ``PyAVDecoder.frames``'s: the frame on screen at each time (``frames_on_screen`` over
-the same timestamps), converted by the same scaler. Memory maps share one page cache, so loader
-workers hold no private copies.
+docs/benchmarks.md). ``FrameCache`` decodes each video once, whole, at the dataset's frame
+size, into a raw uint8 file beside a JSON record of the frames' times, and serves a clip by
+indexing a memory map of that file. The frames are exactly ``PyAVDecoder.frames``'s: the frame on
+screen at each time (``frames_on_screen`` over the same timestamps), converted by the same
+scaler. Memory maps share one page cache, so loader workers hold no private copies.
 
 The cache costs ``frames × height × width × 3`` bytes per video (the 16 clips of
-``shared/data/video`` at a short side of 80: 95 MB; an hour of 4:3 video at 30 fps and 256: 28 GB), so it
-is for small datasets: ``check_space`` refuses a dataset that would not fit on the cache's disk.
-An entry is keyed by the file's path, size and modification time and the frame size, so an edited
-video gets a new entry; old entries are not removed (delete the folder to reclaim the space).
+``shared/data/video`` at a short side of 80: 95 MB; an hour of 4:3 video at 30 fps and 256:
+28 GB), so it is for small datasets: ``check_space`` refuses a dataset that would not fit on the
+cache's disk. An entry is keyed by the file's path, size and modification time and the frame
+size, so an edited video gets a new entry; old entries are not removed (delete the folder to
+reclaim the space).
 """
 
 from __future__ import annotations
