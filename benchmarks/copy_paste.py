@@ -39,7 +39,8 @@ from vvk.augment.copy_paste import paste
 from vvk.augment.dataset_writer import build_plan
 from vvk.augment.jitter import jitter_image
 from vvk.augment.render import Plan, annotation_record, draw_copy, jitter_objects
-from vvk.data.coco import find_coco_layout, load_coco, load_rgb, write_jpeg
+from vvk.data.coco import find_coco_layout, load_coco
+from vvk.data.images import load_rgb, write_jpeg
 from vvk.testing import shared_data_reason, shared_data_root
 
 RESULTS = Path(__file__).parent / "results" / "copy_paste.json"

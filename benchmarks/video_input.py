@@ -36,8 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vvk.data.backends import available_decoders, get_decoder, torchcodec_status
 from vvk.data.datasets import BadFiles, ClipDataset
+from vvk.data.decoders import available_decoders, get_decoder, torchcodec_status
 from vvk.data.index import build_index
 from vvk.data.loader import make_loader
 from vvk.data.samplers import RandomClip

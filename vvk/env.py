@@ -48,7 +48,7 @@ def device_report() -> dict[str, object]:
 
 
 def environment_report() -> dict[str, object]:
-    from vvk.data.backends import available_decoders
+    from vvk.data.decoders import available_decoders
     from vvk.kernels.backends import available_backends
 
     return {

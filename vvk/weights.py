@@ -32,6 +32,7 @@ from typing import Any
 
 from vvk.atomic import atomic_path
 from vvk.errors import VvkError
+from vvk.paths import cache_dir, torch_hub_checkpoints
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -208,19 +209,6 @@ def get(name: str, registry: dict[str, WeightsEntry] | None = None) -> WeightsEn
 # Caches
 
 
-def vvk_cache_dir() -> Path:
-    env = os.environ.get("VVK_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "vvk"
-
-
-def _torch_hub_checkpoints() -> Path:
-    # Same rule as torch.hub.get_dir(), computed without importing torch.
-    home = os.environ.get("TORCH_HOME") or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "torch"
-    return Path(home).expanduser() / "hub" / "checkpoints"
-
-
 def _offline() -> bool:
     truthy = {"1", "true", "yes", "on"}
     return any(os.environ.get(v, "").lower() in truthy for v in ("HF_HUB_OFFLINE", "VVK_OFFLINE"))
@@ -233,8 +221,8 @@ def _download_timeout() -> float:
 def _local_target(entry: WeightsEntry) -> Path:
     """Where a url/torchvision entry lives once downloaded."""
     if entry.source.kind == "torchvision":
-        return _torch_hub_checkpoints() / entry.file
-    return vvk_cache_dir() / "weights" / entry.name / entry.file
+        return torch_hub_checkpoints() / entry.file
+    return cache_dir() / "weights" / entry.name / entry.file
 
 
 def cached_path(entry: WeightsEntry) -> Path | None:

@@ -15,7 +15,8 @@ from vvk.augment.copy_paste import survives_occlusion
 from vvk.augment.dataset_writer import build_plan
 from vvk.augment.jitter import jitter_image
 from vvk.augment.render import annotation_record, draw_copy, jitter_objects, render_copy
-from vvk.data.coco import check_instances, find_coco_layout, load_coco, load_rgb, write_jpeg
+from vvk.data.coco import check_instances, find_coco_layout, load_coco
+from vvk.data.images import load_rgb, write_jpeg
 from vvk.errors import VvkError
 
 

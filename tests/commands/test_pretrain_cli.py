@@ -5,13 +5,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vvk.commands.pretrain import METHODS as COMMANDS
-from vvk.methods.pretrain import METHODS
+import subprocess
+import sys
+
+from vvk.commands.pretrain import app
+from vvk.methods.registry import load, methods_for
 from vvk.testing import link_videos, twelve_real_videos
 
 
-def test_every_library_method_has_a_command():
-    assert set(COMMANDS) == set(METHODS)
+def test_every_registered_method_is_a_command_with_presets():
+    commands = {command.name for command in app.registered_commands}
+    assert commands == {m.name for m in methods_for("pretrain")} == {"constcl", "teg", "vatt", "cvrl"}
+    for method in methods_for("pretrain"):
+        package = load(method.name)
+        assert {"tiny", "paper"} <= set(package.PRESETS), method.name
+        assert callable(package.build) and callable(package.sampler), method.name
+
+
+def test_the_method_registry_does_not_import_torch():
+    probe = "import sys, vvk.methods.registry, vvk.commands.pretrain; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_pretrain_resume_and_evaluate_on_real_clips(cli, shared_data, tmp_path):

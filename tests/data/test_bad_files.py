@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from vvk.data.backends import get_decoder
 from vvk.data.datasets import BadFiles, ClipDataset
+from vvk.data.decoders import get_decoder
 from vvk.data.index import build_index, probe_file
 from vvk.data.media import PROBLEMS
 from vvk.data.samplers import RandomClip

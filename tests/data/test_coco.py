@@ -10,17 +10,15 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from vvk.data.coco import (
-    ImageReadError,
     check_instances,
     decode_segmentation,
     find_coco_layout,
     load_coco,
-    load_rgb,
-    probe_image,
     read_json,
     rle_area_and_box,
     tight_box,
 )
+from vvk.data.images import ImageReadError, load_rgb, probe_image
 from vvk.errors import VvkError
 
 SQUARE = [[10.0, 10.0, 30.0, 10.0, 30.0, 30.0, 10.0, 30.0]]

@@ -45,9 +45,9 @@ def test_index_writes_outside_the_input_and_reports(cli, shared_data, tmp_path, 
 
 
 def test_an_unusable_torchcodec_is_a_one_line_error(cli, tmp_path, monkeypatch):
-    from vvk.data import backends
+    from vvk.data import decoders
 
-    monkeypatch.setattr(backends, "torchcodec_status", lambda: (False, "torchcodec is not installed"))
+    monkeypatch.setattr(decoders, "torchcodec_status", lambda: (False, "torchcodec is not installed"))
     result = cli("data", "check", str(tmp_path), "--decoder", "torchcodec")
     assert result.code == 1
     assert result.stderr.startswith(

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from vvk.data import decode
-from vvk.data.backends import get_decoder, torchcodec_status
 from vvk.data.decode import PyAVDecoder, frames_on_screen, output_size, probe, seek_runs
+from vvk.data.decoders import get_decoder, torchcodec_status
 from vvk.data.synth import read_frame_code, write_video
 
 # Real files that stress different paths: a raw MPEG-4 elementary stream (no container, header
@@ -150,9 +150,9 @@ def test_real_audio_is_mono_float_and_silent_without_a_track(shared_data):
 
 
 def test_auto_decoder_falls_back_to_pyav_when_torchcodec_is_unusable(monkeypatch):
-    from vvk.data import backends
+    from vvk.data import decoders
 
-    monkeypatch.setattr(backends, "torchcodec_status", lambda: (False, "torchcodec is not installed"))
+    monkeypatch.setattr(decoders, "torchcodec_status", lambda: (False, "torchcodec is not installed"))
     assert get_decoder("auto").name == "pyav"
     from vvk.errors import VvkError
 

@@ -50,7 +50,7 @@ def test_cache_is_reused_and_only_changed_files_are_probed_again(tmp_path, monke
     third = build_index(find_media(folder), cache=cache, decoder="pyav")
     assert probed == [str((folder / "v1.mp4").resolve())]
     assert third[(folder / "v1.mp4").resolve()].meta.num_frames == 33
-    monkeypatch.setattr("vvk.data.backends.torchcodec_status", lambda: (True, "pretend"))
+    monkeypatch.setattr("vvk.data.decoders.torchcodec_status", lambda: (True, "pretend"))
     monkeypatch.setattr("vvk.data.decode_torchcodec.TorchCodecDecoder.frames", lambda *a, **k: None)
     probed.clear()
     other = build_index(find_media(folder), cache=cache, decoder="torchcodec")

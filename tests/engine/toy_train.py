@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vvk.data.augment import VideoAugment
 from vvk.data.datasets import BadFiles, ClipDataset
 from vvk.data.index import build_index
 from vvk.data.samplers import TwoViews
 from vvk.data.sources import scan_folder
+from vvk.data.video_transforms import VideoAugment
 from vvk.engine import TrainConfig, train
 
 GRAD_ACCUM = 2

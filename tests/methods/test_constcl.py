@@ -15,17 +15,12 @@ import torch.nn.functional as F
 from test_cvrl import check_tiny_run  # pytest puts this folder on sys.path (no packages in tests/)
 
 from vvk.data import collate, open_video_dataset
-from vvk.data.augment import VideoAugment
+from vvk.data.video_transforms import VideoAugment
 from vvk.errors import VvkError
 from vvk.methods import constcl
-from vvk.methods.constcl_boxes import BoxTable, CropFlip, FileBoxes, centre_square, random_boxes
-from vvk.methods.constcl_local import (
-    InstanceReconstructor,
-    context_steps,
-    instance_direction_loss,
-    instance_loss,
-    match_instances,
-)
+from vvk.methods.constcl.boxes import BoxTable, CropFlip, FileBoxes, centre_square, random_boxes
+from vvk.methods.constcl.local import InstanceReconstructor, context_steps
+from vvk.methods.constcl.loss import instance_direction_loss, instance_loss, match_instances
 from vvk.testing import link_videos
 
 

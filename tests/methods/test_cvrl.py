@@ -12,10 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vvk.data.augment import VideoAugment, cvrl_view_augments
+from vvk.data.video_transforms import VideoAugment, cvrl_view_augments
 from vvk.errors import VvkError
 from vvk.methods import cvrl
-from vvk.methods.cvrl import CvrlPreset, contrastive_accuracy, global_loss
+from vvk.methods.cvrl import CvrlPreset
+from vvk.methods.cvrl.loss import contrastive_accuracy, global_loss
+from vvk.methods.cvrl.preset import view_augments
 from vvk.testing import link_videos, twelve_real_videos
 
 
@@ -67,15 +69,15 @@ def test_identical_views_reach_full_accuracy_and_the_loss_vanishes_as_temperatur
 
 
 def test_paper_views_are_the_reference_views_and_strength_zero_turns_colour_off():
-    paper = cvrl.view_augments(CvrlPreset())
+    paper = view_augments(CvrlPreset())
     for ours, reference in zip(paper, cvrl_view_augments(224), strict=True):
         assert repr(ours.pipeline) == repr(reference.pipeline)
     # A flat colour stays exactly that colour through crop, flip and resize; jitter changes it.
     clip = torch.full((8, 3, 2, 32, 32), 100, dtype=torch.uint8)
     torch.manual_seed(0)
-    plain = cvrl.view_augments(CvrlPreset(crop=16, color_strength=0.0, blur=(0.0, 0.0), solarize=(0.0, 0.0)))
+    plain = view_augments(CvrlPreset(crop=16, color_strength=0.0, blur=(0.0, 0.0), solarize=(0.0, 0.0)))
     torch.testing.assert_close(plain[0](clip), torch.full((8, 3, 2, 16, 16), 100 / 255 * 2 - 1))
-    jittered = cvrl.view_augments(CvrlPreset(crop=16, color_strength=0.5))[0](clip)
+    jittered = view_augments(CvrlPreset(crop=16, color_strength=0.5))[0](clip)
     assert (jittered - (100 / 255 * 2 - 1)).abs().amax(dim=(1, 2, 3, 4)).gt(0.01).sum() >= 4
 
 

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from vvk.data.samplers import LongShortClips
 from vvk.errors import VvkError
 from vvk.methods import teg
-from vvk.methods.teg import fine_grained_loss, interpolate_steps, short_steps_on_long
+from vvk.methods.teg.loss import fine_grained_loss, interpolate_steps
+from vvk.methods.teg.model import short_steps_on_long
 from vvk.testing import link_videos, twelve_real_videos
 
 

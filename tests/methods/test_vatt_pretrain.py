@@ -16,8 +16,10 @@ import torch.nn.functional as F
 
 from vvk.errors import VvkError
 from vvk.methods import vatt
-from vvk.methods.vatt import add_waveform_noise, fit_waveform, pick_captions
-from vvk.methods.vatt_heads import FACHead, asymmetric_nce
+from vvk.methods.vatt.heads import FACHead
+from vvk.methods.vatt.loss import asymmetric_nce
+from vvk.methods.vatt.model import add_waveform_noise, fit_waveform, pick_captions
+from vvk.methods.vatt.preset import audio_samples, video_grid
 from vvk.models.backbones.vatt import UniversalVatt
 from vvk.testing import link_videos
 
@@ -127,8 +129,8 @@ def test_a_clip_without_audio_contributes_nothing_and_the_rest_is_rescaled():
 
 def test_paper_preset_geometry_and_droptoken_on_the_meta_device():
     preset = vatt.PRESETS["paper"]
-    assert vatt.video_grid(preset) == (8, 14, 14)
-    assert vatt.audio_samples(preset) == 153_600  # 3.2 s at 48 kHz, 1200 patches of 128
+    assert video_grid(preset) == (8, 14, 14)
+    assert audio_samples(preset) == 153_600  # 3.2 s at 48 kHz, 1200 patches of 128
     with torch.device("meta"):
         model = vatt.build(preset).train()
         video = model.backbone(torch.empty(1, 3, 32, 224, 224))["tokens"]
@@ -143,7 +145,7 @@ def test_tiny_model_shapes_with_separate_and_shared_backbones():
     b = 4
     batch = {
         "video": torch.randint(0, 256, (b, 3, base.frames, base.size, base.size), dtype=torch.uint8),
-        "audio": torch.randn(b, vatt.audio_samples(base) - 100) * 0.1,  # cut short: padded back
+        "audio": torch.randn(b, audio_samples(base) - 100) * 0.1,  # cut short: padded back
         "audio_mask": torch.tensor([True, False, True, False]),
         "text": [["a dog walks", "a child rides"], [], ["one", "two", "three"], []],
     }

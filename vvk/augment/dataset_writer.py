@@ -36,16 +36,8 @@ from vvk.augment.render import (
     annotation_record,
     render_copy,
 )
-from vvk.data.coco import (
-    CocoDataset,
-    ImageProbe,
-    ImageReadError,
-    find_coco_layout,
-    load_coco,
-    load_rgb,
-    probe_image,
-    write_jpeg,
-)
+from vvk.data.coco import CocoDataset, find_coco_layout, load_coco
+from vvk.data.images import ImageProbe, ImageReadError, load_rgb, probe_image, write_jpeg
 from vvk.errors import VvkError
 
 Progress = Callable[[int, int], None]  # (destinations done, destinations in all)

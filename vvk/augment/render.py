@@ -21,7 +21,8 @@ from vvk.augment.jitter import (
     jitter_segmentation,
     sample_jitter,
 )
-from vvk.data.coco import ImageReadError, load_rgb, rle_area_and_box
+from vvk.data.coco import rle_area_and_box
+from vvk.data.images import ImageReadError, load_rgb
 
 
 @dataclass(frozen=True)

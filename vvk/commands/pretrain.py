@@ -11,19 +11,11 @@ import typer
 from vvk.commands._options import DecoderOpt, JsonOpt
 from vvk.commands._output import Output
 from vvk.errors import VvkError
+from vvk.methods.registry import methods_for
 
 app = typer.Typer(help="Self-supervised video pretraining: ConST-CL, TeG, VATT, CVRL.", no_args_is_help=True)
 
 DEMO_REPEATS = 3  # augmentation draws averaged in the demo's retrieval check
-
-# Typer needs the command list before the library is imported; vvk.methods.pretrain.METHODS
-# is the library's list, and tests/commands check that the two agree.
-METHODS = {
-    "constcl": "ConST-CL: contextualized spatio-temporal contrastive learning (global + local branch).",
-    "teg": "TeG: temporal granularity (long/short clips, fine-grained + persistent losses).",
-    "vatt": "VATT: video-audio-text transformers (NCE + MIL-NCE, DropToken).",
-    "cvrl": "CVRL: contrastive video representation learning (the baseline).",
-}
 
 
 def run(
@@ -119,5 +111,5 @@ def _demo_retrieval(out_: Output, result) -> dict[str, float]:
     return {"recall@1": pretrained, "random_recall@1": random, "videos": gain["pretrained"]["videos"]}
 
 
-for _name, _help in METHODS.items():
-    app.command(_name, help=_help + "\n\n" + (run.__doc__ or ""))(run)
+for _method in methods_for("pretrain"):
+    app.command(_method.name, help=_method.summary + "\n\n" + (run.__doc__ or ""))(run)

@@ -8,11 +8,12 @@ The video pipeline, for a pretraining method::
     for batch in make_loader(data, batch_size=8):
         batch["video"], batch["video_b"]    # (B, 3, 16, H, W) uint8 each
 
-Modules: ``decode`` / ``decode_torchcodec`` (decoders), ``backends`` (choosing one),
-``samplers`` (pure index maths), ``sources`` (folders, lists, captions), ``index`` (metadata
-and bad files, cached), ``datasets`` (``ClipDataset``, ``collate``), ``loader`` (sharded
-resumable order), ``augment`` (kornia, on the GPU). Importing this package does not import
-torch; the names below are loaded on first use.
+Modules: ``decode`` / ``decode_torchcodec`` (the decoders), ``decoders`` (choosing one),
+``frame_cache`` (decoded frames on disk), ``samplers`` (pure index maths), ``sources`` (folders,
+lists, captions), ``index`` (metadata and bad files, cached), ``datasets`` (``ClipDataset``,
+``collate``), ``loader`` (sharded resumable order), ``video_transforms`` (clip augmentation on
+the GPU), ``images`` (image reading and writing), ``coco`` (COCO annotations). Importing this
+package does not import torch; the names below are loaded on first use.
 """
 
 from __future__ import annotations
@@ -38,15 +39,15 @@ _EXPORTS = {
     "scan_folder": "sources",
     "VideoIndex": "index",
     "build_index": "index",
-    "get_decoder": "backends",
+    "get_decoder": "decoders",
     "BadFiles": "datasets",
     "ClipDataset": "datasets",
     "collate": "datasets",
     "open_video_dataset": "datasets",
     "ShardedSampler": "loader",
     "make_loader": "loader",
-    "VideoAugment": "augment",
-    "cvrl_view_augments": "augment",
+    "VideoAugment": "video_transforms",
+    "cvrl_view_augments": "video_transforms",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from vvk.data.backends import Decoder, get_decoder
 from vvk.data.decode import SizeArg
+from vvk.data.decoders import Decoder, get_decoder
 from vvk.data.index import VideoIndex, build_index, cache_path, ensure_outside
 from vvk.data.media import PROBLEMS, BadVideo, VideoMeta
 from vvk.data.samplers import Caption, ClipSampler, overlapping_captions, window_seconds

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from vvk.atomic import atomic_path, atomic_write_text
-from vvk.data.backends import Decoder
 from vvk.data.decode import SizeArg, every_frame, frames_on_screen, output_size
+from vvk.data.decoders import Decoder
 from vvk.data.media import BadVideo, VideoMeta
 from vvk.errors import VvkError
 
@@ -42,7 +42,7 @@ _SPARE_BYTES = 1 << 30  # free space left on the cache's disk after filling it
 
 
 class FrameCache:
-    """A decoder (``vvk.data.backends.Decoder``) that serves frames from the on-disk cache.
+    """A decoder (``vvk.data.decoders.Decoder``) that serves frames from the on-disk cache.
 
     Args:
         inner: the decoder that probes and decodes audio; video frames are always decoded by
@@ -133,9 +133,9 @@ class FrameCache:
 
 
 def default_root() -> Path:
-    from vvk.weights import vvk_cache_dir
+    from vvk.paths import cache_dir
 
-    return vvk_cache_dir() / "frames"
+    return cache_dir() / "frames"
 
 
 def cache_bytes(metas: Iterable[VideoMeta], size: SizeArg) -> int:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from vvk.atomic import atomic_write_text
-from vvk.data.backends import Decoder, get_decoder
+from vvk.data.decoders import Decoder, get_decoder
 from vvk.data.media import PROBLEMS, BadVideo, VideoMeta, first_line
 from vvk.errors import VvkError
 
@@ -116,9 +116,9 @@ def cache_path(source: str | os.PathLike, cache_dir: str | os.PathLike | None = 
     run folder) or the user cache. Refuses a place inside the input folder."""
     source = Path(source).resolve()
     if cache_dir is None:
-        from vvk.weights import vvk_cache_dir
+        from vvk.paths import cache_dir as user_cache
 
-        cache_dir = vvk_cache_dir() / "index"
+        cache_dir = user_cache() / "index"
     digest = hashlib.sha1(str(source).encode()).hexdigest()[:12]
     return ensure_outside(Path(cache_dir) / f"{source.name}-{digest}.index.json", source)
 

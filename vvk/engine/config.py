@@ -8,7 +8,7 @@ reached after ``warmup_steps``.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from vvk.errors import VvkError
@@ -71,7 +71,6 @@ class TrainConfig:
     frame_cache: bool = False
     tensorboard: bool = False
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)  # the method's own settings, recorded
 
     def __post_init__(self) -> None:
         checks = {

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vvk.paths import cache_dir
+
 CLASSES = ("pan-left", "pan-right", "zoom-in", "zoom-out")
 # Colour photographs bundled with scikit-image (no pooch download needed).
 PHOTOS = (
@@ -49,8 +51,7 @@ class SyntheticSpec:
 
 def example_dir(spec: SyntheticSpec = SyntheticSpec()) -> Path:
     """The example set for ``spec``, synthesised into the user cache on first use."""
-    cache = Path(os.environ.get("VVK_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "vvk")
-    dest = cache.expanduser() / "examples" / f"synthetic-{spec.key()}"
+    dest = cache_dir() / "examples" / f"synthetic-{spec.key()}"
     if not (dest / "manifest.json").is_file():
         synthesize(dest, spec)
     return dest

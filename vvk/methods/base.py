@@ -1,7 +1,9 @@
 """What a pretraining method provides, so that one orchestration (``vvk.methods.pretrain``) and
 one training loop (``vvk.engine``) serve every method.
 
-A method is a module (``vvk/methods/cvrl.py``, ``constcl.py``, ``teg.py``, ``vatt.py``) with:
+A method is a package ``vvk/methods/<name>/`` (named in ``vvk.methods.registry``) whose
+``preset.py`` holds its presets and turns them into arguments, ``model.py`` its training
+module and ``loss.py`` its objective. The package exports:
 
 - ``PRESETS: dict[str, <Preset>]``: frozen dataclasses (``tiny`` for a laptop CPU and tests,
   ``paper`` with the reference hyperparameters, each field commented with its source). A preset
@@ -19,7 +21,7 @@ exported to ``backbone.safetensors`` and evaluated.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -35,19 +37,6 @@ class PretrainModel(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
-
-
-class Method(Protocol):
-    """The module-level interface of ``vvk/methods/<name>.py`` (see the module docstring)."""
-
-    NAME: str
-    PRESETS: dict[str, Any]
-
-    def sampler(self, preset: Any) -> Any: ...
-
-    def build(self, preset: Any) -> PretrainModel: ...
-
-    def dataset_options(self, preset: Any) -> dict[str, Any]: ...
 
 
 def laptop_train(**settings: Any) -> TrainConfig:

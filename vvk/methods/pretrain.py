@@ -16,7 +16,6 @@ the backbone. The resolved preset is written to ``RUN/preset.json`` before train
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import shutil
@@ -27,9 +26,11 @@ from typing import Any
 
 from vvk.atomic import atomic_write_text
 from vvk.errors import VvkError
-from vvk.methods.config import apply_overrides, to_dict
+from vvk.methods.overrides import apply_overrides, to_dict
+from vvk.methods.registry import load, methods_for
+from vvk.paths import default_run_dir
 
-METHODS = ("cvrl", "constcl", "teg", "vatt")
+METHODS = tuple(m.name for m in methods_for("pretrain"))
 BACKBONE_FILE = "backbone.safetensors"
 # Steps of the demo on the built-in example set when none are asked for: the tiny presets'
 # 40 steps (sized for tests) leave the backbone no better than random initialisation at clip
@@ -39,10 +40,10 @@ DEMO_STEPS = 1000
 
 
 def get_method(name: str):
-    """The method module ``vvk.methods.<name>`` (see ``vvk.methods.base``)."""
+    """The pretraining method's package ``vvk.methods.<name>`` (see ``vvk.methods.base``)."""
     if name not in METHODS:
-        raise VvkError(f"unknown method '{name}'", hint=f"one of {', '.join(METHODS)}")
-    return importlib.import_module(f"vvk.methods.{name}")
+        raise VvkError(f"unknown pretraining method '{name}'", hint=f"one of {', '.join(METHODS)}")
+    return load(name)
 
 
 def resolve_preset(
@@ -112,7 +113,7 @@ def pretrain(
         steps = DEMO_STEPS
     config = resolve_preset(method, preset, overrides=overrides, backbone=backbone, steps=steps,
                             batch_size=batch_size)  # fmt: skip
-    run_dir = Path(out) if out is not None else Path("runs") / f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(out) if out is not None else default_run_dir(method)
     _check_run_dir(run_dir, method=method, resume=resume)
     source = Path(data) if data is not None else _builtin_example()
     if not source.exists():

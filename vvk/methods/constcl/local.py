@@ -1,7 +1,6 @@
-"""ConST-CL's local branch: region features, the context memory, the instance reconstructor
-and the instance contrastive loss (``tensorflow/models: official/projects/const_cl/modeling/
-heads/{instance_reconstructor,transformer_decoder}.py``, ``losses/losses.py``; reference/
-video_ssl.md §5.1-5.3)::
+"""ConST-CL's local branch: region features, the context memory and the instance reconstructor
+(``tensorflow/models: official/projects/const_cl/modeling/heads/{instance_reconstructor,
+transformer_decoder}.py``; reference/video_ssl.md §5.1-5.2; its loss is ``loss.py``)::
 
     res5_1 (2B, C, T', H', W'), L2-normalised over C
       ├─ key frame T'//2, boxes ─ RoIAlign 4×4, mean ──────────► u (2B, N, C)
@@ -23,8 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vvk.kernels import contrastive_loss, roi_align_3d, roi_align_tube
-from vvk.methods.base import process_group
+from vvk.kernels import roi_align_3d, roi_align_tube
 
 POSITION_CHANNELS = 16  # 8 temporal + 8 spatial position features on every memory token
 
@@ -211,57 +209,3 @@ class InstanceReconstructor(nn.Module):
         other = memory.roll(memory.shape[0] // 2, dims=0)  # view a's rows meet view b's memory and back
         hidden = self.decoder(regions, other)
         return {"regions": regions, "translated": self.projection(hidden), "hidden": hidden}
-
-
-# ---- the instance contrastive loss ---------------------------------------------------------
-
-
-def match_instances(regions_a: Tensor, regions_b: Tensor) -> tuple[Tensor, Tensor]:
-    """Positives by feature argmax (losses.py::InstanceContrastiveLoss): for each instance of
-    view a, the most similar instance of the same clip's view b, and vice versa.
-
-    Args:
-        regions_a, regions_b: (B, N, C) raw region features of the two views.
-
-    Returns:
-        (a→b, b→a) indices, each (B, N): ``a2b[i, j]`` is the b instance matched to a instance j.
-    """
-    similarity = torch.einsum("bic,bjc->bij", F.normalize(regions_a, dim=-1), F.normalize(regions_b, dim=-1))
-    return similarity.argmax(dim=2), similarity.argmax(dim=1)
-
-
-def instance_direction_loss(
-    translated: Tensor, targets: Tensor, match: Tensor, temperature: float, *, reduction: str = "mean"
-) -> Tensor:
-    """InfoNCE of every translated instance against the target view's region features.
-
-    Row (i, j) has the positive ``targets[i, match[i, j]]``; every instance of every other
-    clip (all processes) is a negative; the other instances of clip i are neither.
-
-    Args:
-        translated: (B, N, C) ẑ; targets: (B, N, C) u of the other view; match: (B, N) indices.
-        reduction: "mean" over all B·N rows, or "none": (B·N,) per-row losses, clip-major.
-    """
-    b, n, c = translated.shape
-    clip = torch.arange(b, device=translated.device)
-    positives = (clip[:, None] * n + match).reshape(-1)  # (B, N) -> (B*N,) rows of targets
-    return contrastive_loss(
-        translated.reshape(b * n, c),  # (B, N, C) -> (B*N, C)
-        targets.reshape(b * n, c),
-        temperature,
-        positives=positives,
-        groups=clip.repeat_interleave(n),
-        reduction=reduction,
-        process_group=process_group(),
-    )
-
-
-def instance_loss(regions: Tensor, translated: Tensor, temperature: float) -> Tensor:
-    """½ (L_a→b + L_b→a) from the reconstructor's outputs (2B rows: view a, then view b)."""
-    regions_a, regions_b = regions.chunk(2)
-    to_b, to_a = translated.chunk(2)
-    a2b, b2a = match_instances(regions_a, regions_b)
-    return 0.5 * (
-        instance_direction_loss(to_b, regions_b, a2b, temperature)
-        + instance_direction_loss(to_a, regions_a, b2a, temperature)
-    )

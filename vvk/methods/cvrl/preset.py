@@ -1,15 +1,4 @@
-"""CVRL: contrastive video representation learning (Qian et al., CVPR 2021), the baseline of
-ConST-CL and of the 3D ResNet-RS backbones (``tensorflow/models: official/projects/video_ssl``;
-reference/video_ssl.md §4)::
-
-    video ──TwoViews──► clip a, clip b (gap from a linearly decreasing density)
-    clip a ─ view augment 1 ─┐                                          ┌─ z_a ─┐
-    clip b ─ view augment 2 ─┴─ backbone (2B clips, one batch) ─ GAP(res5) ─ MLP ─┴─ z_b ─┴─ NT-Xent, τ = 0.1
-
-Both views go through the backbone as one batch of 2B clips, so batch-norm statistics mix the
-views as in the reference (which concatenates them along the batch axis). Works with any 3D
-backbone that returns ``res5``: ``r3d-50`` (the reference), ``r3d-rs-*``, ``r3d-tiny``.
-"""
+"""CVRL presets and the assembly of its training module from a preset."""
 
 from __future__ import annotations
 
@@ -18,20 +7,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 
-from vvk.data.augment import VideoAugment
 from vvk.data.samplers import TwoViews
+from vvk.data.video_transforms import VideoAugment
 from vvk.engine import TrainConfig
 from vvk.errors import VvkError
-from vvk.methods.base import PretrainModel, global_pool, laptop_train
-from vvk.methods.heads import ProjectionMLP
-from vvk.methods.losses import nt_xent
+from vvk.methods.base import laptop_train
+from vvk.methods.cvrl.model import FEATURE, CvrlModel
 from vvk.models import build as build_model
-
-NAME = "cvrl"
-FEATURE = "res5"
+from vvk.models.heads.projection import ProjectionMLP
 
 
 @dataclass(frozen=True)
@@ -159,48 +143,3 @@ def build(preset: CvrlPreset) -> CvrlModel:
     )
 
 
-def global_loss(z_a: Tensor, z_b: Tensor, temperature: float) -> Tensor:
-    """The reference's global loss: NT-Xent of a against [b, a] plus that of b against [b, a]
-    (losses.py: ``loss_a + loss_b``, each a mean over the batch), i.e. twice ``nt_xent``,
-    which averages over all 2N rows. Kept as a sum so that loss values and the learning rate
-    mean what they mean in the reference."""
-    return 2.0 * nt_xent(z_a, z_b, temperature)
-
-
-@torch.no_grad()
-def contrastive_accuracy(z_a: Tensor, z_b: Tensor) -> Tensor:
-    """How often clip i's view a is most similar to its own view b among this batch's b views
-    (the reference's ``contrast_acc``; on one process's batch, not gathered)."""
-    similarity = F.normalize(z_a.float(), dim=-1) @ F.normalize(z_b.float(), dim=-1).T  # (N, N)
-    return (similarity.argmax(dim=1) == torch.arange(len(z_a), device=z_a.device)).float().mean()
-
-
-class CvrlModel(PretrainModel):
-    """The training module: ``forward(batch)`` -> {"loss", "accuracy"}.
-
-    Args:
-        backbone: a 3D ResNet returning ``res5``.
-        head: GAP(res5) -> embedding.
-        augment_a, augment_b: uint8 clips -> float views (view 1, view 2 of the reference).
-        temperature: NT-Xent temperature.
-    """
-
-    def __init__(self, *, backbone, head: ProjectionMLP, augment_a: VideoAugment, augment_b: VideoAugment,
-                 temperature: float):  # fmt: skip
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-        self.augment_a, self.augment_b = augment_a, augment_b
-        self.temperature = temperature
-
-    def views(self, batch: dict[str, Any]) -> Tensor:
-        """Both augmented views as one batch: (2B, 3, T, crop, crop), view a first."""
-        return torch.cat([self.augment_a(batch["video"]), self.augment_b(batch["video_b"])])
-
-    def embed(self, features: dict[str, Tensor]) -> Tensor:
-        """Backbone outputs of 2B clips -> (2B, embed_dim) global embeddings."""
-        return self.head(global_pool(features[FEATURE]))
-
-    def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        z_a, z_b = self.embed(self.backbone(self.views(batch))).chunk(2)
-        return {"loss": global_loss(z_a, z_b, self.temperature), "accuracy": contrastive_accuracy(z_a, z_b)}

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vvk.data.augment import VideoAugment
+from vvk.data.video_transforms import VideoAugment
 from vvk.errors import VvkError
 
 Views = tuple[VideoAugment, VideoAugment]  # the two views' augmentations, after their last call

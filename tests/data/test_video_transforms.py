@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vvk.data.augment import VideoAugment, cvrl_view_augments
+from vvk.data.video_transforms import VideoAugment, cvrl_view_augments
 
 OFF = {"jitter": 0.0, "grayscale": 0.0, "blur": 0.0, "solarize": 0.0, "zero_center": False}
 
