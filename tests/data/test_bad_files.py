@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +28,6 @@ EXPECTED = {
     "notes.mp4": "not_media",
     "speech.m4a": "no_video",
     "wav_renamed.mp4": "no_video",
-    "short.mp4": "too_short",
 }
 
 
@@ -54,12 +54,10 @@ def messy_folder(tmp_path, shared_data):
 def test_probe_names_each_problem(messy_folder):
     decoder = get_decoder("pyav")
     for name, kind in EXPECTED.items():
-        entry = probe_file(messy_folder / name, decoder)
-        if kind == "too_short":  # a fine video; too short only for a given clip
-            assert entry.ok and entry.meta.num_frames == 10
-        else:
-            assert entry.problem == kind, (name, entry)
+        assert probe_file(messy_folder / name, decoder).problem == kind, name
     assert probe_file(messy_folder / "good_a.mp4", decoder).ok
+    short = probe_file(messy_folder / "short.mp4", decoder)  # a fine video, shorter than the clip
+    assert short.ok and short.meta.num_frames == 10
 
 
 def test_dataset_skips_each_bad_file_once_with_one_line(messy_folder):
@@ -69,7 +67,7 @@ def test_dataset_skips_each_bad_file_once_with_one_line(messy_folder):
     data = ClipDataset(
         source.items, index, sampler=CLIP, decoder="pyav", size=16, bad_files=BadFiles(warn=lines.append)
     )
-    assert len(data) == 2
+    assert len(data) == 3  # the two good videos and the short one, which is looped
     assert len(lines) == len(EXPECTED)
     for name, kind in EXPECTED.items():
         (line,) = [x for x in lines if f"/{name}:" in x]
@@ -79,11 +77,10 @@ def test_dataset_skips_each_bad_file_once_with_one_line(messy_folder):
         "truncated": 2,
         "not_media": 1,
         "no_video": 2,
-        "too_short": 1,
     }
     for i in range(len(data)):
         sample = data[i]
-        assert sample["video"].shape == (3, 8, 16, 16) and sample["skipped"] == []
+        assert sample["video"].shape == (3, 8, 16, 24) and sample["skipped"] == []
 
 
 def test_a_file_that_breaks_after_indexing_is_replaced_and_reported(messy_folder):
@@ -97,7 +94,7 @@ def test_a_file_that_breaks_after_indexing_is_replaced_and_reported(messy_folder
     warned = len(lines)
     (messy_folder / "good_a.mp4").write_bytes(b"\x00" * 100)  # damaged after indexing
     sample = data[0]
-    assert sample["path"] != broken and sample["video"].shape == (3, 8, 16, 16)
+    assert sample["path"] != broken and sample["video"].shape == (3, 8, 16, 24)
     assert sample["skipped"] and {r["path"] for r in sample["skipped"]} == {broken}
     assert sample["skipped"][0]["problem"] == "not_media"
     assert len(lines) == warned  # a worker only reports it; the training loop warns (next test)
@@ -126,7 +123,7 @@ def test_training_goes_on_and_the_summary_counts_the_bad_files(messy_folder, tmp
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["bad_files"]["count"] == len(EXPECTED) + 1
     by_problem = summary["bad_files"]["by_problem"]
-    assert by_problem["truncated"] == 2 and by_problem["too_short"] == 1 and by_problem["empty"] == 1
+    assert by_problem["truncated"] == 2 and by_problem["empty"] == 1
     assert str(messy_folder / "good_b.mp4") in {f["path"] for f in summary["bad_files"]["files"]}
     # Met in (almost) every batch, warned about once.
     assert len([line for line in lines if "good_b.mp4" in line]) == 1
@@ -141,6 +138,24 @@ def test_data_check_lists_every_file_with_its_problem(messy_folder, cli):
     rows = {r["path"].rsplit("/", 1)[1]: r for r in map(json.loads, result.stdout.splitlines())}
     assert {name: rows[name]["status"] for name in EXPECTED} == EXPECTED
     assert rows["good_a.mp4"]["status"] == "ok" and rows["good_a.mp4"]["frames"] == 40
-    assert "9 file(s): 2 ok, 7 bad" in result.stderr
+    assert rows["short.mp4"]["status"] == "short" and "looped" in rows["short.mp4"]["detail"]
+    assert "9 file(s): 3 ok (1 short, looped), 6 bad" in result.stderr
     human = cli("data", "check", str(messy_folder), "--decoder", "pyav")
     assert human.code == 0 and "truncated" in human.stdout and "not_media" in human.stdout
+
+
+def test_a_video_shorter_than_the_clip_is_looped(messy_folder):
+    """The reference tiles a short frame sequence until the clip fits
+    (preprocess_ops_3d._sample_or_pad_sequence_indices): grid position p reads frame p mod n."""
+    short = str(messy_folder / "short.mp4")
+    index = build_index([short], decoder="pyav")
+    (item,) = [i for i in scan_folder(messy_folder).items if i.path.endswith("short.mp4")]
+    data = ClipDataset([item], index, sampler=CLIP, decoder="pyav", size=16)
+    meta = index[str(Path(short).resolve())].meta
+    every = get_decoder("pyav").frames(short, (np.arange(10) + 0.5) / meta.fps, meta=meta, size=16)
+    for draw in range(5):
+        sample = data[(0, draw)]
+        video = sample["video"].permute(1, 2, 3, 0).numpy()  # (C, T, H, W) -> (T, H, W, C)
+        # Each frame is one of the ten, in looped order: frame k + 1 follows frame k two steps on.
+        found = [int(np.argmin([np.abs(f.astype(int) - e).sum() for e in every])) for f in video]
+        assert all(b == (a + 2) % 10 for a, b in zip(found, found[1:], strict=False)), found

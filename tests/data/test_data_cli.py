@@ -25,11 +25,11 @@ def test_check_real_videos_as_json(cli, shared_data):
     assert len(rows) == 17
     status = {r["path"].rsplit("/", 1)[1]: r["status"] for r in rows}
     assert status["test.wav"] == "no_video"
-    assert status["v_HorseRiding_g01_c03.mp4"] == "too_short"  # 98 frames < 121 = 15 * 8 + 1
+    assert status["v_HorseRiding_g01_c03.mp4"] == "short"  # 98 frames < 121 = 15 * 8 + 1: looped
     assert sum(s == "ok" for s in status.values()) == 13  # also CliffDiving (92), Basketball_g07 (101)
     bunny = next(r for r in rows if r["path"].endswith("bigbuckbunny.mp4"))
     assert bunny["size"] == [1280, 720] and bunny["frames"] == 132 and bunny["audio"] is True
-    assert "17 file(s): 13 ok, 4 bad (1 no_video, 3 too_short)" in result.stderr
+    assert "17 file(s): 16 ok (3 short, looped), 1 bad (1 no_video)" in result.stderr
 
 
 def test_index_writes_outside_the_input_and_reports(cli, shared_data, tmp_path, monkeypatch):

@@ -79,14 +79,28 @@ def test_segments_from_a_list_file_bound_the_clips(tmp_path, coded):
         assert codes[0] >= 50 and codes[-1] < 75  # 2 s..3 s at 25 fps
 
 
-def test_size_int_gives_square_batches_from_mixed_aspects(shared_data):
-    data = open_video_dataset(
-        shared_data / "video" / "misc", sampler=RandomClip(frames=4, stride=2), decoder="pyav", size=24,
-        cache_dir=None, bad_files=BadFiles(warn=lambda _: None),
-    )  # fmt: skip
-    batch = collate([data[i] for i in range(len(data))])  # 320x240, 340x256, 640x272, 1280x720
-    assert batch["video"].shape == (len(data), 3, 4, 24, 24) and batch["video"].dtype == torch.uint8
+def test_size_int_keeps_whole_frames_padded_to_one_canvas(shared_data):
+    """The reference crops from the whole decoded frame: every aspect batches together as the
+    full resized frame, zero-padded below and to the right, with its own size beside it."""
+    options = dict(sampler=RandomClip(frames=4, stride=2), decoder="pyav", size=24, cache_dir=None,
+                   bad_files=BadFiles(warn=lambda _: None))  # fmt: skip
+    data = open_video_dataset(shared_data / "video" / "misc", **options)
+    batch = collate([data[(i, 0)] for i in range(len(data))])
+    # 320x240, 340x256, 640x272, 1280x720 at a short side of 24 (displayed sizes).
+    sizes = sorted(map(tuple, batch["frame_size"].tolist()))
+    assert sizes == [(24, 32), (24, 32), (24, 43), (24, 56)] and data.canvas == (24, 56)
+    assert batch["video"].shape == (len(data), 3, 4, 24, 56) and batch["video"].dtype == torch.uint8
+    for clip, (_, w) in zip(batch["video"], batch["frame_size"].tolist(), strict=True):
+        assert clip[..., w:].count_nonzero() == 0 and clip[..., :w].float().std() > 0
     assert batch["label"].tolist() == [-1] * len(data) and len(batch["path"]) == len(data)
+
+    square = open_video_dataset(shared_data / "video" / "misc", frame="square", **options)
+    squares = collate([square[(i, 0)] for i in range(len(square))])
+    assert squares["video"].shape == (len(data), 3, 4, 24, 24) and square.canvas == (24, 24)
+    widths = batch["frame_size"][:, 1].tolist()
+    for full, centre, w in zip(batch["video"], squares["video"], widths, strict=True):
+        left = (w - 24) // 2  # the same draw: the square is the centre of the full frame
+        assert torch.equal(full[..., left : left + 24], centre)
 
 
 def test_vatt_clip_with_audio_and_captions(shared_data):
@@ -97,7 +111,7 @@ def test_vatt_clip_with_audio_and_captions(shared_data):
     )  # fmt: skip
     keys = [(i % 2, i) for i in range(8)]
     batch = collate([data[key] for key in keys])
-    assert batch["video"].shape == (8, 3, 8, 32, 32)
+    assert batch["video"].shape == (8, 3, 8, 32, 43)  # 16:9 at a short side of 32
     assert batch["audio"].shape == (8, 64000) and batch["audio_mask"].all()  # 8 frames at 2 fps = 4 s
     assert batch["audio"].abs().mean() > 1e-3
     assert any(batch["text"])

@@ -8,7 +8,6 @@ import pytest
 from vvk.data.samplers import (
     AudioVisualClip,
     Caption,
-    ClipTooLong,
     LongShortClips,
     RandomClip,
     TwoViews,
@@ -38,8 +37,7 @@ def test_uniform_starts_cover_first_to_last_valid_start():
     np.testing.assert_array_equal(uniform_starts(100, 31, 3), [0, 34, 69])  # last valid start 69
     np.testing.assert_array_equal(uniform_starts(100, 31, 1), [34])  # the centre
     np.testing.assert_array_equal(uniform_starts(31, 31, 4), [0, 0, 0, 0])  # exactly fits
-    with pytest.raises(ClipTooLong):
-        uniform_starts(30, 31, 1)
+    np.testing.assert_array_equal(uniform_starts(30, 31, 3), [0, 0, 0])  # looped from the start
 
 
 def test_random_start_is_uniform_over_valid_starts():
@@ -114,9 +112,21 @@ def test_sampler_plans():
     assert abs(a[0] - b[0]) == int(plan.extras["gap"])
     plan = LongShortClips(long_frames=4, long_stride=4, short_frames=4, short_stride=1)(40, rng)
     assert plan.extras["index_map"].shape == (4,)
-    assert RandomClip(frames=16, stride=2).min_frames() == 31
-    with pytest.raises(ClipTooLong):
-        RandomClip(frames=16, stride=2)(30, rng)
+
+
+def test_clips_longer_than_the_video_start_anywhere_and_run_past_its_end():
+    """The reference loops short videos (sample_sequence: offset ~ U[0, L) when the clip does not
+    fit; sample_ssl_sequence: both views' offsets independent in [0, L))."""
+    rng = np.random.default_rng(0)
+    starts = [int(RandomClip(frames=16, stride=2)(10, rng).views["video"][0]) for _ in range(400)]
+    assert set(starts) == set(range(10))  # every position of the 10, none beyond
+    pairs = [TwoViews(frames=16, stride=2)(10, rng) for _ in range(400)]
+    a = np.array([int(p.views["video"][0]) for p in pairs])
+    b = np.array([int(p.views["video_b"][0]) for p in pairs])
+    assert set(a) == set(b) == set(range(10)) and abs(np.corrcoef(a, b)[0, 1]) < 0.15
+    assert all(abs(x - y) == int(p.extras["gap"]) for x, y, p in zip(a, b, pairs, strict=True))
+    plan = RandomClip(frames=16, stride=2)(10, rng)
+    np.testing.assert_array_equal(np.diff(plan.views["video"]), 2)  # positions keep counting up
 
 
 def test_audio_visual_window_spans_the_clip():

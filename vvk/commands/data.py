@@ -32,12 +32,15 @@ _COLUMNS = [
 ]
 
 
+_USABLE = ("ok", "short")  # statuses of files that training reads
+
+
 @app.command("check")
 def check(
     source: SourceArg,
     decoder: DecoderOpt = "auto",
     frames: Annotated[
-        int, typer.Option(min=1, help="Clip length: shorter videos are reported as too_short.")
+        int, typer.Option(min=1, help="Clip length: shorter videos are reported as short (looped).")
     ] = 1,
     stride: Annotated[int, typer.Option(min=1, help="Clip frame stride (with --frames).")] = 1,
     deep: Annotated[
@@ -47,7 +50,8 @@ def check(
     json_output: JsonOpt = False,
 ) -> None:
     """List every media file with its problem (or ok): empty, not a video, truncated, audio only,
-    shorter than the clip, undecodable. Nothing is written anywhere.
+    undecodable. Videos shorter than the clip (--frames/--stride) are listed as short: training
+    loops them, as the reference samplers do. Nothing is written anywhere.
 
     EXAMPLES: vvk data check videos/ --frames 16 --stride 2
               vvk data check videos/ --json | jq -r 'select(.status != "ok") | .path'
@@ -61,10 +65,14 @@ def check(
     rows = [_row(entry, span) for entry in index]
     out = Output(json_output)
     out.table(rows, _COLUMNS)
-    bad = [r for r in rows if r["status"] != "ok"]
+    bad = [r for r in rows if r["status"] not in _USABLE]
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(Counter(r["status"] for r in bad).items()))
+    short = sum(r["status"] == "short" for r in rows)
     out.note(
-        f"{len(rows)} file(s): {len(rows) - len(bad)} ok, {len(bad)} bad" + (f" ({kinds})" if kinds else "")
+        f"{len(rows)} file(s): {len(rows) - len(bad)} ok"
+        + (f" ({short} short, looped)" if short else "")
+        + f", {len(bad)} bad"
+        + (f" ({kinds})" if kinds else "")
     )
 
 
@@ -110,8 +118,8 @@ def _media_paths(source: Path) -> list[str]:
 def _row(entry, span: int) -> dict[str, object]:
     meta = entry.meta
     status, detail = entry.problem or "ok", entry.detail
-    if meta is not None and meta.num_frames < span:
-        status, detail = "too_short", f"{meta.num_frames} frames, the clip needs {span}"
+    if status == "ok" and meta is not None and meta.num_frames < span:
+        status, detail = "short", f"{meta.num_frames} frames, the clip needs {span}: looped"
     return {
         "path": entry.path,
         "status": status,

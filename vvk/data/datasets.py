@@ -7,10 +7,17 @@ A sample is a dict:
 - the plan's extras as tensors, e.g. ``"index_map"`` (float32, (T_short,)), ``"gap"``;
 - with a window (AudioVisualClip): ``"audio"`` (float32, (samples,)), ``"audio_mask"`` (bool:
   the file has audio) and ``"text"`` (list of the captions overlapping the clip);
+- ``"frame_size"`` (int64 ``[height, width]``): the decoded frames' size. Frames of every video
+  are padded with zeros at the bottom and right to the dataset's ``canvas`` so that clips of
+  any aspect batch together; ``VideoAugment`` crops only inside ``frame_size``;
 - ``"frame_grid"`` (float32 ``[start, fps, width, height]``: grid position p is the frame at
   ``start + (p + 0.5) / fps`` seconds of a width × height video, e.g. to look up boxes);
 - ``"label"`` (int64, -1 without labels), ``"index"`` (int64), ``"path"`` (str), and
   ``"skipped"``: the bad files met (and replaced) while making this sample.
+
+A video shorter than a clip is looped, as the reference samplers do
+(``preprocess_ops_3d._sample_or_pad_sequence_indices``): grid position p reads frame
+``p mod num_frames``.
 
 Bad files are skipped, never fatal: those the index knows are dropped when the dataset is built,
 those that fail while loading are replaced by another video (chosen by the sample's own random
@@ -26,13 +33,13 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from vvk.data.decode import SizeArg
+from vvk.data.decode import SizeArg, output_size
 from vvk.data.decoders import Decoder, get_decoder
 from vvk.data.index import VideoIndex, build_index, cache_path, ensure_outside
 from vvk.data.media import PROBLEMS, BadVideo, VideoMeta
@@ -133,9 +140,11 @@ class ClipDataset(Dataset):
         sampler: a ``ClipSampler`` (RandomClip, UniformClips, TwoViews, LongShortClips,
             AudioVisualClip, or your own).
         decoder: a decoder or its name (auto, pyav, torchcodec).
-        size: frame size: an int resizes the short side to it and keeps the central square
-            (so clips of any aspect batch together; the augmentation crops randomly later),
-            (h, w) resizes exactly, None keeps the native size.
+        size: frame size: an int resizes the short side to it (the reference's
+            ``min_resize``), (h, w) resizes exactly, None keeps the native size.
+        frame: "full" keeps the whole resized frame, which the training augmentation crops
+            from as the reference does; "square" keeps its central square, the centre crop
+            of the evaluation protocols (``preprocess_ops_3d.crop_image``).
         audio_rate: sample rate of the audio window, when the sampler asks for one.
         captions: ``{video_id: [Caption]}`` (``read_captions``); the video id is the file stem.
         seed: with the sample key, seeds each sample's own generator.
@@ -156,6 +165,7 @@ class ClipDataset(Dataset):
         sampler: ClipSampler,
         decoder: str | Decoder = "auto",
         size: SizeArg = 128,
+        frame: Literal["full", "square"] = "full",
         audio_rate: int = 16000,
         captions: Mapping[str, Sequence[Caption]] | None = None,
         seed: int = 0,
@@ -165,7 +175,9 @@ class ClipDataset(Dataset):
     ):
         self.sampler = sampler
         self.decoder = get_decoder(decoder) if isinstance(decoder, str) else decoder
-        self.size = size
+        if frame not in ("full", "square"):
+            raise ValueError(f"frame must be 'full' or 'square', not {frame!r}")
+        self.size, self.frame = size, frame
         self.audio_rate = audio_rate
         self.captions = dict(captions or {})
         self.seed = seed
@@ -179,15 +191,24 @@ class ClipDataset(Dataset):
                 self.bad_files.add(entry.path, entry.problem, entry.detail)
                 continue
             grid = self._grid_frames(item, entry.meta)
-            if grid < sampler.min_frames():
+            if grid < 1:  # shorter clips are looped, but a segment must hold a frame
                 fps = sampler.fps or entry.meta.fps
-                detail = f"{grid} frames at {fps:.4g} fps, the clip needs {sampler.min_frames()}"
-                self.bad_files.add(entry.path, "too_short", detail)
+                self.bad_files.add(entry.path, "too_short", f"no frame at {fps:.4g} fps")
                 continue
             usable.append((item, entry.meta, grid))
         if not usable:
             raise VvkError(f"no usable videos: all {len(items)} were skipped ({_counts(self.bad_files)})")
         self.clips = ClipTable(usable)
+        sizes = np.array([self.frame_size(meta) for _, meta, _ in usable])  # (N, 2)
+        self.canvas: tuple[int, int] = tuple(int(v) for v in sizes.max(axis=0))  # type: ignore[assignment]
+
+    def frame_size(self, meta: VideoMeta) -> tuple[int, int]:
+        """(height, width) of a video's frames as samples hold them, before padding."""
+        height, width = output_size(meta.height, meta.width, self.size)
+        if self.frame == "square":
+            side = min(height, width)
+            return side, side
+        return height, width
 
     def _grid_frames(self, item: VideoItem, meta: VideoMeta) -> int:
         start = item.start or 0.0
@@ -225,10 +246,12 @@ class ClipDataset(Dataset):
         offset = item.start or 0.0
         plan = self.sampler(grid, rng)
         # All views are decoded in one pass: overlapping views share their frames.
-        flat = np.concatenate([positions.reshape(-1) for positions in plan.views.values()])
+        flat = np.concatenate([positions.reshape(-1) for positions in plan.views.values()]) % grid
         frames = self.decoder.frames(item.path, offset + (flat + 0.5) / fps, meta=meta, size=self.size)
-        if isinstance(self.size, int):
+        if self.frame == "square":
             frames = _center_square(frames)
+        frame_size = frames.shape[1:3]
+        frames = _pad_to(frames, self.canvas)
         sample: dict[str, Any] = {}
         first = 0
         for name, positions in plan.views.items():
@@ -248,6 +271,7 @@ class ClipDataset(Dataset):
             ]
         sample.update(label=torch.tensor(item.label), index=torch.tensor(index), path=item.path)
         sample["frame_grid"] = torch.tensor([offset, fps, meta.width, meta.height], dtype=torch.float32)
+        sample["frame_size"] = torch.tensor(frame_size, dtype=torch.int64)
         return sample
 
 
@@ -257,6 +281,18 @@ def _center_square(frames: np.ndarray) -> np.ndarray:
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
     return frames[:, top : top + side, left : left + side]
+
+
+def _pad_to(frames: np.ndarray, canvas: tuple[int, int]) -> np.ndarray:
+    """(N, h, w, C) -> (N, H, W, C) with zeros below and to the right (no copy when it fits)."""
+    h, w = frames.shape[1:3]
+    if (h, w) == canvas:
+        return frames
+    if h > canvas[0] or w > canvas[1]:  # the index promised another size: the file changed
+        raise BadVideo("decode_error", f"frames of {h}x{w}, the index says at most {canvas[0]}x{canvas[1]}")
+    padded = np.zeros((frames.shape[0], *canvas, frames.shape[3]), dtype=frames.dtype)
+    padded[:, :h, :w] = frames
+    return padded
 
 
 def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

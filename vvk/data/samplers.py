@@ -7,9 +7,14 @@ the middle of that interval, so variable-frame-rate files are sampled by time, n
 number. A clip of ``frames`` frames with ``stride`` covers ``(frames - 1) * stride + 1``
 positions.
 
+A video shorter than that is looped, as the reference's samplers tile the frame sequence
+(``tensorflow/models: official/vision/ops/preprocess_ops_3d.py::_sample_or_pad_sequence_indices``):
+a clip may start at any of its positions and runs past the end, and ``ClipDataset`` reads
+position p as ``p mod num_frames``. Plans therefore hold positions that may exceed the grid.
+
 A sampler is a callable ``sampler(num_frames, rng) -> ClipPlan`` with a ``fps`` attribute (None
-for the video's own rate) and ``min_frames()``. ``ClipDataset`` decodes its plan; writing a new
-sampler is writing one small class.
+for the video's own rate). ``ClipDataset`` decodes its plan; writing a new sampler is writing
+one small class.
 """
 
 from __future__ import annotations
@@ -19,10 +24,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-
-
-class ClipTooLong(ValueError):
-    """The video has fewer grid positions than the clip covers."""
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,6 @@ class ClipPlan:
 class ClipSampler(Protocol):
     fps: float | None
 
-    def min_frames(self) -> int: ...
-
     def __call__(self, num_frames: int, rng: np.random.Generator) -> ClipPlan: ...
 
 
@@ -71,25 +70,27 @@ def clip_positions(start: int, frames: int, stride: int) -> np.ndarray:
     return start + stride * np.arange(frames, dtype=np.int64)
 
 
-def _check_fits(num_frames: int, span: int) -> int:
-    """Number of valid clip starts, ``num_frames - span + 1``; raises when there is none."""
-    if num_frames < span:
-        raise ClipTooLong(f"{num_frames} frames, the clip needs {span}")
-    return num_frames - span + 1
+def valid_starts(num_frames: int, span: int) -> int:
+    """Number of clip starts: ``num_frames - span + 1`` when the clip fits, else every position
+    (the clip is looped; ``sample_sequence``'s ``max_offset``)."""
+    if num_frames < 1:
+        raise ValueError(f"a video needs at least one frame position, got {num_frames}")
+    return num_frames - span + 1 if num_frames >= span else num_frames
 
 
 def uniform_starts(num_frames: int, span: int, num_clips: int) -> np.ndarray:
-    """Evenly spaced starts from the first to the last valid one (one clip: the centre), the
-    usual multi-view test protocol."""
-    last = _check_fits(num_frames, span) - 1
+    """Evenly spaced starts from the first to the last one that fits (one clip: the centre),
+    the usual multi-view test protocol; all at 0 when the clip does not fit (the reference's
+    ``max(0, ...)`` offsets of ``sample_linspace_sequence``)."""
+    last = num_frames - span if num_frames >= span else 0
     if num_clips == 1:
         return np.array([last // 2], dtype=np.int64)
     return np.round(np.linspace(0, last, num_clips)).astype(np.int64)
 
 
 def random_start(num_frames: int, span: int, rng: np.random.Generator) -> int:
-    """A start drawn uniformly from the valid ones."""
-    return int(rng.integers(0, _check_fits(num_frames, span)))
+    """A start drawn uniformly from the valid ones (``valid_starts``)."""
+    return int(rng.integers(0, valid_starts(num_frames, span)))
 
 
 def cvrl_gap_cdf(k: np.ndarray | float, starts: int) -> np.ndarray | float:
@@ -111,8 +112,12 @@ def two_view_starts(
     num_frames: int, span: int, rng: np.random.Generator, *, max_gap: int | None = None
 ) -> tuple[int, int, int]:
     """(start_a, start_b, gap) for two views: gap ~ ``sample_cvrl_gap``, the earlier start
-    uniform among those that leave room for the later one, then the order shuffled."""
-    starts = _check_fits(num_frames, span)
+    uniform among those that leave room for the later one, then the order shuffled. When the
+    clip does not fit, both starts are uniform over the video (``sample_ssl_sequence``)."""
+    if num_frames < span:
+        a, b = (int(v) for v in rng.integers(0, num_frames, size=2))
+        return a, b, abs(a - b)
+    starts = valid_starts(num_frames, span)
     limit = starts if max_gap is None else min(starts, max_gap + 1)
     gap = sample_cvrl_gap(limit, rng)
     first = int(rng.integers(0, starts - gap))
@@ -169,11 +174,8 @@ class RandomClip:
     stride: int = 2
     fps: float | None = None
 
-    def min_frames(self) -> int:
-        return clip_span(self.frames, self.stride)
-
     def __call__(self, num_frames: int, rng: np.random.Generator) -> ClipPlan:
-        start = random_start(num_frames, self.min_frames(), rng)
+        start = random_start(num_frames, clip_span(self.frames, self.stride), rng)
         return ClipPlan(views={"video": clip_positions(start, self.frames, self.stride)})
 
 
@@ -186,11 +188,8 @@ class UniformClips:
     num_clips: int = 1
     fps: float | None = None
 
-    def min_frames(self) -> int:
-        return clip_span(self.frames, self.stride)
-
     def __call__(self, num_frames: int, rng: np.random.Generator) -> ClipPlan:
-        starts = uniform_starts(num_frames, self.min_frames(), self.num_clips)
+        starts = uniform_starts(num_frames, clip_span(self.frames, self.stride), self.num_clips)
         # (num_clips,) + (frames,) -> (num_clips, frames)
         positions = starts[:, None] + self.stride * np.arange(self.frames)[None, :]
         return ClipPlan(views={"video": positions})
@@ -206,11 +205,9 @@ class TwoViews:
     max_gap: int | None = None
     fps: float | None = None
 
-    def min_frames(self) -> int:
-        return clip_span(self.frames, self.stride)
-
     def __call__(self, num_frames: int, rng: np.random.Generator) -> ClipPlan:
-        a, b, gap = two_view_starts(num_frames, self.min_frames(), rng, max_gap=self.max_gap)
+        span = clip_span(self.frames, self.stride)
+        a, b, gap = two_view_starts(num_frames, span, rng, max_gap=self.max_gap)
         views = {
             "video": clip_positions(a, self.frames, self.stride),
             "video_b": clip_positions(b, self.frames, self.stride),
@@ -228,9 +225,6 @@ class LongShortClips:
     short_frames: int = 16
     short_stride: int = 1
     fps: float | None = None
-
-    def min_frames(self) -> int:
-        return clip_span(self.long_frames, self.long_stride)
 
     def __call__(self, num_frames: int, rng: np.random.Generator) -> ClipPlan:
         long_pos, short_pos, index_map = long_short_positions(
@@ -251,11 +245,9 @@ class AudioVisualClip:
     stride: int = 1
     fps: float | None = 10.0
 
-    def min_frames(self) -> int:
-        return clip_span(self.frames, self.stride)
-
     def __call__(self, num_frames: int, rng: np.random.Generator) -> ClipPlan:
-        positions = clip_positions(random_start(num_frames, self.min_frames(), rng), self.frames, self.stride)
+        start = random_start(num_frames, clip_span(self.frames, self.stride), rng)
+        positions = clip_positions(start, self.frames, self.stride)
         # The clip's time span: from its first position to the end of the stride after its last.
         window = (int(positions[0]), int(positions[-1]) + self.stride)
         return ClipPlan(views={"video": positions}, window=window)

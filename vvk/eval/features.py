@@ -2,9 +2,10 @@
 
 A backbone comes from ``--weights`` (a pretrain run folder, a checkpoint file, a registry name or
 an hf-hub spec) or, for the random-initialisation baseline, from ``--backbone NAME`` alone.
-Clips are decoded through ``vvk.data`` exactly as in training, centre-cropped (or augmented
-with a seeded ``VideoAugment``), zero-centred to [-1, 1] as the methods feed them, and reduced
-to one L2-normalised vector per clip.
+Clips are decoded through ``vvk.data`` as in training, but keep only the central square of the
+resized frame and are centre-cropped from it (the reference's evaluation: ``resize_smallest``
+then ``crop_image``), or augmented with a seeded ``VideoAugment`` inside that square; zero-
+centred to [-1, 1] as the methods feed them, and reduced to one L2-normalised vector per clip.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from vvk.errors import VvkError
+
+# What can embed a clip: video backbones, and VATT's modality-agnostic one (video is one of its inputs).
+VIDEO_TASKS = ("video-backbone", "multimodal-backbone")
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,7 @@ def load_backbone(
         model = build(backbone)
         info["source"] = f"random:{backbone}"
     else:
-        model = load(backbone_file(weights))
+        model = load(backbone_file(weights), tasks=VIDEO_TASKS)
         info["source"] = str(weights)
         preset = Path(weights) / "preset.json"
         if preset.is_file():
@@ -136,8 +140,9 @@ class ClipReader:
 
         sampler = UniformClips(frames=self.clips.frames, stride=self.clips.stride, num_clips=num_clips)
         return open_video_dataset(
-            data, sampler=sampler, size=self.clips.size, decoder=self.decoder, cache_dir=self.cache_dir
-        )
+            data, sampler=sampler, size=self.clips.size, frame="square", decoder=self.decoder,
+            cache_dir=self.cache_dir,
+        )  # fmt: skip
 
     @torch.no_grad()
     def embed(

@@ -7,7 +7,7 @@
 - ``FileBoxes``: detected people from an AVA-style CSV (``video_id, timestamp, x1, y1, x2, y2,
   ...``, coordinates normalised to the whole frame, extra columns such as action and person
   ids ignored, repeated boxes merged). The boxes at the timestamp nearest each pooled frame
-  (within ``max_gap`` seconds) are mapped through the same centre square, crop and flip as the
+  (within ``max_gap`` seconds) are mapped through the same crop and flip as the
   view's pixels. N of them are drawn per view; too few detections, or a detection less than
   half inside the view, are topped up with random boxes so every clip has N instances.
 
@@ -60,65 +60,38 @@ class RandomBoxes:
 # ---- from the decoded frame into the view -------------------------------------------------
 
 
-def centre_square(boxes: Tensor, width: Tensor, height: Tensor) -> Tensor:
-    """Boxes normalised to a width × height frame -> normalised to its central square, which
-    the dataset keeps (``size`` an int: short side resized, centre square cut).
-
-    Args:
-        boxes: (B, ..., 4); width, height: (B,) the videos' displayed sizes.
-    """
-    side = torch.minimum(width, height)
-    scale = torch.stack([width, height, width, height], dim=-1) / side[:, None]  # (B, 4)
-    offset = (scale - 1) / 2  # the cut margin on each side, in units of the square's side
-    extra = (1,) * (boxes.dim() - 2)  # (B, 4) -> (B, 1, ..., 1, 4) to broadcast over boxes
-    return boxes * scale.view(-1, *extra, 4) - offset.view(-1, *extra, 4)
-
-
 @dataclass(frozen=True)
 class CropFlip:
-    """How one view was cut from the decoded clips: per clip, the crop's corner pixels (kornia's
-    ``src``: inclusive pixel indices x1, y1, x2, y2 of the decoded frame, resized with
-    ``align_corners=True``) and whether the view was flipped horizontally.
+    """How one view was cut from the decoded clips: per clip, the crop (pixels ``[x1, y1, x2,
+    y2]`` of the decoded frame, end exclusive), whether the view was mirrored, and the decoded
+    frame's size. The crop is resized with half-pixel centres, so the continuous frame
+    coordinate ``x1 + u · (x2 - x1)`` lands exactly at view coordinate ``u`` in [0, 1].
 
     Attributes:
-        corners: (B, 4) float; flipped: (B,) bool; in_size: the decoded (height, width);
-        out_size: the view's side.
+        crop: (B, 4) int; flipped: (B,) bool; frame_size: (B, 2) int (height, width).
     """
 
-    corners: Tensor
+    crop: Tensor
     flipped: Tensor
-    in_size: tuple[int, int]
-    out_size: int
+    frame_size: Tensor
 
     @classmethod
-    def of(cls, augment: VideoAugment, *, clips: int, in_size: tuple[int, int], out_size: int) -> CropFlip:
-        """The crop and flip ``augment`` drew on its last call (a batch of ``clips`` clips).
-
-        kornia's ``VideoSequential`` keeps the parameters of its last forward in ``_params``,
-        one row per frame; with ``same_on_frame`` every frame of a clip has the same row.
-        """
-        found: dict[str, dict[str, Tensor]] = {}
-        for item in augment.pipeline._params:
-            for prefix in ("RandomResizedCrop", "RandomHorizontalFlip"):
-                if item.name.startswith(prefix):
-                    found[prefix] = item.data
-        src = found["RandomResizedCrop"]["src"]  # (B*T, 4, 2) corners (x, y): tl, tr, br, bl
-        first = src.reshape(clips, -1, 4, 2)[:, 0]  # (B*T, 4, 2) -> (B, T, 4, 2) -> frame 0
-        corners = torch.cat([first[:, 0], first[:, 2]], dim=-1).float()  # (B, 4) x1, y1, x2, y2
-        flipped = found["RandomHorizontalFlip"]["batch_prob"].reshape(clips, -1)[:, 0] > 0.5
-        return cls(corners=corners, flipped=flipped, in_size=in_size, out_size=out_size)
+    def of(cls, augment: VideoAugment, frame_size: Tensor) -> CropFlip:
+        """The crop and flip ``augment`` drew on its last call, for frames of ``frame_size``."""
+        if augment.last_crop is None or augment.last_flip is None:
+            raise ValueError("the augmentation has not been called yet")
+        return cls(crop=augment.last_crop, flipped=augment.last_flip, frame_size=frame_size)
 
     def apply(self, boxes: Tensor) -> Tensor:
         """(B, ..., 4) normalised to the decoded frame -> normalised to the view (unclipped)."""
         extra = (1,) * (boxes.dim() - 2)  # (B, 4) -> (B, 1, ..., 1, 4) to broadcast over boxes
-        corners = self.corners.to(boxes).view(-1, *extra, 4)
-        (h, w), n = self.in_size, self.out_size
-        pixels = boxes * boxes.new_tensor([w, h, w, h]) - 0.5  # pixel j's centre at index j
-        start = torch.cat([corners[..., :2], corners[..., :2]], dim=-1)
-        span = torch.cat([corners[..., 2:] - corners[..., :2]] * 2, dim=-1)
-        view = ((pixels - start) * (n - 1) / span + 0.5) / n  # align_corners: index 0 -> 0, span -> n-1
+        h, w = self.frame_size.to(boxes).unbind(dim=-1)  # (B,) each
+        x1, y1, x2, y2 = self.crop.to(boxes).unbind(dim=-1)
+        scale = torch.stack([w, h, w, h], dim=-1) / torch.stack([x2 - x1, y2 - y1] * 2, dim=-1)  # (B, 4)
+        offset = torch.stack([x1, y1, x1, y1], dim=-1) / torch.stack([x2 - x1, y2 - y1] * 2, dim=-1)
+        view = boxes * scale.view(-1, *extra, 4) - offset.view(-1, *extra, 4)
         mirrored = torch.stack([1 - view[..., 2], view[..., 1], 1 - view[..., 0], view[..., 3]], dim=-1)
-        return torch.where(self.flipped.view(-1, *extra, 1), mirrored, view)
+        return torch.where(self.flipped.to(boxes.device).view(-1, *extra, 1), mirrored, view)
 
 
 # ---- detected boxes from a file ------------------------------------------------------------
@@ -210,19 +183,19 @@ class FileBoxes:
     a tube, followed to each other pooled frame by the best-overlapping box there (the box
     stays put when nothing overlaps it).
 
-    Needs the batch's ``positions`` (``PositionedTwoViews``), ``frame_grid`` and ``path``.
+    Needs the batch's ``positions`` (``PositionedTwoViews``), ``frame_grid``, ``frame_size`` and
+    ``path``.
 
     Args:
         table: the boxes; num: instances per view; max_gap: seconds between a frame and the
-            annotated timestamp used for it; view_size: the side of the augmented views.
+            annotated timestamp used for it.
     """
 
-    def __init__(self, table: BoxTable, *, num: int, max_gap: float, view_size: int):
-        self.table, self.num, self.max_gap, self.view_size = table, num, max_gap, view_size
+    def __init__(self, table: BoxTable, *, num: int, max_gap: float):
+        self.table, self.num, self.max_gap = table, num, max_gap
 
     def __call__(self, batch: dict[str, Any], augments: Views, frames: list[int]) -> Tensor:
         video = batch["video"]
-        clips, in_size = video.shape[0], (video.shape[-2], video.shape[-1])
         grid = batch["frame_grid"].double().cpu()  # (B, 4): start, fps, width, height
         positions = batch["positions"][:, :, frames].double().cpu()  # (B, 2, T) -> (B, 2, S)
         times = grid[:, None, None, 0] + (positions + 0.5) / grid[:, None, None, 1]  # (B, 2, S) seconds
@@ -232,10 +205,8 @@ class FileBoxes:
                 self.instances(Path(path).stem, times[i, view].numpy())
                 for i, path in enumerate(batch["path"])
             ]
-            boxes = centre_square(torch.from_numpy(np.stack(found)).to(video.device),
-                                  grid[:, 2].to(video.device), grid[:, 3].to(video.device))  # fmt: skip
-            crop = CropFlip.of(augment, clips=clips, in_size=in_size, out_size=self.view_size)
-            views.append(crop.apply(boxes.float()))
+            boxes = torch.from_numpy(np.stack(found)).to(video.device)
+            views.append(CropFlip.of(augment, batch["frame_size"]).apply(boxes.float()))
         return fill_with_random(torch.cat(views), key=len(frames) // 2)  # (2B, N, S, 4)
 
     def instances(self, video_id: str, times: np.ndarray) -> np.ndarray:
