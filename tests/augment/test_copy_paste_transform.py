@@ -6,20 +6,23 @@ import pytest
 import torch
 from torchvision import tv_tensors
 from torchvision.ops import masks_to_boxes
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from vvk.augment import CopyPaste
 
 
-def sample(seed, rects, size=64, crowd=None):
+def sample(seed, rects, size=64, crowd=None, box_format="XYXY", mask_dtype=torch.bool):
     g = torch.Generator().manual_seed(seed)
     image = tv_tensors.Image(torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g))
-    masks = torch.zeros((len(rects), size, size), dtype=torch.bool)
+    masks = torch.zeros((len(rects), size, size), dtype=mask_dtype)
     for k, (x0, y0, x1, y1) in enumerate(rects):
-        masks[k, y0:y1, x0:x1] = True
+        masks[k, y0:y1, x0:x1] = 1
+    xyxy = tv_tensors.BoundingBoxes(
+        torch.tensor(rects, dtype=torch.float32).reshape(-1, 4), format="XYXY", canvas_size=(size, size)
+    )
     target = {
-        "boxes": tv_tensors.BoundingBoxes(
-            torch.tensor(rects, dtype=torch.float32), format="XYXY", canvas_size=(size, size)
-        ),
+        "boxes": F.convert_bounding_box_format(xyxy, new_format=box_format),
         "masks": tv_tensors.Mask(masks),
         "labels": torch.arange(1, len(rects) + 1) + 10 * seed,
         "image_id": seed,
@@ -78,12 +81,69 @@ def test_crowd_is_not_pasted_and_generator_makes_it_repeatable():
     assert any(22 in labels for labels in runs[0])
 
 
-def test_float_images_and_shape_mismatch():
+def test_float_images_and_inputs_that_break_the_contract():
     dst = sample(1, [(0, 0, 10, 10)])
     src = sample(2, [(5, 5, 30, 30)])
     cp = CopyPaste(blend_sigma=1.5, generator=torch.Generator().manual_seed(1))
-    image, _ = cp.paste_pair(dst[0].float() / 255, dst[1], src[0].float() / 255, src[1])
-    assert image.dtype == torch.float32 and image.shape == (3, 64, 64)
+    image, _ = cp.paste_pair(tv_tensors.Image(dst[0] / 255), dst[1], tv_tensors.Image(src[0] / 255), src[1])
+    assert isinstance(image, tv_tensors.Image) and image.dtype == torch.float32 and image.shape == (3, 64, 64)
     with pytest.raises(ValueError, match="differ in shape"):
-        cp.paste_pair(dst[0], dst[1], sample(3, [(0, 0, 4, 4)], size=32)[0], src[1])
+        cp.paste_pair(dst[0], dst[1], *sample(3, [(0, 0, 4, 4)], size=32))
+    # v2 transforms would leave a plain tensor where it was: refused rather than let fall out of step
+    with pytest.raises(TypeError, match="tv_tensors.Image"):
+        cp.paste_pair(dst[0].as_subclass(torch.Tensor), dst[1], *src)
+    with pytest.raises(TypeError, match="BoundingBoxes"):
+        cp.paste_pair(dst[0], {**dst[1], "boxes": dst[1]["boxes"].as_subclass(torch.Tensor)}, *src)
+    with pytest.raises(ValueError, match="image is 64x64 but its masks are"):
+        cp.paste_pair(dst[0], {**dst[1], "masks": tv_tensors.Mask(torch.zeros(1, 32, 32))}, *src)
+    with pytest.raises(ValueError, match="object_keys"):
+        CopyPaste(object_keys=("labels", "boxes"))
+    tracked = CopyPaste(object_keys=("labels", "track_ids"))
+    with pytest.raises(ValueError, match="'track_ids' is in the destination's target but not the source's"):
+        tracked.paste_pair(dst[0], {**dst[1], "track_ids": torch.tensor([7])}, *src)
     assert "max_objects=100" in repr(cp)
+
+
+@pytest.mark.parametrize("box_format", ["XYXY", "XYWH", "CXCYWH"])
+def test_inside_v2_compose_boxes_masks_pixels_and_object_keys_stay_together(box_format):
+    """CopyPaste, then a v2 horizontal flip and a 2x resize on the batch: the boxes v2 moved are
+    still the tight boxes of the masks v2 moved, in the input format; the pixels under each mask
+    come from the image its object came from; per-object keys still name their objects."""
+    rects = {1: [(0, 0, 20, 20), (30, 30, 60, 50), (5, 40, 25, 62)], 2: [(10, 10, 40, 40), (44, 2, 63, 30)]}
+    samples = {
+        seed: sample(seed, r, box_format=box_format, mask_dtype=torch.uint8) for seed, r in rects.items()
+    }
+    for _, target in samples.values():
+        target["track_ids"] = torch.stack([target["labels"], -target["labels"]], dim=1)  # (N, 2)
+    pipeline = v2.Compose(
+        [
+            CopyPaste(object_keys=("labels", "track_ids"), generator=torch.Generator().manual_seed(0)),
+            v2.RandomHorizontalFlip(p=1.0),
+            v2.Resize((128, 128), interpolation=v2.InterpolationMode.NEAREST),
+        ]
+    )
+    moved = {
+        seed: F.resize(F.horizontal_flip(image), [128, 128], interpolation=v2.InterpolationMode.NEAREST)
+        for seed, (image, _) in samples.items()
+    }  # the input images as the pipeline moves them
+    seen_paste = False
+    for _ in range(8):
+        images, targets = pipeline([samples[1][0], samples[2][0]], [samples[1][1], samples[2][1]])
+        for seed, image, target in zip((1, 2), images, targets, strict=True):
+            boxes, masks = target["boxes"], target["masks"]
+            assert isinstance(image, tv_tensors.Image) and image.shape == (3, 128, 128)
+            assert isinstance(masks, tv_tensors.Mask) and masks.dtype == torch.uint8
+            assert boxes.format.name == box_format and boxes.canvas_size == (128, 128)
+            assert len(boxes) == len(masks) == len(target["labels"]) > 0
+            xyxy = F.convert_bounding_box_format(boxes, new_format="XYXY")
+            assert torch.equal(xyxy, masks_to_boxes(masks) + torch.tensor([0, 0, 1, 1]))
+            assert torch.equal(target["track_ids"], torch.stack([target["labels"], -target["labels"]], dim=1))
+            for mask, label in zip(masks.bool(), target["labels"].tolist(), strict=True):
+                origin = label // 10  # the sample the object came from
+                x0, y0, x1, y1 = rects[origin][label % 10 - 1]
+                inside = torch.zeros_like(mask)
+                inside[2 * y0 : 2 * y1, 2 * (64 - x1) : 2 * (64 - x0)] = True  # its flipped, resized rect
+                assert mask.any() and not (mask & ~inside).any()
+                assert torch.equal(image[:, mask], moved[origin][:, mask])
+                seen_paste |= origin != seed
+    assert seen_paste

@@ -20,11 +20,12 @@ like any other mask.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from vvk.augment.masks import Cover, LocalMask, RunMask
+from vvk.augment.masks import Box, Cover, InstanceMask, LocalMask
 
 BOX_PX = 10  # official copy_paste_box_update_threshold, mmdet bbox_occluded_thr
 AREA_PX = 300  # official copy_paste_occluded_obj_threshold, mmdet mask_occluded_thr
@@ -35,7 +36,7 @@ class Instance:
     """One object in a jittered frame: its class, its mask, and where it came from."""
 
     category_id: int
-    mask: LocalMask | RunMask
+    mask: InstanceMask
     iscrowd: bool = False
     origin: int | None = None  # id of the annotation it was made from
 
@@ -68,8 +69,8 @@ def choose_objects(rng: np.random.Generator, num_candidates: int, max_objects: i
 
 
 def survives_occlusion(
-    box_before: tuple[int, int, int, int] | None,
-    box_after: tuple[int, int, int, int] | None,
+    box_before: Box | None,
+    box_after: Box | None,
     area_after: int,
     *,
     box_px: float = BOX_PX,
@@ -87,7 +88,7 @@ def survives_occlusion(
 def compose(
     dst: np.ndarray,
     src: np.ndarray,
-    masks: list[LocalMask | RunMask],
+    masks: Sequence[InstanceMask],
     blend_sigma: float = 0.0,
     *,
     in_place: bool = False,
@@ -125,13 +126,13 @@ def compose(
     return out
 
 
-def _overlap(a: tuple[int, int, int, int] | None, b: tuple[int, int, int, int]) -> bool:
+def _overlap(a: Box | None, b: Box) -> bool:
     return a is not None and a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def _whole_pixels(image: np.ndarray) -> np.ndarray:
     """(H, W, C) -> (H, W) view with one opaque item per pixel: a masked copy of whole pixels
-    is about 3x faster than broadcasting the mask over the channels."""
+    is faster than broadcasting the mask over the channels."""
     pixel = np.dtype((np.void, image.dtype.itemsize * image.shape[2]))
     return image.view(pixel)[:, :, 0]
 

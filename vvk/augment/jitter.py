@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from vvk.augment import runs
-from vvk.augment.masks import LocalMask, RunMask
+from vvk.augment.masks import Box, InstanceMask, LocalMask, RunMask
 from vvk.errors import VvkError
 
 SCALE_PRESETS = {"lsj": (0.1, 2.0), "ssj": (0.8, 1.25)}  # large / standard scale jitter
@@ -139,7 +139,7 @@ def source_box(segmentation: Any, height: int, width: int) -> tuple[float, float
     return x, y, x + w, y + h
 
 
-def frame_window(box: tuple[float, float, float, float], jitter: Jitter) -> tuple[int, int, int, int] | None:
+def frame_window(box: tuple[float, float, float, float], jitter: Jitter) -> Box | None:
     """Integer (x0, y0, x1, y1) in the frame that covers an input box, cut to the content."""
     # Plain floats: numpy's per-call overhead dominates on two points, for every object.
     (h, w), (sh, sw), (oy, ox) = jitter.in_size, jitter.scaled, jitter.offset
@@ -152,7 +152,7 @@ def frame_window(box: tuple[float, float, float, float], jitter: Jitter) -> tupl
 
 def jitter_segmentation(
     segmentation: Any, jitter: Jitter, box: tuple[float, float, float, float] | None = None
-) -> LocalMask | RunMask:
+) -> InstanceMask:
     """A COCO segmentation of the input image as a mask in the jittered frame.
 
     Polygons (COCO lists or ``Polygons``) are mapped exactly and rasterised in the whole frame,
@@ -164,7 +164,7 @@ def jitter_segmentation(
     frame = (jitter.size, jitter.size)
     window = frame_window(box or source_box(segmentation, h, w), jitter)
     if window is None:
-        return LocalMask(0, 0, np.zeros((0, 0), dtype=bool), frame)
+        return LocalMask.empty(frame)
     if isinstance(segmentation, list):
         segmentation = Polygons.from_coco(segmentation)
     if isinstance(segmentation, Polygons):

@@ -1,24 +1,80 @@
 """Instance masks in a large frame, held so that their cost is what the object covers.
 
-A 1024x1024 frame with twenty objects would be 20 MB of full-frame masks, and every union,
-subtraction, area, box and RLE would touch all of it. ``LocalMask`` keeps the small window of
-pixels that holds the object (masks made from pixels: online use, resampled RLE annotations);
-``RunMask`` keeps the spans of the frame's column-major index that are ones (polygons rasterised
-by ``vvk.augment.runs``), which is all that area, box, subtraction and the RLE written need.
-Both answer the same calls: area, box, tight, minus(cover), local, paint, to_full, to_rle,
-to_polygons.
+``InstanceMask`` is the contract Copy-Paste relies on for one object's binary mask in an (H, W)
+frame: its area, its tight box, the mask less a ``Cover`` (the union of pasted masks), the
+pixels of its tight window (``local``), its spans (``vvk.augment.runs``), the frame's pixels,
+and COCO's RLE and polygons. Two classes implement it, and give the same answers on the same
+mask:
+
+- ``LocalMask``: the window of pixels that holds the object (masks made from pixels: the
+  online transform's ``tv_tensors.Mask``, resampled RLE annotations);
+- ``RunMask``: the spans of ones of the frame's column-major index (polygons rasterised by
+  ``vvk.augment.runs``); area, box, subtraction and RLE never expand the pixels.
+
+Boxes here are ``Box`` tuples, XYXY in pixel edges (a one-pixel mask at (x, y) has the box
+(x, y, x + 1, y + 1)): per object in the dataset writer's loop, where a tensor would cost more
+than the work. ``vvk.augment.transform`` turns them into ``tv_tensors.BoundingBoxes``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from vvk.augment import runs
 from vvk.data.coco import tight_box
+
+Box = tuple[int, int, int, int]  # (x0, y0, x1, y1) pixel edges of the frame, x1 and y1 exclusive
+
+
+@runtime_checkable
+class InstanceMask(Protocol):
+    """One object's binary mask in an (H, W) ``frame``: what Copy-Paste does with a mask.
+
+    Implementations are immutable: every operation returns a new mask or a new array.
+    """
+
+    @property
+    def frame(self) -> tuple[int, int]:
+        """(H, W) of the frame the mask lives in."""
+
+    @property
+    def area(self) -> int:
+        """Pixels that are ones."""
+
+    @property
+    def box(self) -> Box | None:
+        """Tight XYXY box in pixel edges; None when the mask is empty."""
+
+    @property
+    def spans(self) -> np.ndarray:
+        """(n, 2) int64 spans of ones of the frame's column-major index (``vvk.augment.runs``)."""
+
+    @property
+    def local(self) -> LocalMask:
+        """The pixels of a window holding every one of the mask."""
+
+    def tight(self) -> InstanceMask:
+        """The same mask with nothing to trim (the window, if any, is its box)."""
+
+    def minus(self, cover: Cover) -> InstanceMask:
+        """This mask with the covered pixels removed (not necessarily tight)."""
+
+    def paint(self, canvas: np.ndarray) -> None:
+        """OR this mask into an (H, W) bool canvas."""
+
+    def to_full(self) -> np.ndarray:
+        """(H, W) bool pixels of the whole frame."""
+
+    def to_rle(self) -> dict[str, Any]:
+        """Compressed COCO RLE of the whole frame, ``counts`` as a str (as JSON holds it)."""
+
+    def to_polygons(self) -> list[list[float]]:
+        """Outer boundaries as flat COCO polygons; holes are filled."""
 
 
 def _rle(spans: np.ndarray, frame: tuple[int, int]) -> dict[str, Any]:
@@ -41,6 +97,10 @@ class LocalMask:
     frame: tuple[int, int]
 
     @classmethod
+    def empty(cls, frame: tuple[int, int]) -> LocalMask:
+        return cls(0, 0, np.zeros((0, 0), dtype=bool), frame)
+
+    @classmethod
     def from_full(cls, full: np.ndarray) -> LocalMask:
         """The tight window of an (H, W) bool mask."""
         return cls(0, 0, np.asarray(full, dtype=bool), tuple(full.shape)).tight()
@@ -55,8 +115,7 @@ class LocalMask:
         return slice(self.top, self.top + h), slice(self.left, self.left + w)
 
     @cached_property
-    def box(self) -> tuple[int, int, int, int] | None:
-        """Tight (x0, y0, x1, y1) in frame pixel edges (x1, y1 exclusive); None when empty."""
+    def box(self) -> Box | None:
         box = tight_box(self.bits)
         if box is None:
             return None
@@ -79,7 +138,7 @@ class LocalMask:
     def tight(self) -> LocalMask:
         box = self.box
         if box is None:
-            return LocalMask(0, 0, np.zeros((0, 0), dtype=bool), self.frame)
+            return LocalMask.empty(self.frame)
         x0, y0, x1, y1 = box
         if (x1 - x0, y1 - y0) == (self.bits.shape[1], self.bits.shape[0]):
             return self
@@ -158,8 +217,7 @@ class RunMask:
         return self._stats[0]
 
     @property
-    def box(self) -> tuple[int, int, int, int] | None:
-        """Tight (x0, y0, x1, y1) in frame pixel edges (x1, y1 exclusive); None when empty."""
+    def box(self) -> Box | None:
         area, *box = self._stats
         return tuple(box) if area else None
 
@@ -175,7 +233,7 @@ class RunMask:
         """The pixels of the tight window."""
         box = self.box
         if box is None:
-            return LocalMask(0, 0, np.zeros((0, 0), dtype=bool), self.frame)
+            return LocalMask.empty(self.frame)
         x0, y0, x1, y1 = box
         bits = runs.decode_window(self.spans, self.frame[0], x0, y0, x1, y1)
         return LocalMask.from_tight(y0, x0, bits, self.frame, self.area)
@@ -197,7 +255,7 @@ class Cover:
     """The union of the masks pasted on a frame, each form made on first use: (H, W) pixels
     (for ``LocalMask.minus`` and callers who want the union) and spans (for ``RunMask.minus``)."""
 
-    def __init__(self, frame: tuple[int, int], masks: list[LocalMask | RunMask]):
+    def __init__(self, frame: tuple[int, int], masks: Sequence[InstanceMask]):
         self.frame = frame
         self.masks = masks
 

@@ -2,14 +2,13 @@
 
 A mask of an (H, W) frame is its *spans*: an (n, 2) int64 array of ``[start, end)`` intervals
 of the column-major pixel index ``col * H + row`` (COCO's RLE order) that are ones, sorted,
-disjoint and never touching. Its cost is the number of runs, not the frame: a 1024² frame with
-twenty objects stays a few kilobytes, and every operation a copy-paste needs (rasterising a
-polygon, union, subtraction, area, box, the RLE string, the pixels of a window) is one call.
+disjoint and never touching. Its cost is the number of runs, not the frame, and every operation
+a copy-paste needs (rasterising a polygon, union, subtraction, area, box, the RLE string, the
+pixels of a window) is one compiled call (``vvk.augment.masks.RunMask`` is the mask built on it).
 
-Each call does in one compiled loop what would otherwise be a dozen numpy or pycocotools calls
-per object, whose fixed costs dominated Copy-Paste's mask work. The references are pycocotools
-(``rleFrPoly`` for polygons, ``rleToString`` for strings; cocoapi ``common/maskApi.c``) and numpy
-on full frames: ``tests/augment/test_runs.py`` checks every kernel against them.
+The kernels answer exactly as their references do: pycocotools (``rleFrPoly`` for polygons,
+``rleToString`` for strings; cocoapi ``common/maskApi.c``) and numpy on full frames, which
+``tests/augment/test_runs.py`` checks.
 
 Compiled with numba on first use and cached beside this file (or in numba's user cache).
 """

@@ -1,12 +1,15 @@
-"""LocalMask: window arithmetic and encodings must equal the full-frame computations."""
+"""The two InstanceMask classes: window arithmetic and encodings equal the full-frame
+computations, and LocalMask and RunMask answer alike on the same mask."""
 
 from __future__ import annotations
+
+import inspect
 
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from vvk.augment.masks import Cover, LocalMask, RunMask
+from vvk.augment.masks import Cover, InstanceMask, LocalMask, RunMask
 from vvk.data.coco import decode_segmentation, tight_box
 
 
@@ -94,21 +97,49 @@ def test_cover_is_the_union_as_pixels_and_as_spans():
         assert np.array_equal(RunMask(cover.spans, frame).to_full(), union), trial
 
 
+def test_both_classes_implement_the_protocol():
+    """Every member of InstanceMask is on both classes, methods with the protocol's parameters,
+    so code typed against the protocol can be handed either."""
+    members = {name: value for name, value in vars(InstanceMask).items() if not name.startswith("_")}
+    assert {"area", "box", "minus", "local", "spans", "to_rle"} <= set(members)
+    full = np.zeros((6, 5), bool)
+    full[1:4, 2:5] = True
+    local = LocalMask.from_full(full)
+    for mask in (local, RunMask(local.spans, local.frame)):
+        assert isinstance(mask, InstanceMask)
+        for name, member in members.items():
+            if isinstance(member, property):
+                assert not callable(getattr(mask, name)), name  # an attribute, not a method
+            else:
+                expected = list(inspect.signature(member).parameters)
+                assert list(inspect.signature(getattr(type(mask), name)).parameters) == expected, name
+    assert not isinstance(Cover(local.frame, [local]), InstanceMask)  # has spans, lacks the rest
+
+
+def assert_same_mask(run: InstanceMask, local: InstanceMask) -> None:
+    """Every answer of the protocol, from the one and from the other."""
+    assert run.frame == local.frame and run.area == local.area and run.box == local.box
+    assert np.array_equal(run.spans, local.spans)
+    window_run, window_local = run.local.tight(), local.local.tight()
+    assert (window_run.top, window_run.left) == (window_local.top, window_local.left)
+    assert np.array_equal(window_run.bits, window_local.bits)
+    assert run.to_rle() == local.to_rle() and np.array_equal(run.to_full(), local.to_full())
+    canvas = np.zeros(run.frame, bool)
+    run.paint(canvas)
+    assert np.array_equal(canvas, local.to_full())
+
+
 def test_run_mask_answers_as_the_pixels_do():
-    """Area, box, RLE, subtraction of a cover and the pixels of a RunMask equal LocalMask's."""
+    """A RunMask and a LocalMask of the same pixels give the same answers to every protocol
+    call, before and after subtracting a cover; polygons are compared on the original masks."""
     rng = np.random.default_rng(5)
     for _ in range(100):
         frame = (int(rng.integers(1, 40)), int(rng.integers(1, 40)))
         local = random_cover(rng, frame, 1)[0]
         run = RunMask(local.spans, frame)
-        assert run.area == local.area and run.box == local.box
-        assert run.to_rle() == local.to_rle() and np.array_equal(run.to_full(), local.to_full())
+        assert_same_mask(run, local)
         assert run.tight() is run
-        cover = Cover(frame, random_cover(rng, frame, int(rng.integers(0, 3))))
-        rest_run, rest_local = run.minus(cover), local.minus(cover).tight()
-        assert rest_run.area == rest_local.area and rest_run.box == rest_local.box
-        assert rest_run.to_rle() == rest_local.to_rle()
-        canvas = np.zeros(frame, bool)
-        rest_run.paint(canvas)
-        assert np.array_equal(canvas, rest_local.to_full())
         assert run.to_polygons() == local.to_polygons()
+        cover = Cover(frame, random_cover(rng, frame, int(rng.integers(0, 3))))
+        assert_same_mask(run.minus(cover), local.minus(cover))
+        assert_same_mask(run.minus(cover), local.minus(cover).tight())
