@@ -61,4 +61,5 @@ def test_models_list_command_counts_params(cli, toy_model):
         "params": 8 * 4 + 4 + 4 * 2 + 2,
         "default_input": [8],
         "source": "tests",
+        "weights": [],
     }

@@ -8,6 +8,8 @@ import json
 import os
 import random
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -46,6 +48,13 @@ def test_entry_schema(name):
         assert entry.metrics["ImageNet-1k"]["acc@1"] == weights.meta["_metrics"]["ImageNet-1K"]["acc@1"]
 
 
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_every_architecture_can_be_built_here(name):
+    from vvk.models.pretrained import check_architecture
+
+    check_architecture(REAL[name])
+
+
 @pytest.mark.parametrize(
     "name", sorted(n for n, e in REAL.items() if e.architecture.startswith("open_clip:"))
 )
@@ -54,9 +63,10 @@ def test_open_clip_entries_match_built_model(name):
 
     entry = REAL[name]
     arch = entry.architecture.split(":", 1)[1]
-    assert arch in open_clip.list_models()
-    model = open_clip.create_model(arch, pretrained=None, quick_gelu=True, device="meta")
+    model = open_clip.create_model(arch, pretrained=None, device="meta")
     assert sum(p.numel() for p in model.parameters()) == entry.num_params
+    if "openaipublic" in str(entry.source.url):  # OpenAI trained CLIP with QuickGELU
+        assert open_clip.get_model_config(arch).get("quick_gelu"), f"{name}: use {arch}-quickgelu"
 
 
 def _write_registry(tmp_path: Path, tables: dict[str, dict]) -> Path:
@@ -100,6 +110,8 @@ def _entry(**overrides) -> dict:
         ({"source": {"hf": "no-slash"}}, "owner/name"),
         ({"metrics": {"toy": 3}}, "field 'metrics'"),
         ({"colour": "blue"}, "unknown field(s) colour"),
+        ({"architecture": "timm:resnet50"}, "field 'architecture': unknown architecture source 'timm:'"),
+        ({"architecture": "open_clip:"}, "field 'architecture': the architecture name is empty"),
     ],
 )
 def test_schema_errors_name_entry_and_field(tmp_path, overrides, message):
@@ -107,6 +119,38 @@ def test_schema_errors_name_entry_and_field(tmp_path, overrides, message):
     with pytest.raises(VvkError) as info:
         load_registry(path)
     assert "entry 'bad.entry'" in str(info.value) and message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"architecture": "no-such-model"}, "is not in the model registry"),
+        (
+            {"architecture": "r3d-rs-50", "task": "image-backbone"},
+            "has task 'video-backbone', not the entry's 'image-backbone'",
+        ),
+        ({"architecture": "torchvision:resnet5000"}, "is not a torchvision builder"),
+        (
+            {
+                "architecture": "torchvision:resnet18",
+                "source": {"torchvision": "ResNet50_Weights.IMAGENET1K_V1"},
+            },
+            "does not take torchvision's ResNet50_Weights.IMAGENET1K_V1",
+        ),
+        ({"architecture": "open_clip:ViT-Z-99"}, "is not an open_clip model config"),
+    ],
+)
+def test_unbuildable_architectures_are_refused(tmp_path, overrides, message):
+    from vvk.models.pretrained import check_architecture
+
+    table = _entry(**overrides)
+    if "torchvision" in table["source"]:
+        table["sha256"] = "0123abcd"
+    (entry,) = load_registry(_write_registry(tmp_path, {"bad.entry": table})).values()
+    with pytest.raises(
+        VvkError, match=f"weights 'bad.entry': architecture '{table['architecture']}' {message}"
+    ):
+        check_architecture(entry)
 
 
 def test_missing_field_and_malformed_toml(tmp_path):
@@ -118,6 +162,40 @@ def test_missing_field_and_malformed_toml(tmp_path):
     broken.write_text('["x"\nfile = ')
     with pytest.raises(VvkError, match=r"broken.toml: malformed TOML"):
         load_registry(broken)
+
+
+def test_list_by_model_pattern_stays_torch_free(tmp_path):
+    registry = _write_registry(
+        tmp_path,
+        {
+            "clip.test": _entry(architecture="open_clip:ViT-B-32-quickgelu", task="vision-language"),
+            "rn50.test": _entry(architecture="torchvision:resnet50"),
+            "r3d.test": _entry(architecture="r3d-rs-50", task="video-backbone"),
+        },
+    )
+    patterns = {
+        "open_clip:*": ["clip.test"],
+        "ViT-B-*": ["clip.test"],  # the name without its source prefix
+        "resnet50": ["rn50.test"],
+        "torchvision:resnet*": ["rn50.test"],
+        "r3d-rs-*": ["r3d.test"],
+        "spinenet-*": [],
+    }
+    script = (
+        "import json, sys\nfrom vvk.cli import main\n"
+        f"for pattern in {list(patterns)!r}:\n"
+        "    assert main(['weights', 'list', '--model', pattern, '--json']) == 0\n"
+        "print(json.dumps(['torch' in sys.modules]))\n"
+    )
+    env = {**os.environ, "VVK_WEIGHTS_TOML": str(registry)}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    *rows, torch_imported = proc.stdout.splitlines()
+    assert json.loads(torch_imported) == [False]
+    listed = [json.loads(row)["name"] for row in rows]
+    assert listed == [name for names in patterns.values() for name in names]
 
 
 def test_parse_hf_spec():
@@ -211,6 +289,29 @@ def test_hf_hub_spec_resolves_and_checks_blob_digest(hub, monkeypatch):
         resolve("hf-hub:vvk-test/tiny/model.safetensors")
     with pytest.raises(VvkError, match="not in the Hugging Face cache"):
         resolve("hf-hub:vvk-test/absent/model.safetensors")
+
+
+def test_hf_hub_spec_loads_a_vvk_checkpoint(tmp_path, monkeypatch):
+    """``vvk.models.load("hf-hub:...")`` rebuilds the model a checkpoint on the Hub records."""
+    import huggingface_hub.constants as hf_constants
+    import torch
+
+    import vvk.models
+
+    torch.manual_seed(0)
+    source = vvk.models.build("vatt-video-tiny").eval()
+    payload = vvk.models.save(source, tmp_path / "staged" / "backbone.safetensors").read_bytes()
+    cache = tmp_path / "hf"
+    _make_hub_cache(cache, "vvk-test/vatt", "backbone.safetensors", payload)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    model = vvk.models.load("hf-hub:vvk-test/vatt/backbone.safetensors", tasks={"video-backbone"}).eval()
+    x = torch.randn(1, *vvk.models.get_entry("vatt-video-tiny").default_input)
+    torch.testing.assert_close(model(x)["pooled"], source(x)["pooled"], rtol=0, atol=0)
+    blob = next((cache / "models--vvk-test--vatt" / "blobs").iterdir())
+    blob.write_bytes(payload[:-1] + bytes([payload[-1] ^ 0xFF]))
+    with pytest.raises(VvkError, match="sha256 mismatch"):
+        vvk.models.load("hf-hub:vvk-test/vatt/backbone.safetensors")
 
 
 def test_real_registry_pull_offline_fails_fast():

@@ -14,10 +14,15 @@ file name, which is what ``torch.hub`` checks); such entries hold that prefix.
 
 Offline (``HF_HUB_OFFLINE=1`` or ``VVK_OFFLINE=1``) a missing file is an error at once; online,
 an unreachable source is an error after at most ``VVK_DOWNLOAD_TIMEOUT`` seconds (default 15).
+
+Each entry is bound to the architecture it loads into (timm's ``arch.tag``): a vvk registry name,
+``torchvision:<builder>`` or ``open_clip:<model config>``. This module only reads and matches
+those strings, so listing stays torch-free; ``vvk.models.pretrained`` builds and loads them.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 import re
@@ -41,9 +46,23 @@ else:  # pragma: no cover
 
 HF_PREFIX = "hf-hub:"
 SOURCE_KINDS = ("hf", "url", "torchvision")
-TASKS = ("video-backbone", "image-backbone", "vision-language", "detection", "tracking", "texture")
+# The model registry's tasks (an entry of a vvk architecture has its model's task) and the
+# tasks of other sources' models.
+TASKS = (
+    "video-backbone",
+    "image-backbone",
+    "audio-backbone",
+    "text-backbone",
+    "multimodal-backbone",
+    "vision-language",
+    "detection",
+    "tracking",
+    "texture",
+)
 REQUIRED_FIELDS = ("architecture", "task", "source", "file", "sha256", "license", "paper", "metrics")
 OPTIONAL_FIELDS = ("description", "num_params", "input")
+VVK_ARCHITECTURE = "vvk"
+EXTERNAL_ARCHITECTURES = ("torchvision", "open_clip")  # the "<source>:" prefixes vvk converts on load
 _SHA_RE = re.compile(r"^[0-9a-f]{8,64}$")
 _CHUNK = 1 << 20
 
@@ -98,6 +117,27 @@ class WeightsEntry:
             "description": self.description,
             "cached": cached_path(self) is not None,
         }
+
+
+def split_architecture(architecture: str) -> tuple[str, str]:
+    """``"torchvision:resnet50"`` -> ``("torchvision", "resnet50")``; a vvk registry name ``n`` ->
+    ``("vvk", n)``. Raises ``ValueError`` for an unknown prefix or an empty name."""
+    kind, sep, name = architecture.partition(":")
+    if not sep:
+        kind, name = VVK_ARCHITECTURE, architecture
+    elif kind not in EXTERNAL_ARCHITECTURES:
+        raise ValueError(f"unknown architecture source '{kind}:'; expected one of {EXTERNAL_ARCHITECTURES}")
+    if not name:
+        raise ValueError("the architecture name is empty")
+    return kind, name
+
+
+def fits(entry: WeightsEntry, pattern: str) -> bool:
+    """Whether ``entry`` loads into an architecture matching the shell-style ``pattern``, which is
+    tried on the whole architecture (``torchvision:resnet*``, ``open_clip:*``) and on the name
+    without its source prefix (``resnet50``, ``ViT-B-*``)."""
+    _, name = split_architecture(entry.architecture)
+    return fnmatch.fnmatch(entry.architecture, pattern) or fnmatch.fnmatch(name, pattern)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,6 +195,10 @@ def _parse_entry(path: Path, name: str, table: Any) -> WeightsEntry:
     for key in ("architecture", "file", "license", "paper"):
         if not isinstance(table[key], str) or not table[key]:
             raise fail(f"field '{key}' must be a non-empty string")
+    try:
+        split_architecture(table["architecture"])
+    except ValueError as e:
+        raise fail(f"field 'architecture': {e}") from e
     return WeightsEntry(
         name=name,
         architecture=table["architecture"],
@@ -394,6 +438,16 @@ def parse_hf_spec(spec: str) -> tuple[str, str, str | None]:
     owner, name, file = parts
     name, _, revision = name.partition("@")
     return f"{owner}/{name}", file, revision or None
+
+
+def lookup(spec: str, *, registry: dict[str, WeightsEntry] | None = None) -> WeightsEntry | None:
+    """The registry entry a ``--weights`` value names, or None when it is an hf-hub spec, an
+    existing path (which wins over a registry name of the same spelling, as in ``resolve``) or
+    no known name."""
+    if spec.startswith(HF_PREFIX) or Path(spec).expanduser().exists():
+        return None
+    registry = load_registry() if registry is None else registry
+    return registry.get(spec)
 
 
 def resolve(spec: str, *, registry: dict[str, WeightsEntry] | None = None, progress: bool = True) -> Path:

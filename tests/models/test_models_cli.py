@@ -33,3 +33,37 @@ def test_without_flops_no_macs_are_counted(cli, monkeypatch):
         "vatt-video-tiny",
     ]
     assert all("macs" not in r for r in rows)
+
+
+def test_weights_column_names_the_entries_of_each_model(cli, monkeypatch):
+    from vvk.weights import Source, WeightsEntry
+
+    def entry(name: str, architecture: str) -> WeightsEntry:
+        return WeightsEntry(
+            name=name,
+            architecture=architecture,
+            task="video-backbone",
+            source=Source(kind="url", url=f"https://example.org/{name}.safetensors"),
+            file=f"{name}.safetensors",
+            sha256="0" * 64,
+            license="MIT",
+            paper="https://example.org",
+            metrics={},
+        )
+
+    registry = {
+        e.name: e
+        for e in (
+            entry("r3d-tiny.a", "r3d-tiny"),
+            entry("r3d-tiny.b", "r3d-tiny"),
+            entry("tv.x", "torchvision:r3d_18"),
+        )
+    }
+    monkeypatch.setattr("vvk.weights.load_registry", lambda path=None: registry)
+    result = cli("models", "list", "r3d-*tiny", "--json")
+    assert result.code == 0, result.stderr
+    weights = {row["name"]: row["weights"] for row in map(json.loads, result.stdout.splitlines())}
+    assert weights == {"r3d-tiny": ["r3d-tiny.a", "r3d-tiny.b"], "r3d-y-tiny": []}
+    table = cli("models", "list", "r3d-*tiny")
+    assert table.code == 0, table.stderr
+    assert "r3d-tiny.a, r3d-tiny.b" in table.stdout and "weights" in table.stdout

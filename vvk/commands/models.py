@@ -25,15 +25,20 @@ def list_(
     ] = False,
     json_output: JsonOpt = False,
 ) -> None:
-    """List registered models with task, parameter count and default input.
+    """List registered models with task, parameter count, default input and their named weights.
 
-    Counts are taken on the meta device: nothing is allocated, no weights are needed.
+    Counts are taken on the meta device: nothing is allocated, no weights are needed. The weights
+    column names the `vvk weights list` entries that load into each model; weights for torchvision
+    and open_clip architectures are listed by `vvk weights list --model 'torchvision:*'` (or
+    'open_clip:*').
 
     EXAMPLES: vvk models list  ·  vvk models list 'spinenet-*' --json  ·  vvk models list 'r3d-rs-*' --flops
     """
     from vvk.models import get_entry, list_models
     from vvk.models.profile import count_macs_by_name, count_params_by_name, human_count
+    from vvk.weights import load_registry
 
+    weights = load_registry().values()
     rows = []
     for name in list_models(pattern, task=task):
         entry = get_entry(name)
@@ -44,6 +49,7 @@ def list_(
                 "params": count_params_by_name(name),
                 "default_input": list(entry.default_input),
                 "source": entry.source,
+                "weights": [w.name for w in weights if w.architecture == name],
             }
         )
         if flops:
@@ -51,8 +57,16 @@ def list_(
     out = Output(json_output)
     if not rows and not json_output:
         out.note("no models match" if pattern or task else "the registry is empty")
-    display = [{**r, "params": f"{r['params'] / 1e6:.2f}M"} for r in rows]
-    columns = [("name", "name"), ("task", "task"), ("params", "params"), ("default_input", "default input")]
+    display = [
+        {**r, "params": f"{r['params'] / 1e6:.2f}M", "weights": ", ".join(r["weights"]) or None} for r in rows
+    ]
+    columns = [
+        ("name", "name"),
+        ("task", "task"),
+        ("params", "params"),
+        ("default_input", "default input"),
+        ("weights", "weights"),
+    ]
     if flops:
         display = [{**r, "macs": human_count(r["macs"])} for r in display]
         columns.insert(3, ("macs", "MACs"))

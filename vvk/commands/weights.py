@@ -23,16 +23,35 @@ def list_(
     task: Annotated[
         str | None, typer.Option(click_type=click.Choice(TASKS), help="Only entries of this task.")
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            metavar="PATTERN",
+            help="Only entries whose architecture matches this shell-style pattern, tried on the whole "
+            "architecture and on it without its 'torchvision:'/'open_clip:' prefix: 'r3d-rs-*', "
+            "'open_clip:*', 'resnet50'.",
+        ),
+    ] = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """List every entry of the registry and whether it is cached here.
+    """List every entry of the registry, the architecture it loads into, and whether it is cached.
 
-    EXAMPLES: vvk weights list  ·  vvk weights list --json | jq -r .name
+    An architecture is a vvk model (`vvk models list`), torchvision:BUILDER or open_clip:CONFIG.
+
+    EXAMPLES: vvk weights list --model 'open_clip:*'  ·  vvk weights list --json | jq -r .name
     """
-    from vvk.weights import load_registry
+    from vvk.weights import fits, load_registry
 
-    rows = [e.summary() for e in load_registry().values() if task is None or e.task == task]
-    Output(json_output).table(
+    rows = [
+        e.summary()
+        for e in load_registry().values()
+        if (task is None or e.task == task) and (model is None or fits(e, model))
+    ]
+    out = Output(json_output)
+    if not rows and not json_output:
+        out.note("no weights match" if task or model else "the registry is empty")
+    out.table(
         rows,
         [
             ("name", "name"),

@@ -1,7 +1,8 @@
-"""Model zoo: the registry, the families registered in it, and checkpoint I/O."""
+"""Model zoo: the registry, the families registered in it, checkpoint I/O and pretrained loading."""
 
 from vvk.models import backbones  # noqa: F401  (importing the families fills the registry)
-from vvk.models.checkpoint import load, save
+from vvk.models.checkpoint import save
+from vvk.models.pretrained import load
 from vvk.models.profile import count_params
 from vvk.models.registry import build, get_entry, list_models, register
 

@@ -7,15 +7,17 @@
 - ``backbone.json``: the sidecar, with architecture, kwargs, vvk and torch versions, step,
   metrics and the sha256 of the tensors file.
 
-``load(spec)`` rebuilds the architecture through the registry, checks the sha256 against the
+``load_file(path)`` rebuilds the architecture through the registry, checks the sha256 against the
 sidecar, and loads strictly: missing or unexpected keys are an error that lists them (silently
-zero-initialised tensors have bitten other ports).
+zero-initialised tensors have bitten other ports). ``vvk.models.load`` (``vvk.models.pretrained``)
+is the entry point that also takes registry names, hf-hub specs and other sources' formats.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ import vvk
 from vvk.atomic import atomic_path, atomic_write_text
 from vvk.errors import VvkError
 from vvk.models.registry import ARCH_ATTR, build
-from vvk.weights import resolve, sha256_file, verify_file
+from vvk.weights import sha256_file, verify_file
 
 FORMAT = "vvk-checkpoint"
 FORMAT_VERSION = 1
@@ -115,28 +117,42 @@ def read_arch(path: str | os.PathLike) -> dict[str, Any]:
     return {"name": record["name"], "kwargs": record["kwargs"], "sha256": None}
 
 
-def load(spec: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild and load a model from a vvk checkpoint (path, registry name or hf-hub spec)."""
-    path = resolve(str(spec))
+def load_file(
+    path: str | os.PathLike, *, architecture: str | None = None, map_location: str | torch.device = "cpu"
+) -> nn.Module:
+    """Rebuild and load the model of a local vvk checkpoint file, on ``map_location``.
+
+    Args:
+        architecture: the registry name the file must hold (a weights entry's); a file recording
+            another architecture is an error.
+    """
     arch = read_arch(path)
+    if architecture is not None and arch["name"] != architecture:
+        raise VvkError(f"{path}: holds a '{arch['name']}' model, not the registered '{architecture}'")
     if arch["sha256"]:
         verify_file(path, arch["sha256"], what="checkpoint")
     model = build(arch["name"], **arch["kwargs"])
-    load_weights(model, path, device=map_location)
-    return model
+    load_weights(model, path)
+    return model.to(map_location)
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, *, device: str | torch.device = "cpu") -> None:
     """Load a safetensors file into ``model`` strictly, with an error listing any key mismatch."""
+    load_strictly(path, lambda: _st_load_model(unwrap(model), str(path), strict=False, device=str(device)))
+
+
+def load_strictly(path: str | os.PathLike, load: Callable[[], tuple[Sequence[str], Sequence[str]]]) -> None:
+    """Run ``load`` (a non-strict state-dict load returning its missing and unexpected keys) and
+    turn any mismatch, of keys or of shapes, into one ``VvkError`` naming ``path`` and the keys."""
     try:
-        missing, unexpected = _st_load_model(unwrap(model), str(path), strict=False, device=str(device))
+        missing, unexpected = load()
     except RuntimeError as e:  # shape mismatches
         raise VvkError(f"{path}: does not fit the model: {' '.join(str(e).split())[:400]}") from e
     if missing or unexpected:
         raise VvkError(f"{path}: does not fit the model: {_describe_keys(missing, unexpected)}")
 
 
-def _describe_keys(missing: list[str], unexpected: list[str]) -> str:
+def _describe_keys(missing: Sequence[str], unexpected: Sequence[str]) -> str:
     parts = []
     for label, keys in (("missing", missing), ("unexpected", unexpected)):
         if keys:
