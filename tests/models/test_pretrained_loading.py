@@ -204,12 +204,21 @@ def test_openai_torchscript_archive_loads(caches, tiny_clip):
 
 
 @pytest.mark.parametrize("form", ["open_clip_pytorch_model.bin", "open_clip_model.safetensors", "epoch_3.pt"])
-def test_open_clip_state_dicts_load(caches, tiny_clip, form):
+def test_open_clip_state_dicts_load(caches, tiny_clip, form, monkeypatch):
     path = _url_cache("tiny-clip.test", form)
     _save_state_dict(tiny_clip, path, form)
     entry = _entry("tiny-clip.test", f"open_clip:{TINY_CLIP}", "vision-language", path)
+    unpickled_with = []
+    real_torch_load = torch.load
+
+    def spy(*args, **kwargs):
+        unpickled_with.append(kwargs.get("weights_only"))
+        return real_torch_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
     with torch.no_grad():
         _assert_same_clip(load(entry.name, registry={entry.name: entry}), tiny_clip)
+    assert all(unpickled_with), "a pickled state dict is read with weights_only=True"
 
 
 # ---------------------------------------------------------------------------------------------

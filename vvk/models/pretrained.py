@@ -122,11 +122,12 @@ _LOADERS: dict[str, Callable[[str, Path], nn.Module]] = {
 
 
 def _is_torchscript_archive(path: Path) -> bool:
-    """TorchScript archives are zip files with a ``constants.pkl`` record (torch.load's own test)."""
+    """torch.load's own test: a torch zip (records under one top folder) with a ``constants.pkl``
+    record. Anything else is read with ``weights_only=True``."""
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as archive:
-        return any(name.rsplit("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
+        return any(name.split("/")[1:] == ["constants.pkl"] for name in archive.namelist())
 
 
 @contextmanager
