@@ -1,10 +1,12 @@
-"""The training loop in one process: learning, accumulation, signals, non-finite losses, the run folder."""
+"""The training loop in one process: learning, accumulation, signals, non-finite losses, the run folder,
+metrics lines, device reads."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+from collections import Counter
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from torch.utils.data import Dataset
 
 import vvk.models
 from vvk.engine import NonFiniteLoss, RunDir, TrainConfig, train
+from vvk.engine.host_reads import HostReads
 from vvk.errors import VvkError
 from vvk.models.registry import register, unregister
 
@@ -175,3 +178,88 @@ def test_tensorboard_is_optional(tmp_path):
         return
     run(tmp_path, steps=2, tensorboard=True)
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def _bad_at(step: int, spoil):
+    """mse_step, with ``spoil(model, out) -> out`` applied at optimizer step ``step``."""
+    calls = []
+
+    def spoiled(model, batch):
+        calls.append(1)
+        out = mse_step(model, batch)
+        return spoil(model, out) if len(calls) == step else out
+
+    return spoiled
+
+
+def _trained(run_dir, steps: int):
+    model = _linear()
+    run(run_dir, model=model, steps=steps, schedule="constant")  # the rate of each step whatever `steps`
+    return _weights(model)
+
+
+@pytest.mark.parametrize(
+    "spoil,message",
+    [
+        # A NaN the loss's own gradients do not carry: multiplied into the gradients, it stops the step.
+        (lambda model, out: {"loss": out["loss"] + torch.tensor(float("nan"))}, "non-finite loss at step 3"),
+        # A finite loss with a NaN gradient (d sqrt(|0 w|) = inf * 0).
+        (
+            lambda model, out: {"loss": out["loss"] + (model.weight * 0).abs().sqrt().sum()},
+            "non-finite gradient at step 3 (loss=",
+        ),
+    ],
+)
+def test_a_non_finite_step_is_refused_whatever_carries_the_nan(tmp_path, spoil, message):
+    model = _linear()
+    with pytest.raises(NonFiniteLoss, match=message.replace("(", r"\(")):
+        run(tmp_path / "bad", model=model, step_fn=_bad_at(3, spoil), schedule="constant")
+    torch.testing.assert_close(_weights(model), _trained(tmp_path / "two", steps=2), rtol=0, atol=0)
+
+
+def test_a_non_finite_logged_value_stops_the_run_at_the_next_line_before_its_checkpoint(tmp_path):
+    calls = []
+
+    def logged(model, batch):
+        calls.append(1)
+        return {**mse_step(model, batch), "logged": torch.tensor(float("nan") if len(calls) == 3 else 1.0)}
+
+    model = _linear()
+    with pytest.raises(NonFiniteLoss, match=r"non-finite loss in steps 3-4 \(logged=nan.*step-00000002"):
+        run(tmp_path, model=model, step_fn=logged, log_every=5, checkpoint_every=2)
+    assert RunDir(tmp_path).latest().name == "step-00000002"
+    assert torch.isfinite(_weights(model)).all()  # the logged value never reached the gradients
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [2]  # no line with a NaN in it
+
+
+def test_a_line_holds_the_means_since_the_previous_line(tmp_path):
+    calls = []
+
+    def numbered(model, batch):
+        calls.append(1)
+        return {**mse_step(model, batch), "call": torch.tensor(float(len(calls)))}
+
+    result = run(tmp_path, step_fn=numbered, steps=8, log_every=4, checkpoint_every=6)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    # Lines every 4 steps, at the checkpoint of step 6, and at the end.
+    assert [(line["step"], line["call"]) for line in lines] == [(4, 2.5), (6, 5.5), (8, 7.5)]
+    assert result.losses["call"] == 7.5
+
+
+def test_one_device_read_per_step_and_one_more_per_metrics_line(tmp_path):
+    # Accumulation, clipping and EMA on. The previous loop read the losses (.tolist()) and the
+    # gradient norm (.item()) every step: two reads; now only the guard's flag is read.
+    calls = []
+
+    def counted(model, batch):
+        calls.append(1)
+        return mse_step(model, batch)
+
+    reads = Counter()
+    settings = {"grad_accum": 2, "grad_clip": 1.0, "ema_decay": 0.9, "log_every": 4, "checkpoint_every": 0}
+    with HostReads("cpu", on_read=lambda: reads.update([(len(calls) + 1) // 2])):  # by optimizer step
+        run(tmp_path, step_fn=counted, steps=10, **settings)
+    assert {s: reads[s] for s in range(1, 10)} == {s: 2 if s % 4 == 0 else 1 for s in range(1, 10)}
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [4, 8, 10] and all(line["grad_norm"] > 0 for line in lines)

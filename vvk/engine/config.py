@@ -16,6 +16,7 @@ from vvk.errors import VvkError
 Optimizer = Literal["sgd", "lars", "adamw"]
 Schedule = Literal["cosine", "constant"]
 Precision = Literal["fp32", "bf16", "fp16"]
+ReplicaGrads = Literal["mean", "sum"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,13 @@ class TrainConfig:
         warmup_steps: linear warm-up from 0 to ``lr``.
         schedule: after warm-up, cosine down to ``lr * min_lr_ratio``, or constant.
         grad_clip: clip the global gradient norm to this (0: off).
+        replica_grads: how the gradients of several processes combine. "mean" (DDP's): a step
+            is that of one process on the global batch, whatever the number of processes.
+            "sum": each process's gradient (of its loss, and of the L2 weight decay of sgd and
+            lars) is added up, as ``tf.distribute`` optimizers do for the TF Model Garden tasks
+            that do not divide their loss by the replica count (see docs/notes/constcl.md); the
+            step then grows with the number of processes, and a rate taken from such a recipe
+            means what it meant there only with as many processes as it had replicas.
         ema_decay: keep an exponential moving average of the weights (0: off).
         precision: autocast dtype; fp16 also scales the loss. bf16/fp16 matter on a GPU.
         checkpoint_every: steps between checkpoints (0: only at the end and on a signal).
@@ -61,6 +69,7 @@ class TrainConfig:
     schedule: Schedule = "cosine"
     min_lr_ratio: float = 0.0
     grad_clip: float = 0.0
+    replica_grads: ReplicaGrads = "mean"
     ema_decay: float = 0.0
     precision: Precision = "fp32"
     checkpoint_every: int = 500
@@ -81,6 +90,7 @@ class TrainConfig:
             "optimizer": self.optimizer in ("sgd", "lars", "adamw"),
             "schedule": self.schedule in ("cosine", "constant"),
             "precision": self.precision in ("fp32", "bf16", "fp16"),
+            "replica_grads": self.replica_grads in ("mean", "sum"),
             "warmup_steps": 0 <= self.warmup_steps <= self.steps,
             "ema_decay": 0 <= self.ema_decay < 1,
             "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,

@@ -63,13 +63,26 @@ def mean_across_ranks(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return values
 
 
-def any_rank(flag: bool, ctx: DistContext) -> bool:
-    """True on every rank when it is true on one (a signal may reach only some of them)."""
-    if not ctx.distributed:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+class RankVote:
+    """Whether any rank raised a flag (a stop signal may reach only some of them), agreed on by
+    every rank without blocking: ``post`` starts an all-reduce of this rank's flag, ``result``
+    waits for it (on a GPU the stream waits, not the host) and returns the agreed flag as a
+    device tensor, 1.0 or 0.0, for the caller to read along with its own flags. Every rank
+    posts once per step, in the same order as its other collectives."""
+
+    def __init__(self, ctx: DistContext):
+        self._flag = torch.zeros((), device=ctx.device)
+        self._work: dist.Work | None = None
+
+    def post(self, flag: bool) -> None:
+        self._flag.fill_(float(flag))  # a kernel argument: no host-to-device copy to wait for
+        self._work = dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, async_op=True)
+
+    def result(self) -> torch.Tensor:
+        if self._work is not None:
+            self._work.wait()
+            self._work = None
+        return self._flag
 
 
 def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:

@@ -25,10 +25,41 @@ The contract:
 - Several processes: run the same program under ``torchrun --nproc_per_node=N``; the
   environment says so (NCCL on GPUs, gloo on the CPU). Only rank 0 logs and writes.
 - The run folder holds config, metrics, checkpoints and the summary (``vvk.engine.state``).
-  SIGINT/SIGTERM finish the current step, save a checkpoint and return with status
-  "interrupted"; ``resume=True`` continues from the latest checkpoint, bit-for-bit as if never
-  stopped (on the CPU with a fixed seed); a non-finite loss raises ``NonFiniteLoss`` before the
-  bad step touches the weights, keeping the last good checkpoint.
+  SIGINT/SIGTERM finish the current step (with several processes, the next one: the ranks
+  agree on it first), save a checkpoint and return with status "interrupted";
+  ``resume=True`` continues from the latest checkpoint, bit-for-bit as if never stopped (on the
+  CPU with a fixed seed); a non-finite loss raises ``NonFiniteLoss`` before the bad step
+  touches the weights, keeping the last good checkpoint.
+- Metrics: a line of ``metrics.jsonl`` holds the mean of every value ``step_fn`` returned over
+  the steps since the previous line (averaged over ranks), with the learning rate and the
+  clipped gradient norm of its own step. Lines are written every ``log_every`` steps, at every
+  checkpoint and at the end; ``TrainResult.losses`` is the last line's values.
+
+Synchronisation. On a GPU every read of a device value (``.item()``, ``.tolist()``, ...)
+makes the host wait for the device, which then idles while the host launches the next work.
+The loop reads the device once per optimizer step, and once more when it writes a line:
+
+- The per-step read is one flag, checked after backward and before the update: is every
+  gradient finite (``_foreach_norm``; or the clipping norm, computed anyway), and, with several
+  processes, did a stop signal reach any rank (``RankVote``: an all-reduce started at the
+  beginning of the step, waited for by the device, not the host). DDP has all-reduced the
+  gradients, so every rank reads the same flag, without a collective of its own, and all
+  stop together: a rank that stopped alone would leave the others waiting in a collective.
+- A non-finite loss reaches that flag through its gradients: the loss is multiplied by NaN
+  before backward when it is not finite (``_poisoned``), so the gradients are NaN on every
+  rank even where the loss's own gradients were finite, and the step is refused in time.
+- The values ``step_fn`` returns stay on the device, summed, and are read only for a line:
+  one all-reduce and one transfer (as nanoGPT reads its loss only on logging steps). A
+  non-finite value that did not reach the gradients (one that is only logged) stops the run
+  when it is read, at the latest on the next line, which always comes before a checkpoint, so
+  the latest checkpoint stays a good one. Its updates were finite: the weights are too.
+- fp16: ``GradScaler`` reads its own overflow flag each step and skips a step whose gradients
+  overflowed, which is the normal course of loss scaling, not an error; the loop adds no
+  gradient check of its own, and a NaN loss (its step skipped by the scaler) stops the run on
+  the next line. With several processes the stop vote is read just before the scaler's
+  read, with nothing queued between them: the host waits once.
+- ``replica_grads="sum"`` (``TrainConfig``) multiplies the loss by the world size before
+  backward, so DDP's average of the gradients is their sum.
 """
 
 from __future__ import annotations
@@ -52,7 +83,7 @@ from vvk.data.loader import make_loader
 from vvk.engine.config import TrainConfig
 from vvk.engine.dist import (
     DistContext,
-    any_rank,
+    RankVote,
     barrier,
     gather_objects,
     init_distributed,
@@ -70,7 +101,7 @@ StepFn = Callable[[nn.Module, dict[str, Any]], Mapping[str, torch.Tensor]]
 
 
 class NonFiniteLoss(VvkError):
-    """A loss became NaN or infinite; the run stopped before applying that step."""
+    """A loss (or a gradient) became NaN or infinite; the run stopped before it reached the weights."""
 
 
 @dataclass(frozen=True)
@@ -116,7 +147,7 @@ def _train(
     run = RunDir.prepare(run_dir, method=method, config=config, resume=resume, is_main=ctx.is_main)
     seed_all(config.seed + ctx.rank)  # augmentation and dropout differ per rank; data order is seeded apart
     model.to(ctx.device).train()
-    optimizer = build_optimizer(model, config)
+    optimizer = build_optimizer(model, config, world_size=ctx.world_size)
     ema = EMA(model, config.ema_decay) if config.ema_decay else None
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.precision == "fp16")
     saved = _restore(run, ctx, model, ema, optimizer, scaler) if resume else None
@@ -135,44 +166,33 @@ def _train(
     bad_files = BadFiles() if bad_files is None else bad_files
     log = TrainLog(run, config, active=ctx.is_main, world_size=ctx.world_size, start_step=step)
     state = {"model": model, "optimizer": optimizer, "scaler": scaler, "ema": ema, "arch": arch}
+    meter, guard = _Meter(ctx, start=step), _Guard(ctx, check_grads=config.precision != "fp16")
     losses: dict[str, float] = {}
     status = "finished"
     with StopRequest() as stop, contextlib.closing(log):
         while step < config.steps:
             lr = set_lr(optimizer, lr_at(step, config))
-            sums: dict[str, torch.Tensor] = {}
-            for micro in range(config.grad_accum):
-                batch = next(batches)
-                bad_files.merge(batch.pop("skipped", ()))
-                batch = _to_device(batch, ctx.device)
-                # DDP all-reduces gradients in backward; only the last micro-step needs it.
-                last = micro == config.grad_accum - 1
-                with contextlib.nullcontext() if last or not ctx.distributed else net.no_sync():
-                    with autocast(ctx.device, config.precision):
-                        out = dict(step_fn(net, batch))
-                        total = out.pop("loss") if "loss" in out else sum(out.values())
-                    scaler.scale(total / config.grad_accum).backward()
-                for name, value in {"loss": total, **out}.items():
-                    sums[name] = sums.get(name, 0.0) + value.detach().float() / config.grad_accum
-            # One all-reduce and one device sync per step: every rank sees the same numbers.
-            reduced = mean_across_ranks(torch.stack(list(sums.values())), ctx)
-            losses = dict(zip(sums, reduced.tolist(), strict=True))
-            _stop_if_not_finite(losses, step + 1, run)
+            guard.post(stop.requested is not None)
+            names, values = _forward_backward(net, step_fn, batches, bad_files, scaler, config, ctx)
             scaler.unscale_(optimizer)
             grad_norm = (
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip).item()
-                if config.grad_clip
-                else None
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip) if config.grad_clip else None
             )
+            non_finite, stopping = guard.read(model, grad_norm, stop.requested is not None)
+            if non_finite:
+                raise _refused_step(names, values, step + 1, run, ctx)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             if ema is not None:
                 ema.update(model)
             step += 1
-            log.step(step, losses, lr=lr, grad_norm=grad_norm)
-            stopping = any_rank(stop.requested is not None, ctx)
-            if stopping or _checkpoint_due(step, config):
+            meter.add(names, values, grad_norm)
+            checkpoint = stopping or _checkpoint_due(step, config)
+            if checkpoint or step % config.log_every == 0 or step == config.steps:
+                losses = _write_line(log, meter, run, step, lr)
+            log.advance(step)
+            if checkpoint:
                 _checkpoint(run, ctx, step, keep=config.keep_checkpoints, **state)
             if stopping:
                 status = "interrupted"
@@ -180,6 +200,152 @@ def _train(
         bad = _merge_bad_files(gather_objects(bad_files.summary(), ctx))
         summary = log.finish(status=status, step=step, losses=losses, bad_files=bad)
     return TrainResult(status, step, losses, run.path, summary)
+
+
+def _forward_backward(
+    net: nn.Module,
+    step_fn: StepFn,
+    batches,
+    bad_files: BadFiles,
+    scaler,
+    config: TrainConfig,
+    ctx: DistContext,
+) -> tuple[list[str], torch.Tensor]:
+    """The micro-steps of one optimizer step, their gradients summed in ``.grad``. Returns the
+    names of the values ``step_fn`` returned (the total first, as "loss") and their mean over
+    the micro-steps, (K,) on the device."""
+    replicas = ctx.world_size if config.replica_grads == "sum" else 1  # DDP then averages R x g_r
+    names: list[str] | None = None
+    sums: torch.Tensor | None = None
+    for micro in range(config.grad_accum):
+        batch = next(batches)
+        bad_files.merge(batch.pop("skipped", ()))
+        batch = _to_device(batch, ctx.device)
+        # DDP all-reduces gradients in backward; only the last micro-step needs it.
+        last = micro == config.grad_accum - 1
+        with contextlib.nullcontext() if last or not ctx.distributed else net.no_sync():
+            with autocast(ctx.device, config.precision):
+                out = dict(step_fn(net, batch))
+                total = out.pop("loss") if "loss" in out else sum(out.values())
+            scaler.scale(_poisoned(total) * replicas / config.grad_accum).backward()
+        names = _same_names(names, ["loss", *out])
+        values = torch.stack([v.detach().float() for v in (total, *out.values())])  # (K,)
+        sums = values if sums is None else sums + values
+    return names, sums / config.grad_accum
+
+
+def _poisoned(total: torch.Tensor) -> torch.Tensor:
+    """``total``, whose gradients are all NaN when it is not finite (and exactly its own when
+    it is): DDP all-reduces them, so a NaN loss on one rank reaches every rank's gradient check
+    in the same step, with no collective of its own."""
+    return total * torch.where(torch.isfinite(total.detach()), 1.0, math.nan)
+
+
+def _same_names(names: list[str] | None, now: list[str]) -> list[str]:
+    if names is not None and now != names:
+        raise VvkError(f"step_fn returned {now} after {names}: it must return the same values every step")
+    return now
+
+
+class _Guard:
+    """The one device read of an optimizer step (module docstring, "Synchronisation"): are the
+    gradients finite, and did any rank get a stop signal. Every rank reads the same answers."""
+
+    def __init__(self, ctx: DistContext, *, check_grads: bool):
+        self.check_grads = check_grads
+        self.vote = RankVote(ctx) if ctx.distributed else None
+
+    def post(self, stop_requested: bool) -> None:
+        """At the start of a step: share this rank's stop request."""
+        if self.vote is not None:
+            self.vote.post(stop_requested)
+
+    def read(
+        self, model: nn.Module, grad_norm: torch.Tensor | None, stop_requested: bool
+    ) -> tuple[bool, bool]:
+        """After backward (and clipping): ``(gradients not finite, stop after this step)``."""
+        flags: dict[str, torch.Tensor] = {}
+        grads = [p.grad for p in model.parameters() if p.grad is not None] if self.check_grads else []
+        if grads:
+            flags["non_finite"] = _non_finite(grads, grad_norm).float()
+        if self.vote is not None:
+            flags["stop"] = self.vote.result()
+        read = dict(zip(flags, torch.stack(list(flags.values())).tolist(), strict=True)) if flags else {}
+        return bool(read.get("non_finite", 0.0)), bool(read["stop"]) if "stop" in read else stop_requested
+
+
+def _non_finite(grads: list[torch.Tensor], grad_norm: torch.Tensor | None) -> torch.Tensor:
+    """0-d bool on the device: does any gradient hold a NaN or an infinity."""
+    if grad_norm is not None:  # clipping's 2-norm, NaN or inf with any such entry (or past float range)
+        return ~torch.isfinite(grad_norm)
+    # The largest |entry| of each tensor: NaN propagates, and unlike a 2-norm it cannot overflow.
+    return ~torch.isfinite(torch.stack(torch._foreach_norm(grads, math.inf))).all()
+
+
+class _Meter:
+    """The values of the steps since the last metrics line, summed on the device; ``read``
+    averages them over steps and ranks in one all-reduce and one transfer."""
+
+    def __init__(self, ctx: DistContext, *, start: int):
+        self.ctx = ctx
+        self.since = start + 1  # the first step of the current line
+        self.names: list[str] | None = None
+        self._sums: torch.Tensor | None = None
+        self._steps = 0
+        self._grad_norm: torch.Tensor | None = None
+
+    def add(self, names: list[str], values: torch.Tensor, grad_norm: torch.Tensor | None) -> None:
+        self.names = _same_names(self.names, names)
+        self._sums = values if self._sums is None else self._sums + values
+        self._steps += 1
+        self._grad_norm = grad_norm
+
+    def read(self) -> tuple[dict[str, float], float | None]:
+        """``(the values' means, the last step's gradient norm)``; starts the next line."""
+        parts = [self._sums / self._steps]  # (K,)
+        if self._grad_norm is not None:
+            parts.append(self._grad_norm.detach().float().reshape(1))
+        means = mean_across_ranks(torch.cat(parts), self.ctx).tolist()  # the line's one read
+        self.since += self._steps
+        self._sums, self._steps = None, 0
+        grad_norm = means[len(self.names)] if self._grad_norm is not None else None
+        return dict(zip(self.names, means, strict=False)), grad_norm
+
+
+def _write_line(log: TrainLog, meter: _Meter, run: RunDir, step: int, lr: float) -> dict[str, float]:
+    """Read the values of the steps since the last line and log them; a non-finite one stops the
+    run instead (its line is not written: metrics.jsonl stays plain JSON)."""
+    first = meter.since
+    losses, grad_norm = meter.read()
+    bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+    if bad:
+        steps = f"step {step}" if first == step else f"steps {first}-{step}"
+        raise NonFiniteLoss(
+            f"non-finite loss in {steps} ({_values(bad)}; read with the metrics); no non-finite "
+            f"gradient reached the weights; {_kept(run)}"
+        )
+    log.line(step, losses, lr=lr, grad_norm=grad_norm)
+    return losses
+
+
+def _refused_step(names: list[str], values: torch.Tensor, step: int, run: RunDir, ctx: DistContext):
+    """The error for a step whose gradients are not finite. Every rank is here (the flag is the
+    same on all), so the collective that averages the step's values is matched."""
+    now = dict(zip(names, mean_across_ranks(values, ctx).tolist(), strict=True))
+    bad = {k: v for k, v in now.items() if not math.isfinite(v)}
+    what = "loss" if bad else "gradient"
+    return NonFiniteLoss(
+        f"non-finite {what} at step {step} ({_values(bad or now)}); stopped before applying it; {_kept(run)}"
+    )
+
+
+def _values(values: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.6g}" for k, v in values.items())
+
+
+def _kept(run: RunDir) -> str:
+    where = run.latest()
+    return f"the last good checkpoint is {where}" if where else "no checkpoint was written yet"
 
 
 def _checkpoint_due(step: int, config: TrainConfig) -> bool:
@@ -213,7 +379,10 @@ def _restore(run: RunDir, ctx: DistContext, model, ema, optimizer, scaler) -> di
     saved = run.load(folder, model=model, ema=ema and ema.module, device=ctx.device)
     if ctx.is_main:
         run.trim_metrics(saved["step"])
+    decays = [group["weight_decay"] for group in optimizer.param_groups]
     optimizer.load_state_dict(saved["optimizer"])
+    for group, decay in zip(optimizer.param_groups, decays, strict=True):
+        group["weight_decay"] = decay  # this run's: with replica_grads="sum" it depends on the world size
     scaler.load_state_dict(saved["scaler"])
     if len(saved["rng"]) != ctx.world_size and ctx.is_main:
         sys.stderr.write(
@@ -221,15 +390,6 @@ def _restore(run: RunDir, ctx: DistContext, model, ema, optimizer, scaler) -> di
             "the data order continues differently\n"
         )
     return saved
-
-
-def _stop_if_not_finite(losses: dict[str, float], step: int, run: RunDir) -> None:
-    bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
-    if bad:
-        where = run.latest()
-        keep = f"the last good checkpoint is {where}" if where else "no checkpoint was written yet"
-        values = ", ".join(f"{k}={v}" for k, v in bad.items())
-        raise NonFiniteLoss(f"non-finite loss at step {step} ({values}); stopped before applying it; {keep}")
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

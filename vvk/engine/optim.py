@@ -78,8 +78,15 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, config.weight_decay)
+def build_optimizer(model: nn.Module, config: TrainConfig, *, world_size: int = 1) -> torch.optim.Optimizer:
+    """The configured optimizer over ``param_groups``; ``world_size`` processes train together.
+
+    With ``replica_grads="sum"`` the L2 weight decay of sgd and lars is multiplied by the world
+    size: where that convention comes from, the L2 term is part of every replica's loss, so
+    its gradient is summed with the rest (AdamW's decoupled decay is no gradient, and stays).
+    """
+    coupled = config.replica_grads == "sum" and config.optimizer != "adamw"
+    groups = param_groups(model, config.weight_decay * (world_size if coupled else 1))
     if config.optimizer == "sgd":
         for g in groups:
             g.pop("lars")

@@ -1,6 +1,7 @@
 """What a run tells the user: a progress bar, metrics.jsonl, TensorBoard, the final summary.
 
-Only the main rank reports; on other ranks every method here does nothing. Throughput is
+Only the main rank reports; on other ranks every method here does nothing. The loop decides
+when a line is written (it reads the device for it; ``vvk.engine.loop``). Throughput is
 measured between two metric lines: steps/s, and clips/s = steps/s × the clips one optimizer
 step sees across all ranks.
 """
@@ -29,13 +30,15 @@ class TrainLog:
         self._tb = _tensorboard(run) if active and config.tensorboard else None
         self._bar = _progress_bar(config.steps, start_step) if active and config.progress else None
 
-    def step(self, step: int, losses: dict[str, float], **scalars: float | None) -> None:
-        """After optimizer step ``step`` (1-based): advance the bar, maybe write a metrics line."""
-        if not self.active:
-            return
+    def advance(self, step: int) -> None:
+        """After optimizer step ``step`` (1-based): move the progress bar."""
         if self._bar is not None:
-            self._bar[0].update(self._bar[1], completed=step, loss=f"{losses.get('loss', 0.0):.4g}")
-        if step % self.config.log_every and step != self.config.steps:
+            self._bar[0].update(self._bar[1], completed=step)
+
+    def line(self, step: int, losses: dict[str, float], **scalars: float | None) -> None:
+        """Write the metrics line of step ``step``: ``losses`` (means since the previous line),
+        ``scalars`` of this step (None: left out), and the throughput since the previous line."""
+        if not self.active:
             return
         now = time.perf_counter()
         steps_per_s = (step - self._mark[0]) / max(now - self._mark[1], 1e-9)
@@ -48,9 +51,8 @@ class TrainLog:
         self._file.write(json.dumps(line) + "\n")
         self._file.flush()
         if self._bar is not None:
-            self._bar[0].update(
-                self._bar[1], rate=f"{steps_per_s:.2f} steps/s {line['clips_per_s']:.1f} clips/s"
-            )
+            rate = f"{steps_per_s:.2f} steps/s {line['clips_per_s']:.1f} clips/s"
+            self._bar[0].update(self._bar[1], loss=f"{losses.get('loss', 0.0):.4g}", rate=rate)
         if self._tb is not None:
             for key, value in line.items():
                 if key != "step":

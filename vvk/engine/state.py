@@ -126,8 +126,11 @@ class RunDir:
         if not path.is_file() or not is_main:
             return
         old = json.loads(path.read_text(encoding="utf-8"))
+        defaults = TrainConfig().to_json()  # a field newer than the run's config had its default
         changed = sorted(
-            k for k, v in config.to_json().items() if k not in _RESUMABLE_CHANGES and old.get(k) != v
+            k
+            for k, v in config.to_json().items()
+            if k not in _RESUMABLE_CHANGES and old.get(k, defaults[k]) != v
         )
         if changed:
             sys.stderr.write(
