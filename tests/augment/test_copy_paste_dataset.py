@@ -82,7 +82,7 @@ def test_pixel_truth_and_per_object_occlusion_on_real_data(tiny_coco, tmp_path):
             full = inst.mask.to_full()
             union |= full
             assert np.array_equal(rendered.image[full], rendered.jittered_src[full])
-        assert np.array_equal(union, rendered.union)
+        assert np.array_equal(union, rendered.union.to_full())
         assert np.array_equal(rendered.image[~union], rendered.jittered_dst[~union])
         if pasted:
             pasted_copies += 1

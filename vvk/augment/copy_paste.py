@@ -1,6 +1,7 @@
 """Simple Copy-Paste (Ghiasi et al., CVPR 2021) on one destination and one source image.
 
-Both images are already jittered to the same square frame. A random subset of the source's
+Both images are already jittered to the same square frame, and each object's mask is an
+``InstanceMask`` of that frame (``vvk.augment.masks``). A random subset of the source's
 objects is pasted on top of the destination; the destination's objects lose the pasted pixels
 and are updated per object, as mmdetection's ``CopyPaste`` does (the official TF code decides
 "occluded" once for the whole image, see ``../shared/reference/detection.md`` §3.2):
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vvk.augment.masks import Box, Cover, InstanceMask, LocalMask
+from vvk.augment.masks import Box, Cover, InstanceMask, LocalMask, RunMask
 
 BOX_PX = 10  # official copy_paste_box_update_threshold, mmdet bbox_occluded_thr
 AREA_PX = 300  # official copy_paste_occluded_obj_threshold, mmdet mask_occluded_thr
@@ -53,9 +54,9 @@ class PasteResult:
     pasted_flags: list[bool] = field(default_factory=list)
 
     @property
-    def union(self) -> np.ndarray:
-        """(S, S) bool, the pasted pixels."""
-        return self.cover.bits
+    def union(self) -> InstanceMask:
+        """The pasted pixels, as one mask."""
+        return RunMask(self.cover.spans, self.cover.frame)
 
 
 def choose_objects(rng: np.random.Generator, num_candidates: int, max_objects: int) -> np.ndarray:

@@ -253,7 +253,7 @@ class RunMask:
 
 class Cover:
     """The union of the masks pasted on a frame, each form made on first use: (H, W) pixels
-    (for ``LocalMask.minus`` and callers who want the union) and spans (for ``RunMask.minus``)."""
+    (for ``LocalMask.minus``) and spans (for ``RunMask.minus``, and the union as a ``RunMask``)."""
 
     def __init__(self, frame: tuple[int, int], masks: Sequence[InstanceMask]):
         self.frame = frame

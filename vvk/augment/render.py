@@ -21,6 +21,7 @@ from vvk.augment.jitter import (
     jitter_segmentation,
     sample_jitter,
 )
+from vvk.augment.masks import InstanceMask
 from vvk.data.coco import rle_area_and_box
 from vvk.data.images import ImageReadError, load_rgb
 
@@ -86,7 +87,7 @@ class RenderedCopy:
     issues: dict[str, int] = field(default_factory=dict)
     jittered_dst: np.ndarray | None = None
     jittered_src: np.ndarray | None = None
-    union: np.ndarray | None = None
+    union: InstanceMask | None = None  # the pasted pixels
 
 
 def copy_rng(seed: int, image_id: int, copy: int) -> np.random.Generator:
