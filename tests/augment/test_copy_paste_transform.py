@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torchvision import tv_tensors
@@ -10,6 +11,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from vvk.augment import CopyPaste
+from vvk.data.coco import decode_segmentation, find_coco_layout, load_coco
+from vvk.data.images import load_rgb
 
 
 def sample(seed, rects, size=64, crowd=None, box_format="XYXY", mask_dtype=torch.bool):
@@ -147,3 +150,55 @@ def test_inside_v2_compose_boxes_masks_pixels_and_object_keys_stay_together(box_
                 assert torch.equal(image[:, mask], moved[origin][:, mask])
                 seen_paste |= origin != seed
     assert seen_paste
+
+
+def test_objects_with_empty_masks_are_dropped_with_their_rows():
+    """An earlier crop can leave a mask empty: it has no box, so it goes, and so do its rows."""
+    dst = sample(1, [(0, 0, 10, 10), (20, 20, 20, 20), (30, 30, 40, 44)], crowd=[0, 0, 1])  # middle: empty
+    src = sample(2, [(50, 50, 60, 60)], crowd=[0])
+    _, target = CopyPaste(max_objects=0).paste_pair(*dst, *src)
+    assert target["labels"].tolist() == [11, 13] and target["iscrowd"].tolist() == [0, 1]
+    assert target["boxes"].tolist() == [[0, 0, 10, 10], [30, 30, 40, 44]]
+
+
+def test_real_coco_samples_through_a_v2_pipeline(shared_data):
+    """tiny_coco images and masks, scale-jittered and cropped/padded per sample by v2, pasted,
+    then flipped as a batch by v2: boxes are their masks' tight boxes and the pixels under each
+    mask come from the image its object came from."""
+    dataset = load_coco(*find_coco_layout(shared_data / "coco" / "tiny_coco"))
+    torch.manual_seed(0)  # v2's random draws come from the global generator
+    jitter = v2.Compose([v2.ScaleJitter((256, 256), antialias=True), v2.RandomCrop(256, pad_if_needed=True)])
+    images, targets = [], []
+    for image_id in [i for i, anns in dataset.annotations.items() if anns][:6]:
+        info, anns = dataset.images[image_id], dataset.annotations[image_id]
+        masks = np.stack([decode_segmentation(a.segmentation, info.height, info.width) for a in anns])
+        masks = torch.from_numpy(masks)
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(
+                masks_to_boxes(masks) + torch.tensor([0, 0, 1, 1]),
+                format="XYXY",
+                canvas_size=masks.shape[-2:],
+            ),
+            "masks": tv_tensors.Mask(masks),
+            "labels": torch.tensor([a.category_id for a in anns]),
+            "iscrowd": torch.tensor([a.iscrowd for a in anns]),
+            "ann_ids": torch.tensor([a.id for a in anns]),
+        }
+        pixels = torch.from_numpy(load_rgb(dataset.image_path(info)))
+        image, target = jitter(tv_tensors.Image(pixels.permute(2, 0, 1)), target)  # (H, W, 3) -> (3, H, W)
+        images.append(image)
+        targets.append(target)
+    copy_paste = CopyPaste(
+        object_keys=("labels", "iscrowd", "ann_ids"), generator=torch.Generator().manual_seed(0)
+    )
+    out_images, out_targets = v2.Compose([copy_paste, v2.RandomHorizontalFlip(p=1.0)])(images, targets)
+    owner = {int(ann_id): k for k, t in enumerate(targets) for ann_id in t["ann_ids"]}  # object -> its sample
+    pasted = 0
+    for k, (image, target) in enumerate(zip(out_images, out_targets, strict=True)):
+        masks = target["masks"].bool()
+        assert torch.equal(target["boxes"], masks_to_boxes(masks) + torch.tensor([0, 0, 1, 1]))
+        for mask, ann_id in zip(masks, target["ann_ids"].tolist(), strict=True):
+            came_from = F.horizontal_flip(images[owner[ann_id]])
+            assert torch.equal(image[:, mask], came_from[:, mask])
+            pasted += owner[ann_id] != k
+    assert pasted > 0

@@ -9,7 +9,8 @@ Each sample gets a random subset of the previous sample's objects pasted on it (
 by one, as torchvision's detection reference ``SimpleCopyPaste`` pairs them); its own objects lose
 the pasted pixels and are dropped when occluded. The paste and the occlusion rule are
 ``vvk.augment.copy_paste.paste``, the code the dataset command runs. Crowd objects
-(``iscrowd``) are never pasted.
+(``iscrowd``) are never pasted. Objects whose mask is empty (an earlier crop cut them away)
+have no box and are dropped.
 
 In the returned targets the masks are the truth: ``boxes`` are their tight pixel-edge boxes (a
 one-pixel mask at (x, y) is (x, y, x + 1, y + 1) in XYXY) in the input boxes' format, dtype and
@@ -100,7 +101,7 @@ class CopyPaste(torch.nn.Module):
         chosen = [candidates[k] for k in choose_objects(rng, len(candidates), self.max_objects)]
         result = paste(
             image.permute(1, 2, 0).numpy(),  # (C, H, W) -> (H, W, C) view
-            _instances(target),
+            [inst for inst in _instances(target) if inst.mask.area],
             src_image.permute(1, 2, 0).numpy(),
             chosen,
             blend_sigma=self.blend_sigma,
