@@ -1,5 +1,6 @@
 """CVRL: the global loss against the reference's formula, identical views, the head and
-backbone shapes, and the tiny preset on real clips."""
+backbone shapes, the head's batch norm (apart from the backbone's and from ConST-CL's), and the
+tiny preset on real clips."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from vvk.data.video_transforms import VideoAugment, cvrl_view_augments
 from vvk.errors import VvkError
-from vvk.methods import cvrl
+from vvk.methods import constcl, cvrl
 from vvk.methods.cvrl import CvrlPreset
 from vvk.methods.cvrl.loss import contrastive_accuracy, global_loss
 from vvk.methods.cvrl.preset import view_augments
@@ -71,7 +73,7 @@ def test_identical_views_reach_full_accuracy_and_the_loss_vanishes_as_temperatur
 def test_paper_views_are_the_reference_views_and_strength_zero_turns_colour_off():
     paper = view_augments(CvrlPreset())
     for ours, reference in zip(paper, cvrl_view_augments(224), strict=True):
-        assert repr(ours.pipeline) == repr(reference.pipeline)
+        assert repr(ours) == repr(reference)
     # A flat colour stays exactly that colour through crop, flip and resize; jitter changes it.
     clip = torch.full((8, 3, 2, 32, 32), 100, dtype=torch.uint8)
     torch.manual_seed(0)
@@ -96,6 +98,36 @@ def test_reference_shapes_and_head_size():
     assert tuple(embedding.chunk(2)[0].shape) == (2, 128)
     assert sum(p.numel() for p in model.head.parameters()) == 12_857_472
     assert sum(p.numel() for p in model.backbone.parameters()) == 31_672_128  # README: 31.7M
+
+
+def _norms(module: nn.Module) -> set[tuple[float, float]]:
+    kinds = (nn.BatchNorm1d, nn.BatchNorm3d)
+    return {(m.momentum, m.eps) for m in module.modules() if isinstance(m, kinds)}
+
+
+def test_head_batch_norm_is_the_references_not_the_backbones_nor_constcls():
+    with torch.device("meta"):
+        model = cvrl.build(CvrlPreset())
+        constcl_model = constcl.build(constcl.PRESETS["paper"])
+    # video_ssl.py::VideoSSLModel.hidden_norm_activation: Keras momentum 0.997, eps 1e-5 ...
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in model.head.modules()) == 3
+    assert _norms(model.head) == {(0.003, 1e-5)}
+    # ... while the backbone keeps video_classification_kinetics600's 0.9 (0.1 here) ...
+    assert _norms(model.backbone) == {(0.1, 1e-5)}
+    # ... and ConST-CL's head its own 0.9 (const_cl.py::ConstCLModel.global_head).
+    assert _norms(constcl_model.head) == {(0.1, 1e-5)}
+
+
+def test_one_training_step_moves_the_head_running_mean_by_the_references_momentum():
+    torch.manual_seed(0)
+    model = cvrl.build(cvrl.PRESETS["tiny"]).train()
+    norm = model.head.net[1]
+    seen = []
+    model.head.net[0].register_forward_hook(lambda module, args, out: seen.append(out.detach()))
+    clips = torch.randint(0, 256, (4, 3, 8, 80, 80), dtype=torch.uint8)
+    model({"video": clips, "video_b": clips})
+    # Running statistics start at 0: one step leaves 0.003 x the batch mean of the BN input.
+    torch.testing.assert_close(norm.running_mean, 0.003 * seen[0].mean(dim=0))
 
 
 @pytest.mark.parametrize("backbone", ["r3d-rs-50", "r3d-tiny", "r3d-y-tiny"])

@@ -1,4 +1,4 @@
-"""The RetinaNet head, the shared layers, and MAC counting."""
+"""The RetinaNet head, the contrastive projection head, the shared layers, and MAC counting."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from vvk.models.heads import RetinaNetHead, build_retinanet
+from vvk.models.heads.projection import ProjectionMLP
 from vvk.models.layers import MBConv, SqueezeExcitation
 from vvk.models.profile import count_macs, human_count
 
@@ -61,6 +62,21 @@ def test_retinanet_end_to_end_on_a_tiny_backbone():
 def test_retinanet_needs_a_known_backbone():
     with pytest.raises(ValueError, match="no reference RetinaNet head for 'r3d-50'"):
         build_retinanet("r3d-50")
+
+
+@pytest.mark.parametrize("momentum", [0.003, 0.1])
+def test_projection_batch_norm_moves_its_running_mean_by_the_given_momentum(momentum):
+    torch.manual_seed(0)
+    head = ProjectionMLP(in_dim=6, hidden_dim=5, out_dim=3, layers=1, norm_momentum=momentum, norm_eps=1e-3)
+    norm = head.net[1]
+    assert (norm.momentum, norm.eps) == (momentum, 1e-3)
+    with torch.no_grad():
+        norm.running_mean.fill_(2.0)
+    x = torch.randn(8, 2, 6)  # leading axes folded: BN sees 16 rows
+    batch_mean = head.net[0](x.reshape(16, 6)).mean(dim=0).detach()
+    head.train()(x)
+    # PyTorch's convention: running <- (1 - m) * running + m * batch (Keras: m_keras = 1 - m).
+    torch.testing.assert_close(norm.running_mean, (1 - momentum) * 2.0 + momentum * batch_mean)
 
 
 def test_mbconv_residual_only_when_shapes_match():

@@ -32,6 +32,9 @@ class ConstclPreset(CvrlPreset):
     const_cl/configs/{const_cl.py, head.py, yaml/const_cl_pretrain_k400_200k.yaml}``."""
 
     backbone: str = "r3d-50-y"  # ResNet3DY: CVRL's R3D-50 with res5 built twice
+    # Global-head batch norm: const_cl.py::ConstCLModel.global_head sets Keras momentum 0.9
+    # (0.1 here), not CVRL's 0.997; eps 1e-5 as CVRL.
+    head_bn_momentum: float = 0.1
     local_temperature: float = 0.2  # ConstCLLosses
     local_weight: float = 0.001
     num_boxes: int = 8  # DataConfig.num_instances

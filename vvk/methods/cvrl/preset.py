@@ -46,6 +46,11 @@ class CvrlPreset:
     hidden_dim: int = 2048  # VideoSSLModel: 3 hidden layers of 2048, 128-d projection
     embed_dim: int = 128
     head_layers: int = 3
+    # Head batch norm, apart from the backbone's: video_ssl.py::VideoSSLModel.hidden_norm_activation
+    # keeps Keras momentum 0.997 (0.003 in PyTorch's convention), eps 1e-5; the k600 factory
+    # overrides only the backbone's norm_activation and the yaml only sync BN.
+    head_bn_momentum: float = 0.003
+    head_bn_eps: float = 1e-5
     temperature: float = 0.1  # SSLLosses.temperature
     # K600 yaml: global batch 1024 (per rank here: 16 ranks x 64), SGD momentum 0.9 without
     # Nesterov, cosine from 0.32 after 1787 linear warm-up steps, 71488 steps (200 epochs),
@@ -73,10 +78,9 @@ def tiny_train(**changes: Any) -> TrainConfig:
     return laptop_train(**{**settings, **changes})
 
 
-# A laptop CPU (2 cores), tuned on the ~16 real clips of ../shared/data/video for the clip-retrieval
-# check (vvk eval retrieval): the 1/8-width test ResNet without stochastic depth on 8-frame clips
+# A laptop CPU (2 cores): the 1/8-width test ResNet without stochastic depth on 8-frame clips
 # (stride 4, about a second) at 64², a small head, half-strength colour jitter and blur at
-# p 0.5 / 0.1 (at full strength a 0.3M-parameter network learns nothing in 700 steps), AdamW.
+# p 0.5 / 0.1 (full strength stalls a network this small: docs/notes/cvrl.md), AdamW.
 TINY_VIEWS: dict[str, Any] = {"size": 80, "crop": 64, "frames": 8, "stride": 4, "color_strength": 0.5,
                               "blur": (0.5, 0.1)}  # fmt: skip
 TINY_HEAD: dict[str, Any] = {"hidden_dim": 256, "embed_dim": 64, "head_layers": 2, "temperature": 0.2}
@@ -128,7 +132,8 @@ def global_head(preset: CvrlPreset, in_dim: int) -> ProjectionMLP:
     # The reference's hidden Dense layers carry a bias before batch norm, which BN cancels;
     # ProjectionMLP drops it (6,144 fewer parameters, same function).
     return ProjectionMLP(in_dim=in_dim, hidden_dim=preset.hidden_dim, out_dim=preset.embed_dim,
-                         layers=preset.head_layers)  # fmt: skip
+                         layers=preset.head_layers, norm_momentum=preset.head_bn_momentum,
+                         norm_eps=preset.head_bn_eps)  # fmt: skip
 
 
 def build(preset: CvrlPreset) -> CvrlModel:
@@ -141,5 +146,3 @@ def build(preset: CvrlPreset) -> CvrlModel:
         augment_b=augment_b,
         temperature=preset.temperature,
     )
-
-
