@@ -5,7 +5,7 @@ No code was published (reference/video_ssl.md §6); only the abstract is public.
 its description and the reference's suggested design, on the CVRL recipe the authors share::
 
     long clip ──augment──► backbone ─res5─┬─ GAP ─► global MLP ─► g_long ──┐ persistent loss
-    short clip (inside) ─► backbone ─res5─┼─ GAP ─► global MLP ─► g_short ─┘ (NT-Xent)
+    short clip (inside) ─► backbone ─res5─┼─ GAP ─► global MLP ─► g_short ─┘ (CVRL's loss)
                                           └─ spatial mean ─► per-step MLP ─► dense (B, T', D)
     (clips of the same length go through the backbone as one batch of 2B, as CVRL's views do)
 

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from vvk.data.video_transforms import VideoAugment
 from vvk.methods.base import PretrainModel, global_pool
-from vvk.methods.losses import nt_xent
+from vvk.methods.cvrl.loss import global_loss
 from vvk.methods.teg.loss import fine_grained_loss
 from vvk.models.heads.projection import ProjectionMLP
 
@@ -20,6 +20,9 @@ class TegModel(PretrainModel):
     """The training module: ``forward(batch)`` -> {"loss", "persistent", "fine_grained"}.
 
     ``loss = persistent + fine_weight · fine_grained``; the two parts are logged unweighted.
+    The persistent loss is CVRL's global loss on the two clips' global embeddings, the sum of
+    its two directions (long -> short and short -> long, each a mean over the batch); the
+    fine-grained loss has one direction (short steps -> long clip), a mean over the steps.
 
     Args:
         backbone: a 3D ResNet whose ``res5`` keeps time (temporal stride <= 2).
@@ -65,7 +68,7 @@ class TegModel(PretrainModel):
         where = short_steps_on_long(
             batch["index_map"], temporal_stride=self.temporal_stride, steps=dense_short.shape[1]
         )
-        persistent = nt_xent(global_long, global_short, self.temperature)
+        persistent = global_loss(global_long, global_short, self.temperature)
         fine = fine_grained_loss(dense_short, dense_long, where, self.fine_temperature)
         return {"loss": persistent + self.fine_weight * fine, "persistent": persistent, "fine_grained": fine}
 

@@ -11,6 +11,7 @@ from vvk.data.video_transforms import VideoAugment, cvrl_view_augments
 from vvk.engine import TrainConfig
 from vvk.errors import VvkError
 from vvk.methods.base import laptop_train
+from vvk.methods.cvrl.preset import CvrlPreset
 from vvk.methods.teg.model import FEATURE, TegModel
 from vvk.models import build as build_model
 from vvk.models.heads.projection import ProjectionMLP
@@ -35,7 +36,7 @@ class TegPreset:
     size: int = 256  # decoded short side; the random resized crop takes `crop` from it
     crop: int = 224  # CVRL's 224² views
     # CVRL's two asymmetric views (colour jitter, grayscale, blur, solarize); off: random
-    # resized crop and flip only, which a 1/8-width network can learn through in a few steps.
+    # resized crop and flip only, which leaves the embeddings free to key on colour.
     color_augment: bool = True
     fps: float | None = None  # the videos' own rate, as CVRL samples
     # Long clip: 16 frames every 8 (5.1 s at 25 fps), the persistent, slow view. Short clip:
@@ -44,14 +45,19 @@ class TegPreset:
     long_stride: int = 8
     short_frames: int = 16
     short_stride: int = 2
-    # Both heads have CVRL's global-head shape (3 x 2048 hidden, 128-d out), separate weights.
+    # Both heads have CVRL's global-head shape (3 x 2048 hidden, 128-d out) and batch norm
+    # (Keras momentum 0.997, eps 1e-5: CvrlPreset's head_bn_*), separate weights.
     hidden_dim: int = 2048
     embed_dim: int = 128
     head_layers: int = 3
-    temperature: float = 0.1  # persistent NT-Xent: CVRL's temperature
+    head_bn_momentum: float = CvrlPreset.head_bn_momentum
+    head_bn_eps: float = CvrlPreset.head_bn_eps
+    temperature: float = 0.1  # persistent loss: CVRL's global loss and temperature
     fine_temperature: float = 0.1  # the same scale for the dense InfoNCE
-    # λ = 1: both granularities weighted equally; the paper reports that the weighting trades
-    # fine-grained tasks against persistent ones, so this is the neutral starting point.
+    # λ = 1 weighs every directional InfoNCE term alike: the persistent loss is CVRL's sum of
+    # its two directions (long -> short, short -> long), the fine-grained loss has one (short
+    # steps -> long clip). The paper reports that the weighting trades fine-grained tasks
+    # against persistent ones, so this is the neutral starting point.
     fine_weight: float = 1.0
     # CVRL K600 yaml: SGD momentum 0.9, cosine from 0.32 with 1787 warm-up steps over 71488
     # steps, global batch 1024 (batch_size is per rank: 16 ranks x 64), L2 1e-6, bf16.
@@ -73,13 +79,12 @@ class TegPreset:
 PRESETS: dict[str, TegPreset] = {
     "paper": TegPreset(),
     # A laptop CPU: the 1/8-width test ResNet at 48², 8-frame clips whose short steps fall
-    # every half long step (every other positive is interpolated), small heads, crop and flip
-    # only, Adam at 3e-3: both losses well below chance within 60 steps.
+    # every half long step (every other positive is interpolated), small heads, CVRL's views,
+    # Adam at 3e-3.
     "tiny": TegPreset(
         backbone="r3d-tiny",
         size=64,
         crop=48,
-        color_augment=False,
         long_frames=8,
         long_stride=4,
         short_frames=8,
@@ -122,15 +127,22 @@ def build(preset: TegPreset) -> TegModel:
             f"dense temporal embeddings need <= {MAX_TEMPORAL_STRIDE}",
             hint="set stem_temporal_stride=1",
         )
-    head = {"in_dim": spec.channels, "hidden_dim": preset.hidden_dim, "out_dim": preset.embed_dim}
+    head = {
+        "in_dim": spec.channels,
+        "hidden_dim": preset.hidden_dim,
+        "out_dim": preset.embed_dim,
+        "layers": preset.head_layers,
+        "norm_momentum": preset.head_bn_momentum,
+        "norm_eps": preset.head_bn_eps,
+    }
     if preset.color_augment:  # CVRL's views: the long clip gets view 1, the short clip view 2
         augment_long, augment_short = cvrl_view_augments(preset.crop)
     else:
         augment_long = augment_short = VideoAugment(size=preset.crop, jitter=0.0, grayscale=0.0, blur=0.0)
     return TegModel(
         backbone=backbone,
-        global_head=ProjectionMLP(**head, layers=preset.head_layers),
-        dense_head=ProjectionMLP(**head, layers=preset.head_layers),
+        global_head=ProjectionMLP(**head),
+        dense_head=ProjectionMLP(**head),
         augment_long=augment_long,
         augment_short=augment_short,
         temperature=preset.temperature,
