@@ -46,7 +46,7 @@ The loop reads the device once per optimizer step, and once more when it writes 
   gradients, so every rank reads the same flag, without a collective of its own, and all
   stop together: a rank that stopped alone would leave the others waiting in a collective.
 - A non-finite loss reaches that flag through its gradients: the loss is multiplied by NaN
-  before backward when it is not finite (``_poisoned``), so the gradients are NaN on every
+  before backward when it is not finite (``_scaled``), so the gradients are NaN on every
   rank even where the loss's own gradients were finite, and the step is refused in time.
 - The values ``step_fn`` returns stay on the device, summed, and are read only for a line:
   one all-reduce and one transfer (as nanoGPT reads its loss only on logging steps). A
@@ -215,6 +215,7 @@ def _forward_backward(
     names of the values ``step_fn`` returned (the total first, as "loss") and their mean over
     the micro-steps, (K,) on the device."""
     replicas = ctx.world_size if config.replica_grads == "sum" else 1  # DDP then averages R x g_r
+    scale = replicas / config.grad_accum
     names: list[str] | None = None
     sums: torch.Tensor | None = None
     for micro in range(config.grad_accum):
@@ -227,18 +228,23 @@ def _forward_backward(
             with autocast(ctx.device, config.precision):
                 out = dict(step_fn(net, batch))
                 total = out.pop("loss") if "loss" in out else sum(out.values())
-            scaler.scale(_poisoned(total) * replicas / config.grad_accum).backward()
+            scaler.scale(_scaled(total, scale)).backward()
         names = _same_names(names, ["loss", *out])
         values = torch.stack([v.detach().float() for v in (total, *out.values())])  # (K,)
         sums = values if sums is None else sums + values
     return names, sums / config.grad_accum
 
 
-def _poisoned(total: torch.Tensor) -> torch.Tensor:
-    """``total``, whose gradients are all NaN when it is not finite (and exactly its own when
-    it is): DDP all-reduces them, so a NaN loss on one rank reaches every rank's gradient check
-    in the same step, with no collective of its own."""
-    return total * torch.where(torch.isfinite(total.detach()), 1.0, math.nan)
+def _scaled(total: torch.Tensor, scale: float) -> torch.Tensor:
+    """``total * scale`` when ``total`` is finite, else ``total * NaN``, whose gradients are all
+    NaN: DDP all-reduces them, so a NaN loss on one rank reaches every rank's gradient check in
+    the same step, with no collective of its own (one factor: the step's scale or the poison)."""
+    return total * (total.detach().float() * 0.0 + scale)  # 0 * (NaN or inf) is NaN
+
+
+def _finite(x: torch.Tensor) -> torch.Tensor:
+    """``torch.isfinite(x)`` in two kernels instead of five: ``0 * x`` is 0 or NaN."""
+    return x * 0 == 0
 
 
 def _same_names(names: list[str] | None, now: list[str]) -> list[str]:
@@ -264,22 +270,22 @@ class _Guard:
         self, model: nn.Module, grad_norm: torch.Tensor | None, stop_requested: bool
     ) -> tuple[bool, bool]:
         """After backward (and clipping): ``(gradients not finite, stop after this step)``."""
-        flags: dict[str, torch.Tensor] = {}
-        grads = [p.grad for p in model.parameters() if p.grad is not None] if self.check_grads else []
-        if grads:
-            flags["non_finite"] = _non_finite(grads, grad_norm).float()
-        if self.vote is not None:
-            flags["stop"] = self.vote.result()
-        read = dict(zip(flags, torch.stack(list(flags.values())).tolist(), strict=True)) if flags else {}
-        return bool(read.get("non_finite", 0.0)), bool(read["stop"]) if "stop" in read else stop_requested
+        finite = _all_finite(model, grad_norm) if self.check_grads else None
+        if self.vote is None:
+            return finite is not None and not finite.item(), stop_requested
+        if finite is None:
+            return False, bool(self.vote.result().item())
+        ok, stop = torch.stack([finite.float(), self.vote.result()]).tolist()  # (2,): one read
+        return not ok, bool(stop)
 
 
-def _non_finite(grads: list[torch.Tensor], grad_norm: torch.Tensor | None) -> torch.Tensor:
-    """0-d bool on the device: does any gradient hold a NaN or an infinity."""
-    if grad_norm is not None:  # clipping's 2-norm, NaN or inf with any such entry (or past float range)
-        return ~torch.isfinite(grad_norm)
+def _all_finite(model: nn.Module, grad_norm: torch.Tensor | None) -> torch.Tensor | None:
+    """0-d bool on the device: is every gradient entry finite (None: there are no gradients)."""
+    if grad_norm is not None:  # clipping's 2-norm: NaN or inf with any such entry (or past float range)
+        return _finite(grad_norm)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
     # The largest |entry| of each tensor: NaN propagates, and unlike a 2-norm it cannot overflow.
-    return ~torch.isfinite(torch.stack(torch._foreach_norm(grads, math.inf))).all()
+    return _finite(torch.stack(torch._foreach_norm(grads, math.inf))).all() if grads else None
 
 
 class _Meter:
