@@ -56,6 +56,9 @@ class CvrlPreset:
     # Nesterov, cosine from 0.32 after 1787 linear warm-up steps, 71488 steps (200 epochs),
     # L2 1e-6 on kernels only (tf.nn.l2_loss: gradient 1e-6 · w, SGD's weight decay), bf16.
     # Sync batch norm (use_sync_bn) is not applied here: see the module docstring of constcl.
+    # Replica gradients are summed, as in the reference: video_ssl/tasks/pretrain.py::
+    # VideoSSLPretrainTask.train_step does not divide the loss (its L2 included) by
+    # num_replicas, and the Keras optimizer sums the replicas' gradients (docs/notes/constcl.md).
     train: TrainConfig = dataclasses.field(
         default_factory=lambda: TrainConfig(
             steps=71488,
@@ -66,6 +69,7 @@ class CvrlPreset:
             weight_decay=1e-6,
             warmup_steps=1787,
             schedule="cosine",
+            replica_grads="sum",
             precision="bf16",
         )
     )

@@ -60,7 +60,8 @@ class TegPreset:
     # against persistent ones, so this is the neutral starting point.
     fine_weight: float = 1.0
     # CVRL K600 yaml: SGD momentum 0.9, cosine from 0.32 with 1787 warm-up steps over 71488
-    # steps, global batch 1024 (batch_size is per rank: 16 ranks x 64), L2 1e-6, bf16.
+    # steps, global batch 1024 (batch_size is per rank: 16 ranks x 64), L2 1e-6, bf16; and
+    # CVRL's summed replica gradients, without which its rate is not CVRL's step (CvrlPreset).
     train: TrainConfig = dataclasses.field(
         default_factory=lambda: TrainConfig(
             steps=71488,
@@ -71,6 +72,7 @@ class TegPreset:
             weight_decay=1e-6,
             warmup_steps=1787,
             schedule="cosine",
+            replica_grads="sum",
             precision="bf16",
         )
     )
