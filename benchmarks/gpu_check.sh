@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Every GPU test of vvk's kernels, the GPU kernel benchmarks and the pretraining throughput, in
-# about 5 minutes, with the results as JSON in $OUT (default benchmarks/results/gpu). For a lent
-# GPU machine, after benchmarks/gpu_wheels.sh here (PyAV and kornia, which its image lacks):
+# Every GPU test of vvk's kernels, the GPU kernel benchmarks, the pretraining throughput and the
+# training loop's overhead, in about 6 minutes, with the results as JSON in $OUT (default
+# benchmarks/results/gpu). For a lent GPU machine, after benchmarks/gpu_wheels.sh here (PyAV and
+# kornia, which its image lacks) and, for the loop's before/after figure, an export of the loop
+# to compare with (the machine has no git history; the folder travels as an untracked one):
 #
+#     mkdir .loop_baseline && git archive REV vvk | tar -x -C .loop_baseline   # REV: the old loop
 #     OUT=/tmp/out benchmarks/gpu_check.sh            # PYTHON=python3 by default; carry .whl
+#     rm -r .loop_baseline
 #
 # A failing or timed-out step is recorded and the next steps still run. Steps and time limits
-# (their sum, 360 s, bounds the run):
+# (their sum, 420 s, bounds the run):
 #   deps     10 s  install the wheels in .whl/ (when present) into /tmp/site
 #   env      10 s  card, driver, torch / triton / nvcc versions
 #   build   120 s  the two CUDA extensions, compiled in parallel
@@ -15,6 +19,8 @@
 #   bench    75 s  benchmarks/kernels.py --gpu (saves after each part) -> kernels_gpu.json
 #   pretrain 60 s  benchmarks/pretrain_throughput.py: ConST-CL paper preset, r3d-50-y, bf16
 #                  -> pretrain_throughput.json
+#   loop     60 s  benchmarks/loop_overhead.py: device reads, syncs and step time of the training
+#                  loop on a small MLP, this tree vs .loop_baseline (when present) -> loop_overhead_gpu.json
 # Logs go to $OUT/logs/STEP.log, packed into $OUT/logs.tar.gz at the end (the device tool
 # brings back at most 8 files). Summary: $OUT/gpu_check.json (steps with exit codes and
 # seconds, the benchmark figures, the tail of every log). A failed build turns the cuda backend
@@ -67,6 +73,10 @@ step bench 75 "$PY" benchmarks/kernels.py --gpu --out "$OUT" --budget-s 60
 step pretrain 60 "$PY" benchmarks/pretrain_throughput.py --method constcl --preset paper --batch-size 16 \
     --out "$OUT"
 
+LOOP_BASELINE=none
+[ -d .loop_baseline/vvk ] && LOOP_BASELINE=.loop_baseline
+step loop 60 "$PY" benchmarks/loop_overhead.py --device cuda --baseline "$LOOP_BASELINE" --rounds 2 --out "$OUT"
+
 "$PY" - "$OUT" <<'EOF' || echo '{"error": "could not write the summary"}' >"$OUT/gpu_check.json"
 import json, os, sys
 out = sys.argv[1]
@@ -80,7 +90,8 @@ summary = {
     "cuda_extensions_disabled": os.environ.get("VVK_DISABLE_CUDA_EXTENSIONS") == "1",
     "logs": {s["step"]: tail(s["step"]) for s in steps},
 }
-for key, name in (("benchmarks", "kernels_gpu.json"), ("pretrain_throughput", "pretrain_throughput.json")):
+for key, name in (("benchmarks", "kernels_gpu.json"), ("pretrain_throughput", "pretrain_throughput.json"),
+                  ("loop_overhead", "loop_overhead_gpu.json")):
     if os.path.exists(os.path.join(out, name)):
         summary[key] = json.load(open(os.path.join(out, name)))
 json.dump(summary, open(os.path.join(out, "gpu_check.json"), "w"), indent=2)
