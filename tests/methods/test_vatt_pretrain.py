@@ -1,7 +1,7 @@
 """VATT pretraining: FAC head, the two-sided NCE / MIL-NCE against plain formulas, masks and
-their rescaling, DropToken token counts of the paper preset, captions, and the tiny preset on
-real clips with and without audio and captions. (Named apart from tests/models/test_vatt.py:
-tests/ has no __init__ files.)"""
+their rescaling, DropToken token counts of the paper preset, its colour jitter, captions, and
+the tiny preset on real clips with and without audio and captions. (Named apart from
+tests/models/test_vatt.py: tests/ has no __init__ files.)"""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from vvk.methods import vatt
 from vvk.methods.vatt.heads import FACHead
 from vvk.methods.vatt.loss import asymmetric_nce
 from vvk.methods.vatt.model import add_waveform_noise, fit_waveform, pick_captions
-from vvk.methods.vatt.preset import audio_samples, video_grid
+from vvk.methods.vatt.preset import audio_samples, video_augment, video_grid
 from vvk.models.backbones.vatt import UniversalVatt
 from vvk.testing import link_videos
 
@@ -138,6 +138,22 @@ def test_paper_preset_geometry_and_droptoken_on_the_meta_device():
     assert video.shape == (1, 784, 1024)  # 1568 tokens, half dropped
     assert audio.shape == (1, 600, 768)  # 1200 tokens, half dropped
     assert model.head.text_to_vat.in_features == 512
+
+
+def test_paper_preset_jitters_colour_in_four_clips_of_five_and_tiny_not_at_all():
+    # The reference's pretraining loader applies DMVR's color_default_augm with p 0.8 (through
+    # its dataset factory's color_augmentation=True) and no colour drop. Crop, flip and resize
+    # leave a flat colour flat, so a changed clip is a jittered one.
+    torch.manual_seed(0)
+    clips = torch.tensor([200, 60, 30], dtype=torch.uint8).view(1, 3, 1, 1, 1).expand(400, 3, 2, 24, 24)
+    flat = clips[:, :, :, :16, :16].float() / 255 * 2 - 1
+
+    def jittered(preset) -> float:
+        out = video_augment(dataclasses.replace(preset, crop=16))(clips)
+        return float((out - flat).abs().amax(dim=(1, 2, 3, 4)).gt(0.01).float().mean())
+
+    assert 0.72 < jittered(vatt.PRESETS["paper"]) < 0.88  # 0.8 ± 4 standard deviations (0.02)
+    assert jittered(vatt.PRESETS["tiny"]) == 0.0
 
 
 def test_tiny_model_shapes_with_separate_and_shared_backbones():

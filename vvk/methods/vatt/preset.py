@@ -58,19 +58,29 @@ class VattPreset:
     vid_aud_weight: float = 1.0
     vid_txt_weight: float = 1.0
     # "VGG" crops: scale jitter of each axis in [0.8, 1.2] (DMVR scale_jitter_augm) then the
-    # full short side, i.e. crops of aspect 0.67..1.5 covering 67-100 % of the square frame;
-    # colour jitter with p = 0.8 (DMVR color_default_augm: saturation/contrast 0.6..1.4, which
-    # SimCLR strength 0.5 matches; its brightness 0.4 and hue 0.1 differ from DMVR's 0.125, 0.2).
+    # full short side, i.e. crops of aspect 0.67..1.5 covering 67-100 % of the square frame.
     crop_scale: tuple[float, float] = (0.67, 1.0)
     crop_ratio: tuple[float, float] = (0.67, 1.5)
+    # Colour jitter with p = 0.8, as DMVR color_default_augm (saturation/contrast 0.6..1.4,
+    # which SimCLR strength 0.5 matches; its brightness 0.4 and hue 0.1 differ from DMVR's
+    # 0.125, 0.2). The pretraining loader applies it through its dataset factory:
+    # dataloaders.py::PreTrainLoader passes no colour flag, so the factory's default rules,
+    # and the one released factory (datasets/toy_dataset.py::ToyFactory._build) defaults
+    # color_augmentation=True into processing.add_vision (docs/notes/vatt.md).
     color_strength: float = 0.5  # 0: no colour jitter
     # experiment.py::Pretrain: Adam (no weight decay anywhere in the config), β 0.9 / 0.999,
-    # 5k linear warm-up to 1e-4, then cosine to 5e-5 at 500k steps; 8 clips per replica
-    # (dataset.py batch_size). Adam's epsilon is 1e-7 there, 1e-8 here.
+    # 5k linear warm-up to 1e-4, then cosine to 5e-5 at 500k steps; Adam's epsilon is 1e-7
+    # there, 1e-8 here. The reference's batch_size is the global batch, split across the
+    # replicas (data/loading.py::BaseLoader.dataset_fn), each replica's loss divided by their
+    # number (experiments/base.py), i.e. DDP's mean. Its default, 8 (dataset.py::Dataset, not
+    # set by Pretrain), is the global batch of a run without overrides; the paper's is 2048
+    # (recalled, not verified: reference §7.4). train.batch_size is per process, the global
+    # batch batch_size x processes: 32 gives 2048 on 64 processes; on N processes set 2048 / N,
+    # or use grad_accum (docs/notes/vatt.md).
     train: TrainConfig = dataclasses.field(
         default_factory=lambda: TrainConfig(
             steps=500_000,
-            batch_size=8,
+            batch_size=32,
             lr=1e-4,
             optimizer="adamw",
             momentum=0.9,
@@ -137,6 +147,16 @@ def video_grid(preset: VattPreset) -> tuple[int, int, int]:
     return preset.frames // pt, preset.crop // ph, preset.crop // pw
 
 
+def video_augment(preset: VattPreset) -> VideoAugment:
+    """The pretraining loader's video augmentation: "VGG" crop and flip, then DMVR's
+    color_default_augm (p 0.8, no colour drop) unless ``color_strength`` is 0."""
+    return VideoAugment(
+        size=preset.crop, crop_scale=preset.crop_scale, crop_ratio=preset.crop_ratio,
+        jitter=0.8 if preset.color_strength > 0 else 0.0, strength=preset.color_strength,
+        grayscale=0.0, blur=0.0, solarize=0.0,
+    )  # fmt: skip
+
+
 def build(preset: VattPreset) -> VattModel:
     encoders = _encoders(preset)
     # The UT's one output shape serves all three modalities.
@@ -148,15 +168,10 @@ def build(preset: VattPreset) -> VattModel:
         va_dim=preset.va_dim,
         vat_dim=preset.vat_dim,
     )
-    augment = VideoAugment(
-        size=preset.crop, crop_scale=preset.crop_scale, crop_ratio=preset.crop_ratio,
-        jitter=0.8 if preset.color_strength > 0 else 0.0, strength=preset.color_strength,
-        grayscale=0.0, blur=0.0, solarize=0.0,
-    )  # fmt: skip
     return VattModel(
         **encoders,
         head=head,
-        augment=augment,
+        augment=video_augment(preset),
         audio_samples=audio_samples(preset),
         audio_noise=preset.audio_noise,
         captions_per_clip=preset.captions_per_clip,
