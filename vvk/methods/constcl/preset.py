@@ -51,8 +51,10 @@ class ConstclPreset(CvrlPreset):
     decoder_layers: int = 3
     decoder_heads: int = 3
     # The 200k yaml: global batch 1024 (16 ranks x 64), bf16, SGD momentum 0.9 without
-    # Nesterov, cosine from 40.96 (see the module docstring) after 2500 linear warm-up steps,
-    # 200k steps, L2 1e-6 on kernels.
+    # Nesterov, cosine from 40.96 (docs/notes/constcl.md) after 2500 linear warm-up steps,
+    # 200k steps, L2 1e-6 on kernels. Replica gradients are summed, as in the reference:
+    # tasks/const_cl.py::ConstCLPretrainTask.train_step does not divide the loss (its L2
+    # included) by num_replicas, and the Keras optimizer sums the replicas' gradients.
     train: TrainConfig = dataclasses.field(
         default_factory=lambda: TrainConfig(
             steps=200_000,
@@ -63,6 +65,7 @@ class ConstclPreset(CvrlPreset):
             weight_decay=1e-6,
             warmup_steps=2500,
             schedule="cosine",
+            replica_grads="sum",
             precision="bf16",
         )
     )
