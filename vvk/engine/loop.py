@@ -47,7 +47,8 @@ The loop reads the device once per optimizer step, and once more when it writes 
   stop together: a rank that stopped alone would leave the others waiting in a collective.
 - A non-finite loss reaches that flag through its gradients: the loss is multiplied by NaN
   before backward when it is not finite (``_scaled``), so the gradients are NaN on every
-  rank even where the loss's own gradients were finite, and the step is refused in time.
+  rank even where the loss's own gradients were finite, and the step is refused in time. A
+  finite loss with a non-finite gradient is refused the same way (the error names the gradient).
 - The values ``step_fn`` returns stay on the device, summed, and are read only for a line:
   one all-reduce and one transfer (as nanoGPT reads its loss only on logging steps). A
   non-finite value that did not reach the gradients (one that is only logged) stops the run
@@ -59,7 +60,8 @@ The loop reads the device once per optimizer step, and once more when it writes 
   the next line. With several processes the stop vote is read just before the scaler's
   read, with nothing queued between them: the host waits once.
 - ``replica_grads="sum"`` (``TrainConfig``) multiplies the loss by the world size before
-  backward, so DDP's average of the gradients is their sum.
+  backward, so DDP's average of the gradients is their sum (and ``build_optimizer`` the
+  sgd/lars weight decay, which the reference sums with the loss).
 """
 
 from __future__ import annotations
