@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import subprocess
 import sys
+from pathlib import Path
 
 from vvk.commands.pretrain import app
 from vvk.methods.registry import load, methods_for

@@ -125,7 +125,7 @@ def build(preset: ConstclPreset) -> ConstclModel:
         boxes: RandomBoxes | FileBoxes = RandomBoxes(num=preset.num_boxes)
     else:
         table = BoxTable.read(preset.boxes)
-        boxes = FileBoxes(table, num=preset.num_boxes, max_gap=preset.box_max_gap, view_size=preset.crop)
+        boxes = FileBoxes(table, num=preset.num_boxes, max_gap=preset.box_max_gap)
     reconstructor = InstanceReconstructor(
         channels=shapes[LOCAL_FEATURE].channels,
         decoder_dim=preset.decoder_dim,

@@ -35,7 +35,8 @@ class CvrlModel(PretrainModel):
 
     def views(self, batch: dict[str, Any]) -> Tensor:
         """Both augmented views as one batch: (2B, 3, T, crop, crop), view a first."""
-        return torch.cat([self.augment_a(batch["video"]), self.augment_b(batch["video_b"])])
+        size = batch.get("frame_size")  # (B, 2) decoded frame sizes on a padded canvas
+        return torch.cat([self.augment_a(batch["video"], size), self.augment_b(batch["video_b"], size)])
 
     def embed(self, features: dict[str, Tensor]) -> Tensor:
         """Backbone outputs of 2B clips -> (2B, embed_dim) global embeddings."""

@@ -58,7 +58,8 @@ class TegModel(PretrainModel):
         return self.global_head(global_pool(features)), self.dense_head(per_step)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        long, short = self.augment_long(batch["video"]), self.augment_short(batch["video_short"])
+        size = batch.get("frame_size")  # (B, 2) decoded frame sizes on a padded canvas
+        long, short = self.augment_long(batch["video"], size), self.augment_short(batch["video_short"], size)
         if long.shape == short.shape:
             # One batch of 2B clips, as CVRL feeds its two views: batch norm mixes both clips.
             global_both, dense_both = self.embed(torch.cat([long, short]))

@@ -67,7 +67,7 @@ class VattModel(PretrainModel):
         return self.backbone(video)["pooled"], self.audio(audio)["pooled"], self.text(ids)["pooled"]
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        video = self.augment(batch["video"])
+        video = self.augment(batch["video"], batch.get("frame_size"))
         audio = fit_waveform(batch["audio"].float(), self.audio_samples)
         if self.training and self.audio_noise > 0:
             audio = add_waveform_noise(audio, self.audio_noise)
