@@ -189,10 +189,14 @@ def _positives(positives: Tensor | None, n: int, m: int, device) -> Tensor:
     positives = positives.to(device=device, dtype=torch.long)
     if torch.compiler.is_compiling():
         return positives  # the value check syncs with the device and would break the graph
-    if bool(((positives < -1) | (positives >= m)).any()) or not bool((positives >= 0).any(1).all()):
-        raise ValueError(
-            f"contrastive_loss: positives must be in [0, {m}) with -1 padding, at least one per row"
-        )
+    valid = ((positives >= -1) & (positives < m)).all() & (positives >= 0).any(1).all()
+    message = f"contrastive_loss: positives must be in [0, {m}) with -1 padding, at least one per row"
+    if positives.device.type != "cpu":
+        # Reading the flag back would stall the device once per call; an asynchronous assertion
+        # still stops a run with bad indices, from the device.
+        torch._assert_async(valid, message)
+    elif not bool(valid):
+        raise ValueError(message)
     return positives
 
 
