@@ -57,8 +57,11 @@ class VattPreset:
     temperature: float = 0.07
     vid_aud_weight: float = 1.0
     vid_txt_weight: float = 1.0
-    # "VGG" crops: scale jitter of each axis in [0.8, 1.2] (DMVR scale_jitter_augm) then the
-    # full short side, i.e. crops of aspect 0.67..1.5 covering 67-100 % of the square frame.
+    # "VGG" crops: DMVR's scale_jitter_augm resizes each axis by its own factor in [0.8, 1.2]
+    # (p 0.8), then a crop of `crop` pixels is cut. On a square frame that is a crop of aspect
+    # 0.67..1.5 covering 69-100 % of it, which this area-based crop of the whole frame draws;
+    # on wider frames DMVR's crop covers a smaller part of the frame than this one (a
+    # deviation, docs/notes/vatt.md).
     crop_scale: tuple[float, float] = (0.67, 1.0)
     crop_ratio: tuple[float, float] = (0.67, 1.5)
     # Colour jitter with p = 0.8, as DMVR color_default_augm (saturation/contrast 0.6..1.4,
