@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -73,3 +75,26 @@ def test_non_empty_destination_is_refused(cli, shared_data, tmp_path):
         result.stderr.strip()
         == f"vvk: error: {tmp_path / 'o'}: folder is not empty (pass --overwrite to replace it)"
     )
+
+
+def read_only_folder(tmp_path):
+    """A folder this process cannot create anything in: a 0o555 one, or for root, who may write
+    there anyway, sysfs (Linux)."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir(mode=0o555)
+        return folder
+    if not os.path.isdir("/sys/kernel"):
+        pytest.skip("running as root without sysfs: no folder here is read-only for root")
+    return Path("/sys/kernel")
+
+
+@pytest.mark.parametrize("where", ["in", "below"])
+def test_destination_in_a_read_only_place_is_a_one_line_error(cli, shared_data, tmp_path, where):
+    parent = read_only_folder(tmp_path)
+    dst = parent / "out" if where == "in" else parent / "missing" / "out"
+    result = cli("augment", "copy-paste", str(shared_data / "coco" / "tiny_coco"), str(dst), "--size", "32")
+    assert result.code == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"vvk: error: {dst}: cannot write the output there (")
+    assert "internal error" not in result.stderr and not os.path.exists(dst)

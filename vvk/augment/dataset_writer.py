@@ -6,7 +6,10 @@
 Determinism: each copy draws from its own generator (``render.copy_rng``) and ids are given
 after gathering in (destination, copy) order, so the bytes do not depend on ``workers``.
 Safety: SRC is never written; everything goes to a hidden folder beside DST that is renamed
-into place at the end, so an interrupted run leaves no half dataset.
+into place at the end, so an interrupted run leaves no half dataset. Interrupted (SIGINT, or
+SIGTERM under the CLI), the run stops its workers and removes that folder; killed, its workers
+die with it (``_init_worker``) and the next run into the same parent folder removes the folder
+(``_remove_dead_stages``).
 """
 
 from __future__ import annotations
@@ -14,8 +17,13 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import shutil
+import signal
+import socket
+import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -205,14 +213,51 @@ def _planned(
 # Rendering, in this process or in a pool of spawned ones
 
 _WORKER: dict[str, Any] = {}
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
-def _init_worker(plan: Plan, image_dir: Path, threads: int | None) -> None:
+def _init_worker(plan: Plan, image_dir: Path, threads: int | None, parent: int | None = None) -> None:
+    if parent is not None:
+        _die_with(parent)
+        # Ctrl-C, `timeout` and batch schedulers signal the whole process group: the parent
+        # stops the pool and cleans up; a worker that died first would only add a traceback or
+        # a broken pool. Both were blocked since this process was spawned (``_spawning``): a
+        # pending one is dropped.
+        for s in _STOP_SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)  # one per process: W processes share W cores
     _WORKER.update(plan=plan, image_dir=image_dir)
+
+
+def _die_with(parent: int) -> None:
+    """End this worker when ``parent`` dies, however it dies (SIGKILL included): re-parented to
+    init, it would go on writing into a staging folder nobody will rename.
+
+    Linux: the kernel sends SIGKILL on the parent's death (``PR_SET_PDEATHSIG``), immediately,
+    even while this process is busy in compiled code. Elsewhere a daemon thread polls the parent
+    id (``os.getppid`` changes on re-parenting), which acts within a second once the GIL is free.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+            if os.getppid() != parent:  # it died before the request was in place
+                os._exit(1)
+            return
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="vvk-parent-watch").start()
+
+
+def _watch_parent(parent: int, interval: float = 0.5) -> None:
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(1)
 
 
 def _render_destination(index: int) -> list[dict[str, Any]]:
@@ -270,12 +315,40 @@ def _rendering(plan: Plan, image_dir: Path, workers: int) -> Iterator[Iterable[l
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_worker,
-        initargs=(plan, image_dir, 1),
+        initargs=(plan, image_dir, 1, os.getpid()),
     )
     try:
-        yield executor.map(_render_destination, range(len(plan.destinations)), chunksize=1)
+        with _spawning():  # map() submits every task, which starts the workers
+            results = executor.map(_render_destination, range(len(plan.destinations)), chunksize=1)
+        yield results
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+@contextmanager
+def _spawning() -> Iterator[None]:
+    """SIGINT and SIGTERM wait while worker processes are started.
+
+    A worker inherits the signal mask of the thread that spawns it, so it starts with them
+    blocked: a Ctrl-C to the process group during its start-up (imports, unpickling the plan)
+    is no traceback; ``_init_worker`` then ignores them and unblocks. In this process a signal
+    that arrives meanwhile is held and delivered at the end: interrupted while writing a
+    worker's start-up data, the parent would leave it reading a truncated pickle.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _frame: held.append(signum)) for s in _STOP_SIGNALS}
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # a pending one reaches `held` here
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if held:
+        signal.raise_signal(held[0])
 
 
 @contextmanager
@@ -363,15 +436,52 @@ def _check_destination(dst: Path, src_roots: list[Path], *, overwrite: bool) -> 
     return dst
 
 
+# Staging folders are named after their owner, ``.<dst name>.vvk-<host>-<pid>.<random>.partial``
+# (``.old`` for a replaced output on its way out), so a later run can tell a dead run's from a
+# live one's, also when several machines write into one shared parent folder.
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())
+_OWNED = re.compile(r"\..*\.vvk-(?P<host>[A-Za-z0-9-]*)-(?P<pid>\d+)\.[^.]+\.(?:partial|old)")
+
+
+def _owned_temp(dst: Path, suffix: str) -> Path:
+    prefix = f".{dst.name}.vvk-{_HOST}-{os.getpid()}."
+    return Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=dst.parent))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
+def _remove_dead_stages(parent: Path) -> None:
+    """Remove the staging folders in ``parent`` whose run, on this machine, is gone (killed:
+    SIGKILL, a power cut). A reused pid keeps a folder for a while, never removes a live one."""
+    if os.name != "posix":  # os.kill(pid, 0) terminates a process on Windows
+        return
+    for path in parent.iterdir():
+        owner = _OWNED.fullmatch(path.name)
+        if owner and owner["host"] == _HOST and not _alive(int(owner["pid"])) and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+
+
 @contextmanager
 def _staging(dst: Path) -> Iterator[Path]:
     """A hidden folder beside ``dst``; renamed to ``dst`` on success, removed on any failure."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        _remove_dead_stages(dst.parent)
+        stage = _owned_temp(dst, ".partial")
+    except OSError as e:  # a read-only place, a file where a folder should be, ...
+        raise VvkError(f"{dst}: cannot write the output there ({e.strerror or e})") from e
     try:
         yield stage
         if dst.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
+            old = _owned_temp(dst, ".old")
             os.replace(dst, old / "replaced")  # only reached when dst is empty or --overwrite
             os.replace(stage, dst)
             shutil.rmtree(old)
