@@ -4,6 +4,7 @@ what it cannot hold."""
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -72,6 +73,29 @@ def test_an_unfinished_entry_is_rebuilt(tmp_path):
     times = np.arange(20) / meta.fps
     got = cache.frames(path, times, meta=meta, size=16)
     np.testing.assert_array_equal(got, PyAVDecoder().frames(path, times, meta=meta, size=16))
+
+
+@pytest.mark.parametrize("damaged", [".u8", ".json"])
+def test_a_truncated_entry_is_rebuilt_with_a_warning(tmp_path, damaged):
+    path = write_video(tmp_path / "v.mp4", num_frames=20, size=(32, 48))
+    meta = probe(path)
+    times = np.arange(20) / meta.fps
+    expected = PyAVDecoder().frames(path, times, meta=meta, size=16)
+    FrameCache(PyAVDecoder(), tmp_path / "cache").frames(path, times, meta=meta, size=16)
+    cache = FrameCache(PyAVDecoder(), tmp_path / "cache")  # a later run: no memory map open yet
+    file = cache.entry(path, 16).with_suffix(damaged)
+    whole = file.stat().st_size
+    with open(file, "r+b") as f:  # cut short, as a full disk or a partial copy leaves it
+        f.truncate(whole // 2)
+    with pytest.warns(UserWarning, match=rf"frame cache: .*{cache.entry(path, 16).name}\.u8 is damaged"):
+        got = cache.frames(path, times, meta=meta, size=16)
+    np.testing.assert_array_equal(got, expected)
+    assert file.stat().st_size == whole  # rebuilt, so the next run reads it without a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(
+            FrameCache(PyAVDecoder(), tmp_path / "cache").frames(path, times, meta=meta, size=16), expected
+        )
 
 
 def test_dataset_with_the_cache_gives_the_same_samples_through_workers(shared_data, tmp_path):

@@ -14,15 +14,19 @@ The cache costs ``frames × height × width × 3`` bytes per video (the 16 clips
 28 GB), so it is for small datasets: ``check_space`` refuses a dataset that would not fit on the
 cache's disk. An entry is keyed by the file's path, size and modification time and the frame
 size, so an edited video gets a new entry; old entries are not removed (delete the folder to
-reclaim the space).
+reclaim the space). An entry whose frames file does not hold the shape its record states (cut
+short by a full disk, a crash of the machine before the data reached it, a partial copy of the
+folder) is decoded again, with a warning.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
@@ -98,13 +102,14 @@ class FrameCache:
         if entry in self._failed:
             raise self._failed[entry]
         record = entry.with_suffix(".json")
-        if not record.is_file():
+        info = _whole_entry(entry) if record.is_file() else None
+        if info is None:
             try:
                 self._write(path, meta, size, entry)
             except BadVideo as e:
                 self._failed[entry] = e
                 raise
-        info = json.loads(record.read_text())
+            info = json.loads(record.read_text())
         stamps = np.asarray(info["times"], dtype=np.float64)  # (F,)
         frames = np.memmap(entry.with_suffix(".u8"), dtype=np.uint8, mode="r", shape=tuple(info["shape"]))
         self._maps[entry] = (stamps, frames)
@@ -130,6 +135,23 @@ class FrameCache:
         record = {"source": str(Path(path).resolve()), "size": size, "shape": [len(times), height, width, 3],
                   "times": times}  # fmt: skip
         atomic_write_text(entry.with_suffix(".json"), json.dumps(record) + "\n")
+
+
+def _whole_entry(entry: Path) -> dict[str, Any] | None:
+    """The entry's record when its frames file is whole, else None (and a warning)."""
+    frames = entry.with_suffix(".u8")
+    try:
+        info = json.loads(entry.with_suffix(".json").read_text())
+        expected = math.prod(info["shape"])
+        found = frames.stat().st_size
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        problem = f"{type(e).__name__}: {e}"
+    else:
+        if found == expected:
+            return info
+        problem = f"{found} bytes where its shape needs {expected}"
+    warnings.warn(f"frame cache: {frames} is damaged ({problem}); decoding the video again", stacklevel=4)
+    return None
 
 
 def default_root() -> Path:
