@@ -10,15 +10,29 @@ The kernels answer exactly as their references do: pycocotools (``rleFrPoly`` fo
 ``rleToString`` for strings; cocoapi ``common/maskApi.c``) and numpy on full frames, which
 ``tests/augment/test_runs.py`` checks.
 
-Compiled with numba on first use and cached beside this file (or in numba's user cache).
+Compiled with numba on first use and cached in vvk's cache folder (``<cache>/numba``, see
+``vvk.paths``), not beside this file: an installed package may be read-only, and compiled code
+does not belong in a source tree. A ``NUMBA_CACHE_DIR`` of the user's (or numba's config file)
+wins.
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import numba
+import numba.core.config
 import numpy as np
+
+from vvk.paths import cache_dir
+
+if not numba.core.config.CACHE_DIR:
+    # numba reads its environment when imported and again, if any NUMBA_ variable changed, on
+    # reload_config(); each cached function picks its cache folder when decorated, below. The
+    # variable (rather than the config attribute) also reaches Copy-Paste's spawned workers.
+    os.environ["NUMBA_CACHE_DIR"] = str(cache_dir() / "numba")
+    numba.core.config.reload_config()
 
 _kernel = numba.njit(cache=True, nogil=True)
 
