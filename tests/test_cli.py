@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ import typer
 import vvk
 from vvk.cli import EXIT_INTERNAL, app
 from vvk.errors import VvkError
-from vvk.testing import run_vvk
+from vvk.testing import link_videos, run_vvk
 
 
 def leaf_commands() -> list[tuple[str, ...]]:
@@ -173,3 +174,137 @@ def test_dash_reads_names_from_stdin(cli, monkeypatch):
 def test_console_script_runs_in_a_fresh_process():
     result = run_vvk("--version")
     assert result.code == 0 and result.stdout.startswith("vvk ")
+
+
+def test_an_interrupted_command_exits_130_with_one_line(cli, monkeypatch):
+    # Typer, not standalone, turns a KeyboardInterrupt into a *returned* 130: dropping what it
+    # returned made every interrupted command exit 0 (`vvk ... && next` carried on).
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("vvk.weights.load_registry", interrupted)
+    result = cli("weights", "list")
+    assert result.code == 130
+    assert result.stderr == "vvk: error: interrupted\n"
+
+
+def test_a_mistyped_command_is_suggested_once(cli):
+    for argv, name in [(["pretrian"], "pretrain"), (["pretrain", "constclz"], "constcl")]:
+        result = cli(*argv)
+        assert result.code == 2
+        assert result.stderr.count("Did you mean") == 1 and f"'{name}'" in result.stderr, result.stderr
+
+
+def test_other_ranks_leave_the_error_to_rank_zero(cli, monkeypatch):
+    monkeypatch.setattr("vvk.cli.RANK_GRACE_S", 0.0)  # torchrun would have stopped this rank by then
+    monkeypatch.setenv("RANK", "1")
+    result = cli("pretrain", "cvrl", "--no-such-option")
+    assert result.code == 2  # every rank exits with vvk's code
+    assert result.stderr.startswith("vvk: error: (rank 1) No such option")  # an error of its own
+    monkeypatch.setattr("vvk.weights.load_registry", lambda *a, **k: _raise(KeyboardInterrupt()))
+    result = cli("weights", "list")
+    assert (result.code, result.stderr) == (130, "")  # every rank was interrupted: rank 0 says it
+    monkeypatch.setenv("RANK", "0")
+    result = cli("pretrain", "cvrl", "--no-such-option")
+    assert result.code == 2 and result.stderr.startswith("vvk: error: No such option")
+
+
+def _raise(error: BaseException):
+    raise error
+
+
+def test_torchrun_with_a_bad_option_prints_the_error_once(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+         "-m", "vvk", "pretrain", "cvrl", "--no-such-option"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert proc.stderr.count("vvk: error:") == 1, proc.stderr[-3000:]
+    assert "vvk: error: No such option" in proc.stderr and "(rank" not in proc.stderr
+
+
+def _rendered_helps(columns: int) -> dict[str, str]:
+    """`vvk [GROUP [COMMAND]] --help` for the root, every group and every command, rendered in
+    one fresh process for a terminal ``columns`` wide."""
+    paths = [(), *{path[:1] for path in leaf_commands() if len(path) > 1}, *leaf_commands()]
+    script = (
+        "import contextlib, io, json, sys\nfrom vvk.cli import main\nout = {}\n"
+        f"for args in {[list(p) for p in paths]!r}:\n"
+        "    text = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(text):\n"
+        "        assert main([*args, '--help']) == 0, args\n"
+        "    out[' '.join(args)] = text.getvalue()\n"
+        "json.dump(out, sys.stdout)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TERMINAL_WIDTH", "FORCE_COLOR")}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+        env={**env, "COLUMNS": str(columns), "NO_COLOR": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
+def test_help_fits_an_80_column_terminal():
+    helps = _rendered_helps(80)
+    assert len(helps) > len(leaf_commands())
+    for command, text in helps.items():
+        assert max(len(line) for line in text.splitlines()) <= 80, command
+        # rich cuts what does not fit with an ellipsis: an option name (`--compare-rand…`), a
+        # metavar, a default or a word of help.
+        cut = [line for line in text.splitlines() if "…" in line]
+        assert not cut, f"vvk {command} --help at 80 columns:\n" + "\n".join(cut)
+
+
+def test_help_wraps_docstrings_at_the_terminal_not_at_the_source_lines():
+    from vvk.cli import _reflow
+
+    wide = _rendered_helps(1000)
+    commands = {" ".join(path): command for path, command in _commands_by_path().items()}
+    for name, command in commands.items():
+        lines = {" ".join(line.split()) for line in wide[name].splitlines()}
+        for paragraph in _reflow(command.help or "").split("\n\n"):
+            for line in paragraph.splitlines():
+                assert " ".join(line.split()) in lines, (name, line)
+
+
+def _commands_by_path() -> dict[tuple[str, ...], click.Command]:
+    found = {}
+
+    def walk(cmd: click.Command, prefix: tuple[str, ...]) -> None:
+        found[prefix] = cmd
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, (*prefix, name))
+
+    walk(typer.main.get_command(app), ())
+    return found
+
+
+def test_reflow_joins_paragraph_lines_and_keeps_indented_ones():
+    from vvk.cli import _reflow
+
+    doc = """First line
+    goes on.
+
+    A paragraph that
+    the source wrapped.
+
+    EXAMPLES: vvk a
+              vvk b
+    """
+    assert _reflow(doc) == (
+        "First line goes on.\n\nA paragraph that the source wrapped.\n\nEXAMPLES: vvk a\n          vvk b"
+    )
+
+
+def test_index_out_naming_a_folder_is_a_one_line_error(cli, shared_data, tmp_path):
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    videos = link_videos(tmp_path / "videos", [shared_data / "video" / "kinetics" / "arm_wrestling.mp4"])
+    result = cli("data", "index", str(videos), "--out", str(folder))
+    assert result.code == 1
+    assert result.stderr.strip().splitlines() == [
+        f"vvk: error: {folder}: a folder, not an index file (give a file path, e.g. {folder / 'index.json'})"
+    ]
+    assert list(folder.iterdir()) == []

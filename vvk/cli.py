@@ -1,13 +1,21 @@
 """The ``vvk`` command line. This module only assembles command groups and formats errors.
 
 Exit codes: 0 success; 1 a ``VvkError`` (bad input or environment); 2 a usage error (unknown
-option, bad option value); 130 interrupted; 70 an internal error (a bug: please report it).
+option, bad option value); 130 interrupted (SIGINT or SIGTERM); 70 an internal error (a bug:
+please report it). Under torchrun every rank exits with the code and rank 0 prints the error
+(``_fail``).
 """
 
 from __future__ import annotations
 
+import inspect
 import os
+import signal
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import click
@@ -18,6 +26,8 @@ from vvk.commands import augment, data, eval, info, models, pretrain, weights
 from vvk.errors import VvkError
 
 EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for Ctrl-C
+RANK_GRACE_S = 15.0  # how long another rank leaves rank 0 to report an error (``_fail``)
 
 app = typer.Typer(
     name="vvk",
@@ -25,6 +35,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Click 8.4 suggests close command names itself; Typer's own suggestion would say it twice.
+    suggest_commands=not hasattr(click.exceptions, "NoSuchCommand"),
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -62,9 +74,67 @@ def _debug_enabled(args: list[str]) -> bool:
 
 
 def _fail(message: str, code: int) -> int:
+    rank = os.environ.get("RANK", "0")  # set by torchrun
+    if rank not in ("", "0"):
+        if code == EXIT_INTERRUPTED:  # every rank was stopped: rank 0 says so
+            return code
+        # Every rank meets the same bad option or input; rank 0 reports it. The first rank to
+        # exit makes torchrun stop the others, so this one waits: rank 0 reports and exits, and
+        # torchrun stops this one in its sleep. An error of this rank's own is reported after.
+        time.sleep(RANK_GRACE_S)
+        message = f"(rank {rank}) {message}"
     sys.stderr.write(f"vvk: error: {message}\n")
     sys.stderr.flush()
     return code
+
+
+def _reflow(text: str) -> str:
+    """A docstring as help text: each paragraph's lines joined, so the terminal wraps sentences
+    at its own width instead of at the source's; indented lines (the examples under EXAMPLES:)
+    keep a line of their own."""
+    paragraphs = []
+    for paragraph in inspect.cleandoc(text).split("\n\n"):
+        first, *rest = paragraph.splitlines() or [""]
+        lines = [first]
+        for line in rest:
+            if line[:1].isspace():
+                lines.append(line)
+            else:
+                lines[-1] += " " + line.strip()
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
+
+
+def _command() -> click.Command:
+    """The click command tree of ``app``, its help texts reflowed."""
+    root = typer.main.get_command(app)
+    todo = [root]
+    while todo:
+        command = todo.pop()
+        if command.help:
+            command.help = _reflow(command.help)
+        if isinstance(command, click.Group):
+            todo.extend(command.commands.values())
+    return root
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, ``timeout``, a scheduler) unwinds like Ctrl-C: clean-ups run (staging
+    folders are removed, workers stopped) instead of the process dying where it stands. The
+    training loop installs its own handlers (a checkpoint, then a stop) while it runs."""
+    if threading.current_thread() is not threading.main_thread():  # handlers only work there
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = _debug_enabled(args)
     try:
-        app(args=args, prog_name="vvk", standalone_mode=False)
+        with _sigterm_as_interrupt():
+            # Not standalone, Typer returns instead of exiting: the command's return value (None),
+            # or the code of an Exit, which is also what it makes of a KeyboardInterrupt (130).
+            code = _command().main(args=args, prog_name="vvk", standalone_mode=False)
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.exceptions.NoArgsIsHelpError:
@@ -82,10 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         where = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) else ""
         return _fail(" ".join(e.format_message().split()) + where, e.exit_code)
-    except click.exceptions.Abort:
-        return _fail("aborted", 130)
-    except KeyboardInterrupt:
-        return _fail("interrupted", 130)
+    except click.exceptions.Abort:  # end of input at a prompt
+        return _fail("aborted", EXIT_INTERRUPTED)
+    except KeyboardInterrupt:  # outside Typer's reach: while importing the commands
+        return _fail("interrupted", EXIT_INTERRUPTED)
     except VvkError as e:
         if debug:
             raise
@@ -97,12 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if debug:
             raise
-        return _fail(
-            f"internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]} "
-            "(this is a bug in vvk; rerun with --debug for the traceback)",
-            EXIT_INTERNAL,
+        sys.stderr.write(  # on every rank: a bug may show on one only
+            f"vvk: error: internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]} "
+            "(this is a bug in vvk; rerun with --debug for the traceback)\n"
         )
-    return 0
+        return EXIT_INTERNAL
+    if code == EXIT_INTERRUPTED:
+        return _fail("interrupted", EXIT_INTERRUPTED)
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

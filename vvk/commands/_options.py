@@ -12,17 +12,15 @@ from vvk.errors import VvkError
 
 JsonOpt = Annotated[
     bool,
-    typer.Option(
-        "--json", help="Machine output: one JSON object per line on stdout; human output goes to stderr."
-    ),
+    typer.Option("--json", help="JSON lines on stdout (human output on stderr)."),
 ]
 
 WeightsOpt = Annotated[
     str | None,
     typer.Option(
         "--weights",
-        metavar="PATH|NAME|hf-hub:REPO/FILE",
-        help="A checkpoint file, a name from `vvk weights list`, or hf-hub:OWNER/REPO/FILE.",
+        metavar="PATH|NAME",
+        help="Checkpoint, run folder, registry name, or hf-hub:REPO/FILE.",
     ),
 ]
 
@@ -31,7 +29,8 @@ DecoderOpt = Annotated[
     typer.Option(
         "--decoder",
         click_type=click.Choice(["auto", "pyav", "torchcodec"]),
-        help="Video decoder (auto: torchcodec when it works here, else PyAV).",
+        metavar="NAME",
+        help="auto (torchcodec if it works, else PyAV), pyav, torchcodec.",
     ),
 ]
 

@@ -26,59 +26,53 @@ def parse_categories(text: str | None) -> tuple[str, ...] | None:
 
 @app.command("copy-paste")
 def copy_paste(
-    src: Annotated[
-        Path, typer.Argument(help="COCO dataset folder (or its instances_*.json); never written.")
-    ],
-    dst: Annotated[Path, typer.Argument(help="Output folder; must be empty or absent (or --overwrite).")],
+    src: Annotated[Path, typer.Argument(help="COCO dataset folder (or its instances json).")],
+    dst: Annotated[Path, typer.Argument(help="Output folder: empty or absent (or --overwrite).")],
     copies: Annotated[int, typer.Option("--copies", "-k", min=1, help="Augmented images per image.")] = 1,
-    max_objects: Annotated[
-        int, typer.Option(min=0, help="Paste a uniform 0..N of the source image's objects.")
-    ] = 100,
+    max_objects: Annotated[int, typer.Option(min=0, help="Paste 0..N objects (uniform).")] = 100,
     scale_jitter: Annotated[
-        str, typer.Option(metavar="MIN,MAX|lsj|ssj", help="Scale range of the jitter, of --size.")
+        str, typer.Option(metavar="MIN,MAX|lsj|ssj", help="Jitter scale range, of --size.")
     ] = "0.1,2.0",
     size: Annotated[int, typer.Option(min=16, help="Output images are SIZE x SIZE.")] = 1024,
-    source: Annotated[
-        Path | None, typer.Option(help="Paste objects from this COCO dataset (categories matched by name).")
-    ] = None,
+    source: Annotated[Path | None, typer.Option(help="COCO dataset to paste objects from.")] = None,
     categories: Annotated[
-        str | None, typer.Option(metavar="A,B,...", help="Paste only objects of these category names.")
+        str | None, typer.Option(metavar="A,B,...", help="Paste only these categories.")
     ] = None,
     blend: Annotated[
-        float,
-        typer.Option(min=0.0, metavar="SIGMA", help="Gaussian-blend paste edges (std in px); 0 = hard."),
+        float, typer.Option(min=0.0, metavar="SIGMA", help="Blur paste edges (px); 0: hard.")
     ] = 0.0,
     mask_format: Annotated[
         str,
-        typer.Option(
-            "--format",
-            click_type=click.Choice(["rle", "polygon"]),
-            help="How masks are written; polygons cannot hold holes (crowd regions stay RLE).",
-        ),
+        typer.Option("--format", click_type=click.Choice(["rle", "polygon"]), help="How masks are written."),
     ] = "rle",
     seed: Annotated[int, typer.Option(min=0, help="Same seed, same output bytes.")] = 0,
-    workers: Annotated[
-        int, typer.Option(min=1, help="Processes rendering images (output does not change).")
-    ] = 1,
-    images: Annotated[Path | None, typer.Option(help="Images folder, if not found in SRC.")] = None,
-    annotations: Annotated[Path | None, typer.Option(help="instances json, if not found in SRC.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Rendering processes.")] = 1,
+    images: Annotated[Path | None, typer.Option(help="Images folder, if not in SRC.")] = None,
+    annotations: Annotated[Path | None, typer.Option(help="Instances json, if not in SRC.")] = None,
     occluded_box_px: Annotated[
-        float, typer.Option(min=0.0, help="An object is occluded when a box edge moves more than this.")
+        float, typer.Option(min=0.0, help="Box edge shift that means occluded.")
     ] = 10.0,
     occluded_area_px: Annotated[
-        int, typer.Option(min=0, help="An occluded object with at most this many pixels left is dropped.")
+        int, typer.Option(min=0, help="Drop occluded objects of at most this area.")
     ] = 300,
-    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty DST.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty DST.")] = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Simple Copy-Paste: write a new COCO dataset of SRC's images with objects pasted in.
 
-    Each image gets --copies augmented versions: it and a random source image are scale-jittered,
-    flipped and cropped/padded to SIZE x SIZE, then a random subset of the source's objects is
-    pasted on top; covered objects lose the covered pixels and are dropped when mostly hidden.
+    Each image gets --copies augmented versions: it and a random source image (from SRC, or from
+    --source, whose categories are matched by name) are scale-jittered, flipped and
+    cropped/padded to SIZE x SIZE, then a random subset of the source's objects is pasted on
+    top. Covered objects lose the covered pixels; one is occluded when an edge of its box moves
+    more than --occluded-box-px, and dropped when it then keeps at most --occluded-area-px
+    pixels. --blend is the std of a Gaussian blur of the paste edges. --format polygon cannot
+    hold holes: crowd regions stay RLE. The output does not depend on --workers.
+
+    SRC is never written. The output is made in a hidden folder beside DST and renamed into
+    place when complete: Ctrl-C or a kill leaves no half dataset.
 
     EXAMPLES: vvk augment copy-paste coco/ coco_cp/ --copies 2 --workers 8
-              vvk augment copy-paste coco/ out/ --source lvis/ --categories zebra,giraffe --json
+              vvk augment copy-paste coco/ out/ --source lvis/ --categories zebra
     """
     from vvk.augment import CopyPasteOptions, augment_coco
     from vvk.augment.jitter import parse_scale_range

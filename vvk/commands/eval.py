@@ -16,21 +16,13 @@ app = typer.Typer(help="Evaluate video backbones: clip retrieval, linear probe."
 DataOpt = Annotated[Path, typer.Option("--data", help="A folder of videos or a CSV/TSV list.")]
 BackboneOpt = Annotated[
     str | None,
-    typer.Option("--backbone", help="Evaluate this architecture at random initialisation (a baseline)."),
+    typer.Option("--backbone", help="Architecture to evaluate at random init."),
 ]
-FramesOpt = Annotated[
-    int | None, typer.Option(min=1, help="Frames per clip (default: the run's preset, else 16).")
-]
-StrideOpt = Annotated[
-    int | None, typer.Option(min=1, help="Frame stride (default: the run's preset, else 2).")
-]
-SizeOpt = Annotated[
-    int | None, typer.Option(min=8, help="Decoded short side (default: the run's preset, else 128).")
-]
-CropOpt = Annotated[
-    int | None, typer.Option(min=8, help="Centre crop side (default: the run's preset, else 112).")
-]
-SeedOpt = Annotated[int, typer.Option(help="Seeds the augmentation draws and the random baseline.")]
+FramesOpt = Annotated[int | None, typer.Option(min=1, help="Frames per clip (default: the run's, else 16).")]
+StrideOpt = Annotated[int | None, typer.Option(min=1, help="Frame stride (default: the run's, else 2).")]
+SizeOpt = Annotated[int | None, typer.Option(min=8, help="Short side (default: the run's, else 128).")]
+CropOpt = Annotated[int | None, typer.Option(min=8, help="Centre crop (default: the run's, else 112).")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the augmentation and random init.")]
 
 
 def _setup(weights, backbone, seed, decoder, **clip_options):
@@ -59,10 +51,9 @@ def retrieval(
     stride: StrideOpt = None,
     size: SizeOpt = None,
     crop: CropOpt = None,
-    repeats: Annotated[int, typer.Option(min=1, help="Average over this many augmentation draws.")] = 1,
+    repeats: Annotated[int, typer.Option(min=1, help="Augmentation draws averaged.")] = 1,
     compare_random: Annotated[
-        bool,
-        typer.Option(help="Also evaluate the same architecture at random initialisation (with --weights)."),
+        bool, typer.Option("--compare-random", help="Also evaluate it at random initialisation.")
     ] = False,
     seed: SeedOpt = 0,
     decoder: DecoderOpt = "auto",
@@ -71,8 +62,13 @@ def retrieval(
     """Clip retrieval recall@1/5: a clip of each video at one time finds the differently augmented
     clip of the same video at another time among all videos' clips. Needs no labels.
 
+    The backbone is --weights (a checkpoint, a run folder, a name from `vvk weights list`, or
+    hf-hub:OWNER/REPO/FILE), or --backbone at random initialisation, a baseline; with --weights,
+    --compare-random also evaluates its architecture at random initialisation. The clips'
+    shape (--frames, --stride, --size, --crop) defaults to the run's preset.
+
     EXAMPLES: vvk eval retrieval --data videos/ --weights runs/constcl-1
-              vvk eval retrieval --data videos/ --backbone r3d-50 --json    (random-init baseline)
+              vvk eval retrieval --data videos/ --backbone r3d-50 --json
     """
     from vvk.eval.retrieval import retrieval as run_retrieval
 
@@ -116,7 +112,9 @@ def linear_probe(
     """Top-1/top-5 of a linear classifier on frozen, multi-clip-averaged features. Needs labels
     (class subfolders, or a list file with labels).
 
-    EXAMPLES: vvk eval linear-probe --data ucf101/train --val ucf101/test --weights runs/cvrl-1
+    The backbone and the clips' shape are chosen as for `vvk eval retrieval`.
+
+    EXAMPLES: vvk eval linear-probe --data ucf/train --val ucf/test --weights runs/cvrl-1
     """
     from vvk.eval.linear_probe import linear_probe as run_probe
 

@@ -30,9 +30,9 @@ def run(
     preset: Annotated[str, typer.Option(help="Hyperparameter preset: tiny (CPU), paper, ...")] = "tiny",
     steps: Annotated[int | None, typer.Option(min=1, help="Optimizer steps (overrides the preset).")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Clips per process per step.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Run folder (default: runs/<method>-<time>).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder (default: a new one in runs/).")] = None,
     resume: Annotated[
-        bool, typer.Option(help="Continue the run in --out from its latest checkpoint.")
+        bool, typer.Option("--resume", help="Continue the run in --out from its latest checkpoint.")
     ] = False,
     set_: Annotated[
         list[str] | None,
@@ -90,10 +90,17 @@ def run(
         out_.note(f"{method}: {result.status} after {result.step} steps in {result.seconds:.0f} s ({losses})")
         evaluate = f"vvk eval retrieval --data DIR --weights {result.run_dir}"
         out_.note(f"backbone: {result.backbone_path}  ({evaluate})")
-    if demo:
+    interrupted = result.status == "interrupted"
+    if demo and not interrupted:
         record["demo_retrieval"] = _demo_retrieval(out_, result)
     if json_output:
         out_.record({**record, "preset": result.preset})
+    if interrupted:  # saved, yet not finished: a script must not go on as if it were
+        raise VvkError(
+            f"interrupted after step {result.step}; its checkpoint is in {result.run_dir}",
+            hint=f"continue with: vvk pretrain {method} --resume --out {result.run_dir}",
+            exit_code=130,  # as any interrupted command (vvk.cli.EXIT_INTERRUPTED)
+        )
 
 
 def _demo_retrieval(out_: Output, result) -> dict[str, float]:

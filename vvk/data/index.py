@@ -166,6 +166,9 @@ def build_index(
         workers: probing threads (default: two per CPU, at most 16).
         progress: show a progress bar on stderr.
     """
+    if cache is not None and Path(cache).is_dir():  # found before the probing, not after it
+        example = Path(cache) / "index.json"
+        raise VvkError(f"{cache}: a folder, not an index file", hint=f"give a file path, e.g. {example}")
     paths = sorted({str(Path(p).resolve()) for p in paths})
     dec = get_decoder(decoder)
     reusable = _cached_entries(cache, dec.name) if cache is not None and not deep else {}
@@ -177,13 +180,24 @@ def build_index(
         else:
             todo.append(path)
     workers = workers or min(16, 2 * (os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool, _Progress(progress, len(todo)) as advance:
-        for entry in pool.map(lambda p: probe_file(p, dec, deep=deep), todo):
-            entries.append(entry)
-            advance()
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        with _Progress(progress, len(todo)) as advance:
+            for entry in pool.map(lambda p: probe_file(p, dec, deep=deep), todo):
+                entries.append(entry)
+                advance()
+    except BaseException:
+        # Interrupted (Ctrl-C): the files not started are dropped, only those being probed
+        # finish. Leaving a `with pool` block would wait for every queued file instead.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     index = VideoIndex(entries, decoder=dec.name)
     if cache is not None:
-        index.save(cache)
+        try:
+            index.save(cache)
+        except OSError as e:  # a read-only place, a file where a folder should be, ...
+            raise VvkError(f"{cache}: cannot write the index there ({e.strerror or e})") from e
     return index
 
 

@@ -79,10 +79,12 @@ class ShardedSampler(Sampler):
 
 
 def _worker_init(_worker_id: int) -> None:
-    # Workers are the parallelism: one intra-op thread each. Ctrl-C goes to the whole process
-    # group; the main process handles it (checkpoint, clean exit), workers must not die first.
+    # Workers are the parallelism: one intra-op thread each. Ctrl-C, `timeout` and schedulers
+    # (SIGTERM) signal the whole process group; the main process handles it (checkpoint, clean
+    # exit), workers must not die first: a dead worker is an error in the main process.
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def make_loader(

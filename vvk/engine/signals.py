@@ -2,7 +2,9 @@
 
 A cluster scheduler sends SIGTERM before it kills a job, Ctrl-C sends SIGINT: both set a flag
 the loop reads between steps (the loop then saves and returns). A second signal while the
-first is handled restores the default behaviour, so a stuck run can still be interrupted.
+first is handled restores the handlers from before, so a stuck run can still be interrupted
+(under the ``vvk`` command both then raise KeyboardInterrupt: clean-ups run, the exit is 130).
+The command turns a run that returned "interrupted" into exit code 130 too, after its checkpoint.
 """
 
 from __future__ import annotations
