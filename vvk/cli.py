@@ -23,6 +23,7 @@ import typer
 
 from vvk import __version__
 from vvk.commands import augment, data, eval, info, models, pretrain, weights
+from vvk.commands._log import log_to_stderr
 from vvk.errors import VvkError
 
 EXIT_INTERNAL = 70
@@ -58,6 +59,7 @@ def root(
     ] = False,
 ) -> None:
     """vvk: self-supervised video pretraining, open-vocabulary detection, copy-paste, tracking."""
+    log_to_stderr()  # the library warns through logging; here each record is one stderr line
 
 
 app.command("info")(info.info)

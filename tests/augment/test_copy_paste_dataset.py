@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -304,3 +305,53 @@ def test_malformed_json_is_one_line_error(tmp_path):
         f"{root / 'annotations' / 'instances_train2017.json'}:2:5: malformed JSON"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_file_names_that_leave_the_images_folder_are_skipped_and_counted(tiny_coco, tmp_path):
+    """An annotation file cannot make Copy-Paste read a file outside its images folder: a
+    ``../..`` name, an absolute path and a link out are skipped records, counted, and the planted
+    file's pixels reach no output; the rest is exactly what the dataset without them gives."""
+    source = json.loads((tiny_coco / "annotations" / "instances_train2017.json").read_text())
+    annotated = {a["image_id"] for a in source["annotations"]}
+    kept = [im for im in source["images"] if im["id"] in annotated][:3]
+    kept_anns = [a for a in source["annotations"] if a["image_id"] in {im["id"] for im in kept}]
+    first_anns = [a for a in kept_anns if a["image_id"] == kept[0]["id"]]
+
+    def dataset(root: Path, images: list[dict], annotations: list[dict]) -> Path:
+        (root / "annotations").mkdir(parents=True)
+        (root / "train2017").mkdir()
+        for image in kept:
+            shutil.copy(tiny_coco / "train2017" / image["file_name"], root / "train2017")
+        data = {**source, "images": kept + images, "annotations": kept_anns + annotations}
+        (root / "annotations" / "instances_train2017.json").write_text(json.dumps(data))
+        return root
+
+    secret = tmp_path / "secret.jpg"  # beside the dataset, the size of a real image, all magenta
+    write_jpeg(secret, np.full((kept[0]["height"], kept[0]["width"], 3), MAGENTA, np.uint8))
+    names = ["../../secret.jpg", str(secret), "link.jpg"]
+    hostile_images = [{**kept[0], "id": 9000 + k, "file_name": name} for k, name in enumerate(names)]
+    hostile_anns = [  # the first image's objects again: each hostile image is a paste source too
+        {**a, "id": 900_000 + 1000 * k + j, "image_id": 9000 + k}
+        for k in range(len(names))
+        for j, a in enumerate(first_anns)
+    ]
+    hostile = dataset(tmp_path / "hostile", hostile_images, hostile_anns)
+    (hostile / "train2017" / "link.jpg").symlink_to(secret)
+    clean = dataset(tmp_path / "clean", [], [])
+
+    options = CopyPasteOptions(copies=2, size=128, seed=0, max_objects=100)
+    summary = augment_coco(hostile, tmp_path / "out", options=options)
+    expected = augment_coco(clean, tmp_path / "expected", options=options)
+    assert summary["warnings"] == {**expected["warnings"], "image_outside_folder": 3}
+    written = output_files(tmp_path / "out" / "train2017")
+    assert written == output_files(tmp_path / "expected" / "train2017") and len(written) == 6
+    for path in (tmp_path / "out" / "train2017").iterdir():
+        assert not _magenta(load_rgb(path)).any(), path
+
+
+MAGENTA = (255, 0, 255)
+
+
+def _magenta(pixels: np.ndarray) -> np.ndarray:
+    r, g, b = (pixels[..., c].astype(int) for c in range(3))
+    return (r > 200) & (g < 60) & (b > 200)

@@ -134,14 +134,14 @@ def test_data_check_lists_every_file_with_its_problem(messy_folder, cli):
     result = cli(
         "data", "check", str(messy_folder), "--frames", "8", "--stride", "2", "--json", "--decoder", "pyav"
     )
-    assert result.code == 0, result.stderr
+    assert result.code == 1, result.stderr  # bad files found: a script stops here
     rows = {r["path"].rsplit("/", 1)[1]: r for r in map(json.loads, result.stdout.splitlines())}
     assert {name: rows[name]["status"] for name in EXPECTED} == EXPECTED
     assert rows["good_a.mp4"]["status"] == "ok" and rows["good_a.mp4"]["frames"] == 40
     assert rows["short.mp4"]["status"] == "short" and "looped" in rows["short.mp4"]["detail"]
     assert "9 file(s): 3 ok (1 short, looped), 6 bad" in result.stderr
     human = cli("data", "check", str(messy_folder), "--decoder", "pyav")
-    assert human.code == 0 and "truncated" in human.stdout and "not_media" in human.stdout
+    assert human.code == 1 and "truncated" in human.stdout and "not_media" in human.stdout
 
 
 def test_a_video_shorter_than_the_clip_is_looped(messy_folder):

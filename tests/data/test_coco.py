@@ -313,3 +313,21 @@ def test_check_instances_finds_planted_problems(tmp_path):
     assert "mask size [4, 4]" in problems[2]
     assert "unknown image 9" in problems[3]
     assert problems[4] == "annotation 6: zero area"
+
+
+def test_file_names_outside_the_images_folder_are_skipped_with_their_annotations(tmp_path):
+    (tmp_path / "secret.jpg").write_bytes(b"not for the dataset")
+    images = [
+        image_entry(1, "a.jpg"),
+        image_entry(2, "../../secret.jpg"),  # from <root>/data/train2017 up to <root>
+        image_entry(3, str(tmp_path / "secret.jpg")),
+        image_entry(4, "sub/../b.jpg"),  # '..' that stays inside is fine
+    ]
+    path = write_dataset(tmp_path / "data", images, [ann(1, 1), ann(2, 2), ann(3, 3), ann(4, 4)])
+    dataset = load_coco(path, tmp_path / "data" / "train2017")
+    assert sorted(dataset.images) == [1, 4] and sorted(dataset.annotations) == [1, 4]
+    # The skipped images' annotations go with them: not counted as pointing at unknown images.
+    assert dict(dataset.issues) == {"image_outside_folder": 2}
+    problems = check_instances(path, tmp_path / "data" / "train2017")
+    assert any(p.startswith("image 2: ../../secret.jpg is outside") for p in problems)
+    assert any(p.startswith(f"image 3: {tmp_path / 'secret.jpg'} is outside") for p in problems)

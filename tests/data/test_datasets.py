@@ -161,3 +161,18 @@ def test_loader_with_workers_is_deterministic(coded):
     assert torch.equal(runs[0], runs[1])
     expected = [data[key]["video"] for key in itertools.islice(ShardedSampler(2, seed=3, start=4), 6)]
     assert torch.equal(runs[0], torch.stack(expected))
+
+
+def test_bad_file_warnings_go_to_the_vvk_data_logger_on_rank_0_only(caplog, capsys, monkeypatch):
+    """Python users filter or capture them like any library's; the CLI prints them as one line."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("vvk"), "handlers", [])  # as in a Python session
+    with caplog.at_level(logging.WARNING, logger="vvk.data"):
+        BadFiles().add("/videos/a.mp4", "empty", "0 bytes")
+        monkeypatch.setenv("RANK", "1")  # every rank builds the dataset; one speaks
+        BadFiles().add("/videos/b.mp4", "empty", "0 bytes")
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("vvk.data", "WARNING", "/videos/a.mp4: zero-byte file (0 bytes); skipped")
+    ]
+    assert capsys.readouterr().err == ""  # nothing written behind the logger's back

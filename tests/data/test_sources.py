@@ -89,3 +89,81 @@ def test_caption_file_errors(tmp_path):
     (tmp_path / "c.tsv").write_text("video_id\tcaption\tstart\tend\nv\tx\tsoon\t1\n")
     with pytest.raises(VvkError, match=r"c.tsv:2: field 'start'"):
         read_captions(tmp_path / "c.tsv")
+
+
+@pytest.fixture
+def listed(tmp_path):
+    """<tmp>/elsewhere/far.mp4, <tmp>/data/{near.mp4, sub/deep.mp4, link.mp4 -> far.mp4,
+    away -> elsewhere}."""
+    _touch(tmp_path / "elsewhere" / "far.mp4")
+    _touch(tmp_path / "data" / "near.mp4")
+    _touch(tmp_path / "data" / "sub" / "deep.mp4")
+    (tmp_path / "data" / "link.mp4").symlink_to(tmp_path / "elsewhere" / "far.mp4")
+    (tmp_path / "data" / "away").symlink_to(tmp_path / "elsewhere")
+    return tmp_path
+
+
+def test_relative_list_paths_stay_in_the_lists_folder(listed):
+    far = listed / "elsewhere" / "far.mp4"
+    (listed / "data" / "list.csv").write_text(
+        f"path,label\nnear.mp4,a\nsub/deep.mp4,b\n../elsewhere/far.mp4,c\naway/far.mp4,c\nlink.mp4,b\n{far},a\n"
+    )
+    source = read_list(listed / "data" / "list.csv")
+    # Relative paths may not leave the folder by '..' or a linked folder; a link to a file is the
+    # folder's file, as when the folder is scanned. Absolute paths are read as written.
+    assert [i.path for i in source.items] == [
+        str(listed / "data" / "near.mp4"),
+        str(listed / "data" / "sub" / "deep.mp4"),
+        str(listed / "data" / "link.mp4"),
+        str(far),
+    ]
+    assert [(r["path"], r["problem"]) for r in source.skipped] == [
+        ("../elsewhere/far.mp4", "outside"),
+        ("away/far.mp4", "outside"),
+    ]
+    assert source.skipped[0]["detail"].startswith("list.csv line 3: leads with '..' to")
+    assert source.skipped[1]["detail"].startswith("list.csv line 4: leads through a link to")
+    # Class indices come from every line: a skipped line does not shift the others' labels.
+    assert source.classes == ["a", "b", "c"] and [i.label for i in source.items] == [0, 1, 1, 0]
+
+
+def test_root_resolves_relative_paths_and_confines_absolute_ones(listed):
+    far = listed / "elsewhere" / "far.mp4"
+    lists = listed / "lists"
+    lists.mkdir()
+    (lists / "train.txt").write_text(f"near.mp4\nsub/deep.mp4\n{listed / 'data' / 'near.mp4'}\n{far}\n")
+    source = read_list(lists / "train.txt", root=listed / "data")
+    assert [i.path for i in source.items] == [
+        str(listed / "data" / "near.mp4"),
+        str(listed / "data" / "sub" / "deep.mp4"),
+        str(listed / "data" / "near.mp4"),
+    ]
+    assert [r["path"] for r in source.skipped] == [str(far)]
+    # Without root the same list reads its own folder, where these files are not.
+    assert read_list(lists / "train.txt").items[0].path == str(lists / "near.mp4")
+
+
+def test_open_source_takes_video_files_and_several_sources(listed, tmp_path):
+    video = listed / "data" / "near.mp4"
+    assert [i.path for i in open_source(video).items] == [str(video)]
+    for rel in ("walk/a.mp4", "run/b.mp4"):
+        _touch(tmp_path / "classes" / rel)
+    (tmp_path / "named.csv").write_text(f"{video},walk\n{tmp_path / 'gone.mp4'},jump\n")
+    merged = open_source([tmp_path / "classes", tmp_path / "named.csv", tmp_path / "gone.mp4"])
+    # Class names are merged by name; a missing path in a sequence is an item, as in a list.
+    assert merged.classes == ["jump", "run", "walk"]
+    assert [(i.path.rsplit("/", 1)[1], i.label) for i in merged.items] == [
+        ("b.mp4", 1), ("a.mp4", 2), ("near.mp4", 2), ("gone.mp4", 0), ("gone.mp4", -1),
+    ]  # fmt: skip
+    (tmp_path / "numbers.csv").write_text(f"{video},3\n")
+    with pytest.raises(VvkError, match="integer label 3, while other sources name their classes"):
+        open_source([tmp_path / "classes", tmp_path / "numbers.csv"])
+
+
+def test_errors_name_the_data_parameter(tmp_path):
+    with pytest.raises(VvkError) as info:
+        open_source(tmp_path / "nope")
+    assert str(info.value) == f"data={tmp_path / 'nope'}: no such folder or file"
+    assert info.value.params == ("data",)
+    with pytest.raises(VvkError, match=r"^data=\[\]: no paths given"):
+        open_source([])

@@ -88,3 +88,21 @@ def test_bad_timings_name_the_file_and_line(tmp_path, timing, message):
     path.write_text(f"1\n{timing}\nText\n", encoding="utf-8")
     with pytest.raises(VvkError, match=rf"bad\.srt:2: {message}"):
         read_subtitles(path)
+
+
+def test_a_folder_is_read_as_a_video_folder_and_a_link_loop_is_skipped_with_a_warning(tmp_path, caplog):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    (folder / "talk.vtt").write_text(VTT, encoding="utf-8")
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "lift.srt").write_text(SRT, encoding="utf-8")
+    (tmp_path / "kept" / "other.srt").write_text(SRT, encoding="utf-8")
+    (folder / "lift.srt").symlink_to(tmp_path / "kept" / "lift.srt")  # a link farm, as for videos
+    (folder / "up").symlink_to(tmp_path / "kept")  # a linked folder is not searched
+    (folder / "loop.srt").symlink_to("loop.srt")
+    with caplog.at_level("WARNING", logger="vvk.data"):
+        found = subtitle_captions(folder)
+    assert sorted(found) == ["lift", "talk"]
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning.startswith(f"{folder / 'loop.srt'}: cannot be opened (Too many levels of symbolic links)")
+    assert warning.endswith("; skipped")

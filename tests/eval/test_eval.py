@@ -50,7 +50,7 @@ def test_clip_spec_from_given_then_preset_then_defaults():
 
 
 def test_backbone_choice_errors():
-    with pytest.raises(VvkError, match="--weights .* or --backbone"):
+    with pytest.raises(VvkError, match="give weights=PATH .* or backbone=NAME"):  # the library's names
         load_backbone()
     with pytest.raises(VvkError, match="not both"):
         load_backbone("x", backbone="r3d-tiny")

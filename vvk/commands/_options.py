@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import click
@@ -33,6 +35,44 @@ DecoderOpt = Annotated[
         help="auto (torchcodec if it works, else PyAV), pyav, torchcodec.",
     ),
 ]
+
+
+DATA_HELP = "Video folders, CSV/TSV lists, video files, or - (paths on stdin)."
+
+DataArgs = Annotated[list[str], typer.Argument(metavar="DATA...", show_default=False, help=DATA_HELP)]
+
+DataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        metavar="PATH|-",
+        help="Videos: a folder, a CSV/TSV list, a video file, or - (paths on stdin).",
+    ),
+]
+
+
+def read_data(values: str | list[str]) -> str | list[str]:
+    """What data arguments name, for the library's ``data`` parameter: the path as typed when
+    one is given, else the paths (several given, or ``-``: read from stdin)."""
+    values = [values] if isinstance(values, str) else list(values)
+    if len(values) == 1 and values[0] != "-":
+        return values[0]
+    paths = expand_stdin(values)
+    if not paths:
+        raise VvkError("-: no paths on stdin", hint="e.g. ls videos/*.mp4 | vvk data check -")
+    return paths
+
+
+@contextmanager
+def as_flags(**flags: str) -> Iterator[None]:
+    """Library errors raised inside name the parameters as this command spells them:
+    ``with as_flags(data="--data"):`` turns ``data=videos/`` into ``--data videos/``
+    (``VvkError.as_flags``; a positional argument maps to its metavar)."""
+    try:
+        yield
+    except VvkError as e:
+        e.as_flags(flags)
+        raise
 
 
 def expand_stdin(values: list[str], *, what: str = "path") -> list[str]:

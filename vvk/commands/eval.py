@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from vvk.commands._options import DecoderOpt, JsonOpt, WeightsOpt
+from vvk.commands._options import DataOpt, DecoderOpt, JsonOpt, WeightsOpt, as_flags, read_data
 from vvk.commands._output import Output
 from vvk.errors import VvkError
 
 app = typer.Typer(help="Evaluate video backbones: clip retrieval, linear probe.", no_args_is_help=True)
 
-DataOpt = Annotated[Path, typer.Option("--data", help="A folder of videos or a CSV/TSV list.")]
 BackboneOpt = Annotated[
     str | None,
     typer.Option("--backbone", help="Architecture to evaluate at random init."),
@@ -23,6 +21,8 @@ StrideOpt = Annotated[int | None, typer.Option(min=1, help="Frame stride (defaul
 SizeOpt = Annotated[int | None, typer.Option(min=8, help="Short side (default: the run's, else 128).")]
 CropOpt = Annotated[int | None, typer.Option(min=8, help="Centre crop (default: the run's, else 112).")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the augmentation and random init.")]
+# How the library's parameters are spelled on these commands' command lines.
+FLAGS = {name: f"--{name}" for name in ("data", "val", "weights", "backbone", "crop", "size")}
 
 
 def _setup(weights, backbone, seed, decoder, **clip_options):
@@ -74,17 +74,19 @@ def retrieval(
 
     if compare_random and weights is None:
         raise VvkError("--compare-random needs --weights (the pretrained backbone to compare)")
-    model, info, reader = _setup(
-        weights, backbone, seed, decoder, frames=frames, stride=stride, size=size, crop=crop
-    )
-    result = run_retrieval(model, data, reader=reader, seed=seed, repeats=repeats)
-    if compare_random:
-        from vvk.eval.features import random_twin
-
-        baseline = run_retrieval(
-            random_twin(weights, seed=seed), data, reader=reader, seed=seed, repeats=repeats
+    videos = read_data(data)
+    with as_flags(**FLAGS):
+        model, info, reader = _setup(
+            weights, backbone, seed, decoder, frames=frames, stride=stride, size=size, crop=crop
         )
-        result.update({f"random_{k}": baseline[k] for k in ("recall@1", "recall@5")})
+        result = run_retrieval(model, videos, reader=reader, seed=seed, repeats=repeats)
+        if compare_random:
+            from vvk.eval.features import random_twin
+
+            baseline = run_retrieval(
+                random_twin(weights, seed=seed), videos, reader=reader, seed=seed, repeats=repeats
+            )
+            result.update({f"random_{k}": baseline[k] for k in ("recall@1", "recall@5")})
     shown = [k for k in ("recall@1", "recall@5", "random_recall@1", "random_recall@5") if k in result]
     _print(Output(json_output), {"protocol": "retrieval", "weights": info["source"], **result}, shown)
 
@@ -95,7 +97,8 @@ def linear_probe(
     weights: WeightsOpt = None,
     backbone: BackboneOpt = None,
     val: Annotated[
-        Path | None, typer.Option(help="Validation videos (default: a stratified hold-out).")
+        str | None,
+        typer.Option(metavar="PATH|-", help="Validation videos, as --data (default: a hold-out)."),
     ] = None,
     holdout: Annotated[
         float, typer.Option(min=0.05, max=0.95, help="Hold-out fraction without --val.")
@@ -118,10 +121,14 @@ def linear_probe(
     """
     from vvk.eval.linear_probe import linear_probe as run_probe
 
-    model, info, reader = _setup(
-        weights, backbone, seed, decoder, frames=frames, stride=stride, size=size, crop=crop
-    )
-    result = run_probe(model, data, val=val, holdout=holdout, reader=reader, num_clips=num_clips, seed=seed)
+    videos, val_videos = read_data(data), None if val is None else read_data(val)
+    with as_flags(**FLAGS):
+        model, info, reader = _setup(
+            weights, backbone, seed, decoder, frames=frames, stride=stride, size=size, crop=crop
+        )
+        result = run_probe(
+            model, videos, val=val_videos, holdout=holdout, reader=reader, num_clips=num_clips, seed=seed
+        )
     _print(
         Output(json_output),
         {"protocol": "linear-probe", "weights": info["source"], **result},

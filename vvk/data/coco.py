@@ -6,6 +6,11 @@ annotation pointing at an unknown image or category, a degenerate polygon, a mis
 file) are skipped and counted in ``CocoDataset.issues``, because one bad record in a
 100k-image dataset should not stop a run; callers report those counts.
 
+An image's ``file_name`` must name a file inside the images folder (``vvk.data.paths.inside``:
+no absolute path, no ``..`` or link leading out). An image that breaks this is skipped with its
+annotations and counted as ``image_outside_folder``: a dataset can never make vvk read, and
+copy into its output, a file from elsewhere on the disk.
+
 Images are read through ``vvk.data.images``.
 """
 
@@ -21,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from vvk.data.paths import PathOutside, inside
 from vvk.errors import VvkError
 
 
@@ -66,6 +72,7 @@ class CocoDataset:
         return stem[len("instances_") :] if stem.startswith("instances_") and stem != "instances_" else stem
 
     def image_path(self, image: CocoImage) -> Path:
+        """Where the image's file is; inside ``images_dir`` for every image ``load_coco`` kept."""
         return self.images_dir / image.file_name
 
     def category_names(self) -> dict[int, str]:
@@ -150,13 +157,18 @@ def load_coco(annotations_path: str | os.PathLike, images_dir: str | os.PathLike
     if not isinstance(data, dict):
         raise VvkError(f"{path}: expected a JSON object at the top level, got {type(data).__name__}")
     issues: Counter = Counter()
-    images = _read_images(path, _list_field(path, data, "images"))
+    listed = _read_images(path, _list_field(path, data, "images"))
+    images = {image_id: image for image_id, image in listed.items() if _inside(images_dir, image.file_name)}
+    outside = listed.keys() - images.keys()
+    issues["image_outside_folder"] = len(outside)
     categories = _read_categories(path, _list_field(path, data, "categories"))
     known_categories = {c["id"] for c in categories}
     annotations: dict[int, list[CocoAnnotation]] = {image_id: [] for image_id in images}
     seen_ids: set[int] = set()
     for i, raw in enumerate(_list_field(path, data, "annotations")):
         ann = _read_annotation(path, i, raw, seen_ids)
+        if ann.image_id in outside:
+            continue  # skipped with its image, which is counted
         reason = _annotation_problem(ann, images.get(ann.image_id), known_categories)
         if reason:
             issues[reason] += 1
@@ -173,6 +185,14 @@ def load_coco(annotations_path: str | os.PathLike, images_dir: str | os.PathLike
         licenses=data.get("licenses") if isinstance(data.get("licenses"), list) else [],
         issues=+issues,
     )
+
+
+def _inside(images_dir: str | os.PathLike, file_name: str) -> bool:
+    try:
+        inside(images_dir, file_name)
+    except PathOutside:
+        return False
+    return True
 
 
 def _list_field(path: Path, data: dict, key: str) -> list:
@@ -324,6 +344,9 @@ def check_instances(annotations_path: str | os.PathLike, images_dir: str | os.Pa
     images = {}
     for im in data.get("images", []):
         images[im["id"]] = im
+        if not _inside(images_dir, im["file_name"]):
+            problems.append(f"image {im['id']}: {im['file_name']} is outside {images_dir}")
+            continue
         try:
             with Image.open(images_dir / im["file_name"]) as f:
                 if f.size != (im["width"], im["height"]):

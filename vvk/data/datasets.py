@@ -22,14 +22,15 @@ A video shorter than a clip is looped, as the reference samplers do
 Bad files are skipped, never fatal: those the index knows are dropped when the dataset is built,
 those that fail while loading are replaced by another video (chosen by the sample's own random
 generator, so it stays deterministic). Each is warned about once, counted in ``bad_files``, and
-the training loop reports them in its summary.
+the training loop reports them in its summary. The warnings go to the ``vvk.data`` logger (on
+rank 0 only), where a Python user can filter or capture them; the CLI prints them as one line.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-import sys
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -43,23 +44,26 @@ from vvk.data.decode import SizeArg, output_size
 from vvk.data.decoders import Decoder, get_decoder
 from vvk.data.index import VideoIndex, build_index, cache_path, ensure_outside
 from vvk.data.media import PROBLEMS, BadVideo, VideoMeta
+from vvk.data.paths import real_path
 from vvk.data.samplers import Caption, ClipSampler, overlapping_captions, window_seconds
-from vvk.data.sources import VideoItem, open_source
+from vvk.data.sources import Data, VideoItem, data_paths, open_source
 from vvk.data.subtitles import read_caption_source
 from vvk.errors import VvkError
+
+logger = logging.getLogger("vvk.data")
 
 
 def _warn_on_rank0(line: str) -> None:
     # Every rank builds the same dataset; only the first one speaks (torchrun sets RANK).
     if os.environ.get("RANK", "0") == "0":
-        sys.stderr.write(f"vvk: warning: {line}\n")
+        logger.warning(line)
 
 
 class BadFiles:
     """The files a dataset skipped: each warned about once (one line), counted by problem.
 
     Args:
-        warn: where the warning lines go (default: stderr, on rank 0 only).
+        warn: where the warning lines go (default: the ``vvk.data`` logger, on rank 0 only).
     """
 
     def __init__(self, warn: Callable[[str], None] | None = None):
@@ -186,7 +190,7 @@ class ClipDataset(Dataset):
         self.classes = list(classes)
         usable: list[tuple[VideoItem, VideoMeta, int]] = []
         for item in items:
-            entry = index[str(Path(item.path).resolve())]
+            entry = index[real_path(item.path)]
             if not entry.ok:
                 self.bad_files.add(entry.path, entry.problem, entry.detail)
                 continue
@@ -228,9 +232,7 @@ class ClipDataset(Dataset):
             try:
                 sample = self.load(int(index), rng)
             except BadVideo as e:
-                skipped.append(
-                    {"path": str(Path(item.path).resolve()), "problem": e.kind, "detail": e.detail}
-                )
+                skipped.append({"path": real_path(item.path), "problem": e.kind, "detail": e.detail})
                 index = int(rng.integers(len(self.clips)))
                 continue
             sample["skipped"] = skipped
@@ -314,9 +316,10 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def open_video_dataset(
-    source: str | os.PathLike,
+    source: Data,
     *,
     sampler: ClipSampler,
+    root: str | os.PathLike | None = None,
     captions: str | os.PathLike | Mapping[str, Sequence[Caption]] | None = None,
     cache_dir: str | os.PathLike | None = None,
     decoder: str = "auto",
@@ -324,13 +327,21 @@ def open_video_dataset(
     progress: bool = False,
     **dataset_kwargs: Any,
 ) -> ClipDataset:
-    """A ``ClipDataset`` over a folder or list file, with its index cached in ``cache_dir``
-    (e.g. the run folder; default the user cache). ``dataset_kwargs`` go to ``ClipDataset``.
+    """A ``ClipDataset`` over a folder, a list or video file, or a sequence of those
+    (``sources.open_source``, with ``root`` for list files), with its index cached in
+    ``cache_dir`` (e.g. the run folder; default the user cache). ``dataset_kwargs`` go to
+    ``ClipDataset``; list lines that name a file outside their folder are bad files too.
 
     ``frame_cache``: True (the user cache) or a folder: decode each video once, whole, and serve
     clips from the decoded frames (``vvk.data.frame_cache``; for small datasets).
     """
-    found = open_source(source)
+    found = open_source(source, root=root)
+    if dataset_kwargs.get("bad_files") is None:
+        dataset_kwargs["bad_files"] = BadFiles()
+    bad_files = dataset_kwargs["bad_files"]
+    bad_files.merge(found.skipped)
+    if not found.items:
+        raise VvkError(f"no usable videos: all {len(found.skipped)} were skipped ({_counts(bad_files)})")
     cache = cache_path(source, cache_dir)
     index = build_index([item.path for item in found.items], cache=cache, decoder=decoder, progress=progress)
     if captions is not None and not isinstance(captions, Mapping):
@@ -339,8 +350,10 @@ def open_video_dataset(
     if frame_cache:
         from vvk.data.frame_cache import FrameCache, default_root
 
-        root = default_root() if frame_cache is True else Path(frame_cache)
-        reader = FrameCache(get_decoder(decoder), ensure_outside(root, source))
+        cache_root = default_root() if frame_cache is True else Path(frame_cache)
+        for given in data_paths(source):
+            cache_root = ensure_outside(cache_root, given)
+        reader = FrameCache(get_decoder(decoder), cache_root)
     dataset = ClipDataset(
         found.items,
         index,

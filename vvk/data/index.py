@@ -27,6 +27,8 @@ import numpy as np
 from vvk.atomic import atomic_write_text
 from vvk.data.decoders import Decoder, get_decoder
 from vvk.data.media import PROBLEMS, BadVideo, VideoMeta, first_line
+from vvk.data.paths import real_path
+from vvk.data.sources import Data, data_paths
 from vvk.errors import VvkError
 
 INDEX_FORMAT = "vvk-video-index"
@@ -71,7 +73,8 @@ class IndexEntry:
 
 
 class VideoIndex:
-    """Entries by absolute path, in path order, and the decoder that verified them."""
+    """Entries by real path (``paths.real_path``: links resolved), in path order, and the
+    decoder that verified them."""
 
     def __init__(self, entries: Sequence[IndexEntry], *, decoder: str = ""):
         self._entries = {e.path: e for e in sorted(entries, key=lambda e: e.path)}
@@ -111,34 +114,43 @@ class VideoIndex:
             raise VvkError(f"{path}: cannot read the video index ({first_line(e)})") from e
 
 
-def cache_path(source: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where the index of ``source`` (a folder or a list file) is cached: ``cache_dir`` (e.g. a
-    run folder) or the user cache. Refuses a place inside the input folder."""
-    source = Path(source).resolve()
+def cache_path(source: Data, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where the index of ``source`` (a folder, a list or video file, or a sequence of those:
+    ``sources.Data``) is cached: ``cache_dir`` (e.g. a run folder) or the user cache. Refuses a
+    place inside an input folder."""
+    sources = [real_path(p) for p in data_paths(source)]
     if cache_dir is None:
         from vvk.paths import cache_dir as user_cache
 
         cache_dir = user_cache() / "index"
-    digest = hashlib.sha1(str(source).encode()).hexdigest()[:12]
-    return ensure_outside(Path(cache_dir) / f"{source.name}-{digest}.index.json", source)
+    digest = hashlib.sha1("\n".join(sources).encode()).hexdigest()[:12]
+    name = Path(sources[0]).name if len(sources) == 1 else f"{len(sources)}-paths"
+    path = Path(cache_dir) / f"{name}-{digest}.index.json"
+    for one in sources:
+        path = ensure_outside(path, one)
+    return path
 
 
 def ensure_outside(path: str | os.PathLike, source: str | os.PathLike) -> Path:
     """``path``, resolved, after checking that it is neither inside an input folder nor an
     input list file: vvk never writes into its input."""
-    path, source = Path(path).resolve(), Path(source).resolve()
+    path, source = Path(real_path(path)), Path(real_path(source))  # a looping link is no error here
     if source.is_dir() and source in path.parents or path == source:
         raise VvkError(f"{path} is inside the input {source}: vvk never writes into its input")
     return path
 
 
 def probe_file(path: str | os.PathLike, decoder: Decoder, *, deep: bool = False) -> IndexEntry:
-    """Probe one file and decode its first, middle and last frames with ``decoder``."""
-    path = str(Path(path).resolve())
+    """Probe one file and decode its first, middle and last frames with ``decoder``. A file the
+    OS will not open (missing, a link loop, no permission) is ``unreadable``, its OS error the
+    detail."""
+    path = real_path(path)
     try:
         stat = os.stat(path)
+        with open(path, "rb"):
+            pass
     except OSError as e:
-        return IndexEntry(path, 0, 0, problem="not_media", detail=first_line(e))
+        return IndexEntry(path, 0, 0, problem="unreadable", detail=first_line(e))
     try:
         meta = decoder.probe(path, deep=deep)
         times = (np.array([0, meta.num_frames // 2, meta.num_frames - 1]) + 0.5) / meta.fps
@@ -169,7 +181,7 @@ def build_index(
     if cache is not None and Path(cache).is_dir():  # found before the probing, not after it
         example = Path(cache) / "index.json"
         raise VvkError(f"{cache}: a folder, not an index file", hint=f"give a file path, e.g. {example}")
-    paths = sorted({str(Path(p).resolve()) for p in paths})
+    paths = sorted({real_path(p) for p in paths})
     dec = get_decoder(decoder)
     reusable = _cached_entries(cache, dec.name) if cache is not None and not deep else {}
     todo, entries = [], []

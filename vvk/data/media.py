@@ -19,6 +19,8 @@ PROBLEMS: dict[str, str] = {
     "no_video": "no video stream (audio only?)",
     "too_short": "shorter than the clip",
     "decode_error": "the video stream cannot be decoded",
+    "unreadable": "the file cannot be opened",  # the OS error (a link loop, no permission) is the detail
+    "outside": "a list names it outside the list's folder (or root)",  # see vvk.data.sources
 }
 
 VIDEO_EXTENSIONS = frozenset(

@@ -6,12 +6,17 @@ Each cue becomes one ``Caption`` (its lines joined by spaces, markup such as ``<
 ``<00:00:01.000>`` and ``{\\an8}`` removed); cues left empty are dropped.
 
 ``read_caption_source(path)`` is what a ``captions`` setting reads: an ActivityNet-style
-caption table (``vvk.data.sources.read_captions``) or a folder searched for subtitle files.
-Malformed timestamps are a ``VvkError`` naming the file and line.
+caption table (``vvk.data.sources.read_captions``; it names videos by id, never a file) or a
+folder searched for subtitle files. Malformed timestamps are a ``VvkError`` naming the file and
+line. A folder is read as a video folder is: links to subtitle files are followed, links to
+folders are not (so nothing outside the folder is reached but what it links to by name, as in
+``vvk.data.paths`` with ``file_links``); a file that cannot be opened (a link loop, no
+permission) is skipped with a warning on the ``vvk.data`` logger.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections import defaultdict
@@ -20,6 +25,8 @@ from pathlib import Path
 from vvk.data.samplers import Caption
 from vvk.data.sources import read_captions
 from vvk.errors import VvkError
+
+logger = logging.getLogger("vvk.data")
 
 SUBTITLE_SUFFIXES = (".srt", ".vtt")
 # hh:mm:ss,mmm (SRT) or [hh:]mm:ss.mmm (VTT); the fraction is optional in lenient files.
@@ -62,9 +69,16 @@ def subtitle_captions(folder: str | os.PathLike) -> dict[str, list[Caption]]:
     if not folder.is_dir():
         raise VvkError(f"{folder}: not a folder")
     table: dict[str, list[Caption]] = defaultdict(list)
-    for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() in SUBTITLE_SUFFIXES and path.is_file():
-            table[_video_id(path)].extend(read_subtitles(path))
+    for path in sorted(folder.rglob("*")):  # links to folders are not followed
+        if path.suffix.lower() not in SUBTITLE_SUFFIXES or path.is_dir():
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            logger.warning("%s: cannot be opened (%s); skipped", path, e.strerror or e)
+            continue
+        table[_video_id(path)].extend(read_subtitles(path))
     for cues in table.values():
         cues.sort(key=lambda c: (c.start, c.end))
     return dict(table)

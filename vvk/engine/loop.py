@@ -67,9 +67,9 @@ The loop reads the device once per optimizer step, and once more when it writes 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +98,8 @@ from vvk.engine.report import TrainLog
 from vvk.engine.signals import StopRequest
 from vvk.engine.state import RunDir, rng_state, seed_all, set_rng_state
 from vvk.errors import VvkError
+
+logger = logging.getLogger("vvk.engine")
 
 StepFn = Callable[[nn.Module, dict[str, Any]], Mapping[str, torch.Tensor]]
 
@@ -380,9 +382,7 @@ def _restore(run: RunDir, ctx: DistContext, model, ema, optimizer, scaler) -> di
     folder = run.latest()
     if folder is None:
         if ctx.is_main:
-            sys.stderr.write(
-                f"vvk: warning: --resume: {run.path} has no checkpoint yet; starting at step 0\n"
-            )
+            logger.warning("resume: %s has no checkpoint yet; starting at step 0", run.path)
         return None
     saved = run.load(folder, model=model, ema=ema and ema.module, device=ctx.device)
     if ctx.is_main:
@@ -393,10 +393,10 @@ def _restore(run: RunDir, ctx: DistContext, model, ema, optimizer, scaler) -> di
         group["weight_decay"] = decay  # this run's: with replica_grads="sum" it depends on the world size
     scaler.load_state_dict(saved["scaler"])
     if len(saved["rng"]) != ctx.world_size and ctx.is_main:
-        sys.stderr.write(
-            f"vvk: warning: resuming {len(saved['rng'])}-process checkpoint with {ctx.world_size} processes: "
-            "the data order continues differently\n"
-        )
+        logger.warning(
+            "resuming a %d-process checkpoint with %d processes: the data order continues differently",
+            len(saved["rng"]), ctx.world_size,
+        )  # fmt: skip
     return saved
 
 

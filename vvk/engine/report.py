@@ -9,7 +9,7 @@ step sees across all ranks.
 from __future__ import annotations
 
 import json
-import sys
+import logging
 import time
 from typing import Any
 
@@ -17,6 +17,8 @@ from vvk.atomic import atomic_write_text
 from vvk.engine.config import TrainConfig
 from vvk.engine.state import RunDir
 from vvk.errors import VvkError
+
+logger = logging.getLogger("vvk.engine")
 
 
 class TrainLog:
@@ -80,7 +82,7 @@ class TrainLog:
             skipped = ", ".join(f"{n} {k}" for k, n in sorted(bad_files.get("by_problem", {}).items()))
             speed = f"{done} steps in {elapsed:.1f} s, {summary['clips_per_s']} clips/s"
             bad = f"{bad_files.get('count', 0)} bad file(s) skipped" + (f": {skipped}" if skipped else "")
-            sys.stderr.write(f"vvk: {status} at step {step} ({speed}); {bad}; run folder {self.run.path}\n")
+            logger.info("%s at step %d (%s); %s; run folder %s", status, step, speed, bad, self.run.path)
         return summary
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from vvk.data.sources import Data
 from vvk.errors import VvkError
 
 # What can embed a clip: video backbones, and VATT's modality-agnostic one (video is one of its inputs).
@@ -53,10 +54,11 @@ def load_backbone(
 
     if weights is None and backbone is None:
         raise VvkError(
-            "give --weights (a run folder or checkpoint) or --backbone NAME (random initialisation)"
+            "give weights=PATH (a run folder or checkpoint) or backbone=NAME (random initialisation)",
+            params=("weights", "backbone"),
         )
     if weights is not None and backbone is not None:
-        raise VvkError("give either --weights or --backbone, not both")
+        raise VvkError("give either weights= or backbone=, not both", params=("weights", "backbone"))
     info: dict[str, Any] = {}
     if weights is None:
         torch.manual_seed(seed)  # the random baseline is reproducible
@@ -112,7 +114,8 @@ def to_input(video: Tensor, crop: int) -> Tensor:
     top, left = (h - crop) // 2, (w - crop) // 2
     if top < 0 or left < 0:
         raise VvkError(
-            f"--crop {crop} is larger than the decoded frames ({h}×{w}); lower --crop or raise --size"
+            f"crop={crop} is larger than the decoded frames ({h}×{w}); lower crop= or raise size=",
+            params=("crop", "size"),
         )
     x = video[..., top : top + crop, left : left + crop].float() / 255.0
     return x * 2.0 - 1.0
@@ -135,7 +138,7 @@ class ClipReader:
     device: str = "cpu"
     cache_dir: str | os.PathLike | None = None
 
-    def dataset(self, data: str | os.PathLike, *, num_clips: int):
+    def dataset(self, data: Data, *, num_clips: int):
         from vvk.data import UniformClips, open_video_dataset
 
         sampler = UniformClips(frames=self.clips.frames, stride=self.clips.stride, num_clips=num_clips)

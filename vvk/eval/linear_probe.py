@@ -8,13 +8,13 @@ labelled videos is used (seeded).
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vvk.data.sources import Data, describe
 from vvk.errors import VvkError
 from vvk.eval.features import ClipReader
 
@@ -57,9 +57,9 @@ def stratified_split(labels: Tensor, holdout: float, seed: int) -> tuple[Tensor,
 
 def linear_probe(
     backbone: nn.Module,
-    data: str | os.PathLike,
+    data: Data,
     *,
-    val: str | os.PathLike | None = None,
+    val: Data | None = None,
     holdout: float = 0.5,
     reader: ClipReader = ClipReader(),
     num_clips: int = 4,
@@ -69,11 +69,15 @@ def linear_probe(
     """Top-1 / top-5 of a linear classifier on frozen features of labelled videos."""
     train_x, train_y, classes = _features(backbone, data, reader, num_clips)
     if val is not None:
-        val_x, val_y, _ = _features(backbone, val, reader, num_clips)
+        val_x, val_y, _ = _features(backbone, val, reader, num_clips, param="val")
     else:
         train_idx, val_idx = stratified_split(train_y, holdout, seed)
         if len(val_idx) == 0:
-            raise VvkError(f"--data {data}: too few videos per class for a hold-out; pass --val")
+            raise VvkError(
+                f"data={describe(data)}: too few videos per class for a hold-out",
+                hint="pass val=VIDEOS",
+                params=("data", "val"),
+            )
         train_x, val_x, train_y, val_y = (
             train_x[train_idx],
             train_x[val_idx],
@@ -99,11 +103,15 @@ def linear_probe(
     }
 
 
-def _features(backbone: nn.Module, data, reader: ClipReader, num_clips: int) -> tuple[Tensor, Tensor, int]:
+def _features(
+    backbone: nn.Module, data: Data, reader: ClipReader, num_clips: int, *, param: str = "data"
+) -> tuple[Tensor, Tensor, int]:
     dataset = reader.dataset(data, num_clips=num_clips)
     z, labels = reader.embed(backbone, dataset)
     if (labels < 0).any():
         raise VvkError(
-            f"--data {data}: the linear probe needs labels (class subfolders, or a list with labels)"
+            f"{param}={describe(data)}: the linear probe needs labels (class subfolders, or a list "
+            "with labels)",
+            params=(param,),
         )
     return z.mean(dim=1), labels, len(dataset.classes)  # multi-clip averaging: (N, clips, D) -> (N, D)

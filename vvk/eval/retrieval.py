@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vvk.data.sources import Data, describe
 from vvk.errors import VvkError
 from vvk.eval.features import ClipReader
 
@@ -32,14 +33,15 @@ def recall_at_k(
 
 def retrieval(
     backbone: nn.Module,
-    data: str | os.PathLike,
+    data: Data,
     *,
     reader: ClipReader = ClipReader(),
     ks: tuple[int, ...] = (1, 5),
     seed: int = 0,
     repeats: int = 1,
 ) -> dict[str, Any]:
-    """Recall@k of clip retrieval over the videos of ``data`` (a folder or list file).
+    """Recall@k of clip retrieval over the videos of ``data`` (a folder, a list or video file, or
+    a sequence of those: ``vvk.data.sources.Data``).
 
     With ``repeats`` > 1 the evaluation runs with that many augmentation seeds and reports the
     mean (small video sets give noisy single draws).
@@ -48,7 +50,10 @@ def retrieval(
 
     dataset = reader.dataset(data, num_clips=2)  # the query's time and the gallery's time
     if len(dataset) < 2:
-        raise VvkError(f"--data {data}: retrieval needs at least 2 usable videos, found {len(dataset)}")
+        raise VvkError(
+            f"data={describe(data)}: retrieval needs at least 2 usable videos, found {len(dataset)}",
+            params=("data",),
+        )
     augment = VideoAugment(size=reader.clips.crop).to(reader.device)
     runs = []
     for r in range(repeats):
@@ -71,7 +76,7 @@ def retrieval(
 
 def retrieval_gain(
     weights: str | os.PathLike,
-    data: str | os.PathLike,
+    data: Data,
     *,
     reader: ClipReader | None = None,
     seed: int = 0,

@@ -182,13 +182,18 @@ def _builtin_example() -> Path:
 
 
 def backbone_file(spec: str | os.PathLike) -> str:
-    """``--weights`` may name a run folder: its exported backbone."""
+    """``weights`` may name a run folder: its exported backbone. A path to nothing that cannot be
+    a checkpoint file, a registry name or an hf-hub spec is taken for a missing run folder."""
     path = Path(spec)
     if path.is_dir():
         candidate = path / BACKBONE_FILE
         if not candidate.is_file():
             raise VvkError(
-                f"--weights {spec}: a folder without {BACKBONE_FILE} (not a finished pretrain run)"
+                f"weights={spec}: a folder without {BACKBONE_FILE} (not a finished pretrain run)",
+                params=("weights",),
             )
         return str(candidate)
+    folder_like = os.sep in str(spec) and not path.suffix and not str(spec).startswith("hf-hub:")
+    if folder_like and not os.path.lexists(path):
+        raise VvkError(f"weights={spec}: no such run folder", params=("weights",))
     return str(spec)
