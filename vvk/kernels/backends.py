@@ -101,6 +101,18 @@ def resolve_backend(requested: str | None, device) -> str:
     return choice
 
 
+def no_autocast(device):
+    """A context with autocast off on ``device`` (a ``torch.device``): for kernel code that picks
+    its compute dtype itself, where autocast would turn some of its matmuls to bfloat16/float16."""
+    import contextlib
+
+    import torch
+
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def implementation(package: str, backend: str):
     """The module ``<package>.<backend>``, imported on first use: Triton kernels are defined, and
     CUDA sources built, only when a call needs them."""

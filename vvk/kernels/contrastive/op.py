@@ -8,7 +8,8 @@ holds an ``N × M`` tensor. Backends (``vvk.kernels.backends``): ``reference`` (
 and deterministic mode), ``triton`` (CUDA default; CPU under ``TRITON_INTERPRET=1``), ``cuda``
 (compiled extension, FMA tiles, D <= 512). Dtypes: float16 / bfloat16 (sums and exponentials in
 float32; the GPU backends feed the matmuls in the input dtype), float32, float64 (reference and
-cuda; an automatic choice sends float64 to the reference, since the Triton tiles use float32).
+cuda; an automatic choice sends float64 to the reference, since the Triton tiles use float32);
+``q`` and ``k`` of two dtypes (autocast's bfloat16 meeting float32) are both taken in the wider.
 Hardware tested: CPU (reference; Triton under the interpreter). GPU results: docs/benchmarks.md.
 """
 
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vvk.kernels.backends import implementation, resolve_backend
+from vvk.kernels.backends import implementation, no_autocast, resolve_backend
 from vvk.kernels.contrastive import reference
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -152,7 +153,8 @@ def _direction(
     )
     dtype = lse.dtype
     picked = all_cols[positives.clamp(min=0)].to(dtype)  # (N, P, D)
-    pos_logits = torch.einsum("nd,npd->np", rows.to(dtype), picked) * scale.to(dtype)
+    with no_autocast(rows.device):  # in the log-sum-exp's dtype, as the denominator
+        pos_logits = torch.einsum("nd,npd->np", rows.to(dtype), picked) * scale.to(dtype)
     pos_logits = pos_logits.masked_fill(positives < 0, float("-inf"))
     return lse - torch.logsumexp(pos_logits, dim=1)
 
@@ -303,6 +305,9 @@ def contrastive_loss(
     scale = _scale(temperature, q)
     if normalize:
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+    # Under autocast a head's bfloat16 output may meet float32 keys: the kernels take one dtype.
+    dtype = torch.promote_types(q.dtype, k.dtype)
+    q, k = q.to(dtype), k.to(dtype)
     world = _World.of(process_group)
     chosen = resolve_backend(backend, q.device)
     if backend is None and chosen == "triton" and q.dtype == torch.float64:

@@ -20,7 +20,8 @@ Caveats:
   otherwise "ieee". float16/bfloat16 feed the tensor cores directly; ``p`` is cast to the input
   dtype for the second product, as flash attention does. float64 is refused (use the reference).
 - Tested under ``TRITON_INTERPRET=1`` on the CPU in fp32 and on a GPU by
-  ``benchmarks/gpu_check.sh``. No autotuning (the interpreter cannot run ``do_bench``).
+  ``benchmarks/gpu_check.sh``. No autotuning (the interpreter cannot run ``do_bench``). The
+  interpreter computes bf16/fp16 wrongly, so on the CPU they are cast to fp32 first.
 """
 
 from __future__ import annotations
@@ -270,8 +271,17 @@ def _common_args(q: Tensor, k: Tensor, positives, group_q, group_k) -> tuple[tup
     return (pos, gq, gk, *sizes, *strides), has_groups
 
 
+def _interpretable(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """The tensors as the kernels read them: on the CPU (the interpreter, which computes float16
+    and bfloat16 wrongly) low precision goes in as float32; on a GPU as it is."""
+    return tuple(
+        t.float() if not t.is_cuda and t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors
+    )
+
+
 def lse_forward(q, k, scale, positives, group_q, group_k, block_rows=0, block_cols=0) -> Tensor:
     """Triton forward: same contract as ``reference.lse_forward``; returns float32 ``(N,)``."""
+    q, k = _interpretable(q, k)
     settings = _settings(q, block_rows, block_cols)
     lse = torch.empty(q.shape[0], dtype=torch.float32, device=q.device)
     if q.shape[0] == 0:
@@ -284,14 +294,16 @@ def lse_forward(q, k, scale, positives, group_q, group_k, block_rows=0, block_co
 
 def lse_backward(grad, q, k, scale, lse, positives, group_q, group_k, block_rows=0, block_cols=0):
     """Triton backward: same contract as ``reference.lse_backward``; returns ``(dq, dk)``."""
+    dtypes = q.dtype, k.dtype
+    q, k = _interpretable(q, k)
     settings = _settings(q, block_rows, block_cols)
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     if q.shape[0] == 0 or k.shape[0] == 0:
-        return dq.zero_(), dk.zero_()
+        return dq.zero_().to(dtypes[0]), dk.zero_().to(dtypes[1])
     args, has_groups = _common_args(q, k, positives, group_q, group_k)
     inputs = (q, k, scale.float(), lse.float().contiguous(), grad.contiguous())
     for out, for_keys, blocks in ((dq, False, q.shape[0]), (dk, True, k.shape[0])):
         grid = (triton.cdiv(blocks, settings["BLOCK_N" if for_keys else "BLOCK_M"]),)
         _lse_bwd_kernel[grid](*inputs, out, *args, HAS_GROUPS=has_groups, FOR_KEYS=for_keys, **settings)
-    return dq, dk
+    return dq.to(dtypes[0]), dk.to(dtypes[1])

@@ -41,13 +41,16 @@ times faster than looping ``torchvision.ops.roi_align`` over frames (benchmarks/
 it does not exploit small rois on large maps (dense weight rows are mostly zero there).
 
 Caveats: no gradient for the roi coordinates (as torchvision); half / bfloat16 inputs are
-computed in float32.
+computed in float32, with autocast off (under autocast the inputs keep their dtype, and so
+does the output).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from vvk.kernels.backends import no_autocast
 
 # Bytes of the intermediate (k, C, T, H, pw) tensor per chunk of rois. Fewer, larger chunks mean
 # fewer parallel regions, which matters when the CPU is shared (OpenMP threads then wait at
@@ -184,6 +187,11 @@ def pool_forward(images: Tensor, batch_index: Tensor, table: Tensor, pooled: tup
     Written with differentiable ops only, so autograd through it is a second, independent
     derivation of the gradient that :func:`pool_backward` computes explicitly.
     """
+    with no_autocast(images.device):  # the compute dtype is chosen here; autocast would mix in bf16
+        return _pool_forward(images, batch_index, table, pooled)
+
+
+def _pool_forward(images: Tensor, batch_index: Tensor, table: Tensor, pooled: tuple[int, int, int]) -> Tensor:
     dtype = compute_dtype(images.dtype)
     x = images.to(dtype).contiguous()
     _, c, t, h, _ = x.shape
@@ -201,6 +209,11 @@ def pool_forward(images: Tensor, batch_index: Tensor, table: Tensor, pooled: tup
 
 def pool_backward(grad: Tensor, batch_index: Tensor, table: Tensor, images_shape: list[int]) -> Tensor:
     """Gradient of :func:`pool_forward` for the images: ``(K, C, pt, ph, pw)`` -> ``(B, C, T, H, W)``."""
+    with no_autocast(grad.device):
+        return _pool_backward(grad, batch_index, table, images_shape)
+
+
+def _pool_backward(grad: Tensor, batch_index: Tensor, table: Tensor, images_shape: list[int]) -> Tensor:
     dtype = compute_dtype(grad.dtype)
     g = grad.to(dtype)
     table = table.to(dtype)

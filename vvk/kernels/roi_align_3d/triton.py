@@ -13,7 +13,8 @@ backward order-dependent, hence not bitwise deterministic; ``op.py`` sends calls
 
 Caveats:
 - Tested under ``TRITON_INTERPRET=1`` on the CPU in fp32 (tests/kernels) and on a GPU by
-  ``benchmarks/gpu_check.sh``; bf16/fp16 accumulate in fp32.
+  ``benchmarks/gpu_check.sh``; bf16/fp16 accumulate in fp32. The interpreter computes bf16/fp16
+  wrongly, so on the CPU they are cast to fp32 before the kernel (and the result back).
 - ``BLOCK_P`` is the next power of two of ``pt * ph * pw``; very large outputs (> 4096 bins)
   would need a bin loop and are refused.
 - No autotuning (the interpreter cannot run ``do_bench``); ``BLOCK_C`` and ``num_warps`` are fixed.
@@ -149,11 +150,18 @@ def _launch(images: Tensor, grad_images, out: Tensor, batch_index: Tensor, table
     )
 
 
+def _interpretable(x: Tensor) -> Tensor:
+    """``x`` as the kernel reads it: on the CPU (the interpreter, which computes float16 and
+    bfloat16 wrongly) low precision goes in as float32; on a GPU as it is."""
+    return x.float() if not x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def pool_forward(images: Tensor, batch_index: Tensor, table: Tensor, pooled: tuple[int, int, int]) -> Tensor:
     """Triton forward: same contract as ``reference.pool_forward``."""
-    out = images.new_empty(batch_index.shape[0], images.shape[1], *pooled)
-    _launch(images, None, out, batch_index, table.to(compute_dtype(images.dtype)), backward=False)
-    return out
+    x = _interpretable(images)
+    out = x.new_empty(batch_index.shape[0], x.shape[1], *pooled)
+    _launch(x, None, out, batch_index, table.to(compute_dtype(x.dtype)), backward=False)
+    return out.to(images.dtype)
 
 
 def pool_backward(grad: Tensor, batch_index: Tensor, table: Tensor, images_shape: list[int]) -> Tensor:
@@ -161,5 +169,6 @@ def pool_backward(grad: Tensor, batch_index: Tensor, table: Tensor, images_shape
     acc_dtype = compute_dtype(grad.dtype)
     grad_images = torch.zeros(images_shape, dtype=acc_dtype, device=grad.device)
     # The backward scatters into the contiguous buffer, so the buffer also stands in for the input.
-    _launch(grad_images, grad_images, grad.contiguous(), batch_index, table.to(acc_dtype), backward=True)
+    g = _interpretable(grad).contiguous()
+    _launch(grad_images, grad_images, g, batch_index, table.to(acc_dtype), backward=True)
     return grad_images.to(grad.dtype)
