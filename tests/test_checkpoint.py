@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 import vvk
 from vvk.errors import VvkError
 from vvk.models import build, load, register, save
-from vvk.models.checkpoint import load_weights, sidecar_path
+from vvk.models.checkpoint import load_file, load_weights, sidecar_path
 from vvk.models.registry import unregister
 
 
@@ -51,12 +52,23 @@ def test_roundtrip_rebuilds_from_files(toy, tmp_path):
     torch.testing.assert_close(load(path).eval()(x), model(x), rtol=0, atol=0)
 
 
-def test_file_alone_is_enough(toy, tmp_path):
+def test_file_alone_is_enough_but_is_loaded_with_a_warning(toy, tmp_path, caplog):
     model = _trained(toy)
     path = save(model, tmp_path / "m.safetensors")
     sidecar_path(path).unlink()
     x = torch.randn(1, 3, 16, 16)
-    torch.testing.assert_close(load(path).eval()(x), model(x), rtol=0, atol=0)
+    with caplog.at_level(logging.WARNING, logger="vvk.models"):
+        torch.testing.assert_close(load(path).eval()(x), model(x), rtol=0, atol=0)
+    # Nothing vouches for the tensors any more: the user hears so, and how to write a new sidecar.
+    (record,) = caplog.records
+    assert f"{path}: no m.json sidecar beside it, so its sha256 cannot be checked" in record.getMessage()
+    assert f"m.save(m.load('{path}'), '{path}')" in record.getMessage()
+    caplog.clear()
+    # A registry entry's file (its sha256 checked by the registry) or a checked Hub blob: no word.
+    with caplog.at_level(logging.WARNING, logger="vvk.models"):
+        load_file(path, architecture=toy)
+        load_file(path, verified=True)
+    assert not caplog.records
 
 
 def test_shared_tensors_roundtrip(toy, tmp_path):

@@ -409,6 +409,31 @@ def test_unresponsive_server_times_out(tmp_path, monkeypatch):
     sock.close()
 
 
+@pytest.mark.timeout(60)  # without the bound, huggingface_hub's retries take minutes here
+def test_unresponsive_hub_times_out(tmp_path, monkeypatch):
+    """An hf-hub file from a Hub that accepts the connection and never answers: an error after
+    VVK_DOWNLOAD_TIMEOUT, not after huggingface_hub's own timeouts and back-off retries."""
+    import huggingface_hub.constants as hf_constants
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    monkeypatch.setattr(hf_constants, "ENDPOINT", endpoint)
+    template = endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("VVK_OFFLINE", raising=False)
+    monkeypatch.setenv("VVK_DOWNLOAD_TIMEOUT", "1")
+    start = time.monotonic()
+    with pytest.raises(VvkError, match=r"Hugging Face cache and the Hub could not be reached in 1 s"):
+        resolve("hf-hub:vvk-test/tiny/model.safetensors")
+    assert time.monotonic() - start < 8
+    sock.close()
+
+
 def test_missing_local_path_and_unknown_name(tmp_path):
     with pytest.raises(VvkError, match="file not found"):
         resolve(str(tmp_path / "nope.safetensors"))

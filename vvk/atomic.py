@@ -29,11 +29,21 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_file(tmp)
+        # mkstemp makes the file 0600; the result gets the mode any new file gets here (0644
+        # under the usual umask 022), so that the group or a web server can read what vvk wrote.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, dest)
         _fsync_dir(dest.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    # The only way to read the umask is to set it; set it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(dest: str | os.PathLike, text: str) -> None:

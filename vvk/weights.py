@@ -22,6 +22,7 @@ those strings, so listing stays torch-free; ``vvk.models.pretrained`` builds and
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import os
@@ -29,7 +30,7 @@ import re
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -355,12 +356,21 @@ def _hf_fetch(
     repo: str, file: str, revision: str | None, *, label: str, missing: Callable[[str], VvkError]
 ) -> Path:
     """hf_hub_download with its failures turned into one-line errors (``missing`` builds the
-    error for 'not cached and not downloadable')."""
-    from huggingface_hub import hf_hub_download
+    error for 'not cached and not downloadable'), reaching the Hub for at most
+    ``VVK_DOWNLOAD_TIMEOUT`` seconds."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+    timeout = _download_timeout()
+    if not _offline() and not isinstance(try_to_load_from_cache(repo, file, revision=revision), str):
+        # For a file it has not cached, hf_hub_download retries an unreachable Hub with back-off
+        # (about 25 s, whatever its timeouts) before it gives up: ask once first.
+        unreachable = _hub_unreachable(repo, file, revision, timeout)
+        if unreachable:
+            raise missing(unreachable)
     try:
-        return Path(hf_hub_download(repo, file, revision=revision))
+        with _hf_read_timeout(timeout):
+            return Path(hf_hub_download(repo, file, revision=revision, etag_timeout=timeout))
     except LocalEntryNotFoundError as e:  # a subclass of EntryNotFoundError: test it first
         raise missing(
             "downloads are off (HF_HUB_OFFLINE)" if _offline() else "the Hub could not be reached"
@@ -369,6 +379,38 @@ def _hf_fetch(
         raise VvkError(f"{label}: {file} not found in hf-hub:{repo}") from e
     except OSError as e:  # connection errors surface as OSError subclasses
         raise missing(f"the download failed: {e}") from e
+
+
+def _hub_unreachable(repo: str, file: str, revision: str | None, timeout: float) -> str | None:
+    """Why the Hub does not answer one metadata request (no retries) within ``timeout``, or None
+    when it answers, an error included (hf_hub_download then reports that one)."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        get_hf_file_metadata(hf_hub_url(repo, file, revision=revision), timeout=timeout)
+    except HfHubHTTPError:
+        return None
+    except Exception as e:  # the HTTP client's own errors: no connection, no answer in time
+        return f"the Hub could not be reached in {timeout:g} s ({type(e).__name__})"
+    return None
+
+
+@contextlib.contextmanager
+def _hf_read_timeout(seconds: float) -> Iterator[None]:
+    """huggingface_hub's read timeout of a transfer (``HF_HUB_DOWNLOAD_TIMEOUT``, read when it is
+    imported) set to ``seconds`` for one download, unless the user set that variable."""
+    from huggingface_hub import constants
+
+    if "HF_HUB_DOWNLOAD_TIMEOUT" in os.environ:
+        yield
+        return
+    previous = constants.HF_HUB_DOWNLOAD_TIMEOUT
+    constants.HF_HUB_DOWNLOAD_TIMEOUT = seconds
+    try:
+        yield
+    finally:
+        constants.HF_HUB_DOWNLOAD_TIMEOUT = previous
 
 
 def _download_url(entry: WeightsEntry, url: str, target: Path, *, progress: bool) -> Path:

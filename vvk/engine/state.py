@@ -12,7 +12,8 @@
         step-00000500/  model.safetensors + model.json, ema.safetensors (+ .json), trainer.pt
 
 A checkpoint is written into a hidden temporary folder, renamed into place, and only then named
-in ``latest`` (an atomic write): a crash at any moment leaves ``latest`` naming a complete one.
+in ``latest`` (an atomic write): a crash at any moment leaves ``latest`` naming a complete one,
+and the next save removes the temporary folder the crash left.
 ``model.safetensors`` is a ``vvk.models`` checkpoint when the model was built by
 ``vvk.models.build`` (``vvk.models.load`` rebuilds it), plain safetensors otherwise.
 ``trainer.pt`` holds the step, the optimizer, the loss scaler, and every rank's RNG states and
@@ -22,6 +23,7 @@ sample position, as plain tensors and lists (it loads with ``weights_only=True``
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -43,6 +45,8 @@ from vvk.errors import VvkError
 from vvk.models.checkpoint import load_weights, unwrap
 from vvk.models.checkpoint import save as save_vvk_checkpoint
 from vvk.models.registry import ARCH_ATTR
+
+logger = logging.getLogger("vvk.engine")
 
 # Fields that may differ when a run is resumed without a warning.
 _RESUMABLE_CHANGES = {
@@ -133,9 +137,7 @@ class RunDir:
             if k not in _RESUMABLE_CHANGES and old.get(k, defaults[k]) != v
         )
         if changed:
-            sys.stderr.write(
-                f"vvk: warning: resuming {self.path} with changed settings: {', '.join(changed)}\n"
-            )
+            logger.warning("resuming %s with changed settings: %s", self.path, ", ".join(changed))
 
     def trim_metrics(self, step: int) -> None:
         """Drop metric lines after ``step``: a resumed run redoes those steps and logs them again."""
@@ -147,12 +149,25 @@ class RunDir:
             atomic_write_text(self.metrics, "".join(kept))
 
     def latest(self) -> Path | None:
-        """The newest complete checkpoint folder, or None."""
+        """The newest complete checkpoint folder, or None.
+
+        ``latest`` names it; when that one is gone or incomplete (deleted by hand, a disk
+        restored in part), the newest complete ``step-*`` folder stands in, with a warning,
+        rather than a resumed run silently starting again from step 0.
+        """
         pointer = self.checkpoints / "latest"
-        if not pointer.is_file():
+        named = pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else None
+        if named and _complete(self.checkpoints / named):
+            return self.checkpoints / named
+        complete = [f for f in sorted(self.checkpoints.glob("step-*"), reverse=True) if _complete(f)]
+        if not complete:
             return None
-        folder = self.checkpoints / pointer.read_text(encoding="utf-8").strip()
-        return folder if folder.is_dir() else None
+        if named:
+            logger.warning(
+                "%s names %s, which is missing or incomplete; using the newest complete checkpoint, %s",
+                pointer, named, complete[0].name,
+            )  # fmt: skip
+        return complete[0]
 
     def save(
         self,
@@ -167,8 +182,11 @@ class RunDir:
         """Write checkpoint ``step`` (main rank only) and drop all but the ``keep`` newest."""
         name = f"step-{step:08d}"
         final = self.checkpoints / name
+        # Folders of writes that were killed: only rank 0 writes, one save at a time, so every
+        # temporary folder here is a dead one, this process's included.
+        for stale in self.checkpoints.glob(".step-*.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = self.checkpoints / f".{name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         _save_weights(model, tmp / "model.safetensors", arch=arch, step=step)
         if ema is not None:
@@ -195,6 +213,11 @@ class RunDir:
             return torch.load(folder / "trainer.pt", map_location="cpu", weights_only=True)
         except Exception as e:
             raise VvkError(f"{folder / 'trainer.pt'}: cannot load the trainer state ({e})") from e
+
+
+def _complete(folder: Path) -> bool:
+    # What ``load`` reads; a checkpoint folder appears only whole (renamed into place).
+    return (folder / "model.safetensors").is_file() and (folder / "trainer.pt").is_file()
 
 
 def _save_weights(model: nn.Module, path: Path, *, arch: dict[str, Any] | None, step: int) -> None:

@@ -16,6 +16,7 @@ is the entry point that also takes registry names, hf-hub specs and other source
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -33,6 +34,8 @@ from vvk.atomic import atomic_path, atomic_write_text
 from vvk.errors import VvkError
 from vvk.models.registry import ARCH_ATTR, build
 from vvk.weights import sha256_file, verify_file
+
+logger = logging.getLogger("vvk.models")
 
 FORMAT = "vvk-checkpoint"
 FORMAT_VERSION = 1
@@ -118,19 +121,35 @@ def read_arch(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_file(
-    path: str | os.PathLike, *, architecture: str | None = None, map_location: str | torch.device = "cpu"
+    path: str | os.PathLike,
+    *,
+    architecture: str | None = None,
+    map_location: str | torch.device = "cpu",
+    verified: bool = False,
 ) -> nn.Module:
     """Rebuild and load the model of a local vvk checkpoint file, on ``map_location``.
 
+    A file without its sidecar still loads (its metadata records the architecture), with a
+    warning unless ``verified`` or ``architecture`` says where it came from: nothing else checks
+    that its tensors are the ones that were saved.
+
     Args:
-        architecture: the registry name the file must hold (a weights entry's); a file recording
-            another architecture is an error.
+        architecture: the registry name the file must hold (a weights entry's, whose sha256 the
+            registry has checked); a file recording another architecture is an error.
+        verified: the caller has checked the file's sha256 (an hf-hub blob).
     """
     arch = read_arch(path)
     if architecture is not None and arch["name"] != architecture:
         raise VvkError(f"{path}: holds a '{arch['name']}' model, not the registered '{architecture}'")
     if arch["sha256"]:
         verify_file(path, arch["sha256"], what="checkpoint")
+    elif architecture is None and not verified and not sidecar_path(path).is_file():
+        logger.warning(
+            "%s: no %s sidecar beside it, so its sha256 cannot be checked; loading the '%s' model its "
+            "metadata records. Keep the sidecar with the file, or write one for the file as it is now: "
+            "python -c \"import vvk.models as m; m.save(m.load('%s'), '%s')\"",
+            path, sidecar_path(path).name, arch["name"], path, path,
+        )  # fmt: skip
     model = build(arch["name"], **arch["kwargs"])
     load_weights(model, path)
     return model.to(map_location)

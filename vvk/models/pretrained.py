@@ -37,7 +37,7 @@ from torch import nn
 from vvk.errors import VvkError
 from vvk.models.checkpoint import load_file, load_strictly, read_arch
 from vvk.models.registry import get_entry
-from vvk.weights import WeightsEntry, lookup, pull, resolve, split_architecture
+from vvk.weights import HF_PREFIX, WeightsEntry, lookup, pull, resolve, split_architecture
 
 
 def load(
@@ -61,7 +61,7 @@ def load(
     if entry is None:  # a vvk checkpoint: a local file or an hf-hub spec
         path = resolve(spec, registry=registry)
         _check_task(spec, get_entry(read_arch(path)["name"]).task, tasks)
-        return load_file(path, map_location=map_location)
+        return load_file(path, map_location=map_location, verified=spec.startswith(HF_PREFIX))
     _check_task(f"weights '{entry.name}' ({entry.architecture})", entry.task, tasks)
     path = pull(entry.name, registry={entry.name: entry})
     kind, name = split_architecture(entry.architecture)
