@@ -79,13 +79,12 @@ def retrieval(
         model, info, reader = _setup(
             weights, backbone, seed, decoder, frames=frames, stride=stride, size=size, crop=crop
         )
-        result = run_retrieval(model, videos, reader=reader, seed=seed, repeats=repeats)
+        common = {"reader": reader, "seed": seed, "repeats": repeats, "progress": not json_output}
+        result = run_retrieval(model, videos, **common)
         if compare_random:
             from vvk.eval.features import random_twin
 
-            baseline = run_retrieval(
-                random_twin(weights, seed=seed), videos, reader=reader, seed=seed, repeats=repeats
-            )
+            baseline = run_retrieval(random_twin(weights, seed=seed), videos, label="random init", **common)
             result.update({f"random_{k}": baseline[k] for k in ("recall@1", "recall@5")})
     shown = [k for k in ("recall@1", "recall@5", "random_recall@1", "random_recall@5") if k in result]
     _print(Output(json_output), {"protocol": "retrieval", "weights": info["source"], **result}, shown)
@@ -127,8 +126,9 @@ def linear_probe(
             weights, backbone, seed, decoder, frames=frames, stride=stride, size=size, crop=crop
         )
         result = run_probe(
-            model, videos, val=val_videos, holdout=holdout, reader=reader, num_clips=num_clips, seed=seed
-        )
+            model, videos, val=val_videos, holdout=holdout, reader=reader, num_clips=num_clips, seed=seed,
+            progress=not json_output,
+        )  # fmt: skip
     _print(
         Output(json_output),
         {"protocol": "linear-probe", "weights": info["source"], **result},

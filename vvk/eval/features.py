@@ -149,13 +149,19 @@ class ClipReader:
 
     @torch.no_grad()
     def embed(
-        self, backbone: nn.Module, dataset, *, transform: Callable[[Tensor, int], Tensor] | None = None
+        self,
+        backbone: nn.Module,
+        dataset,
+        *,
+        transform: Callable[[Tensor, int], Tensor] | None = None,
+        progress: str | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Embed every sample's clips: (embeddings (N, clips, D) L2-normalised, labels (N,)).
 
         Args:
             transform: ``transform(video_uint8, batch_number) -> input``; default: centre crop.
                 The batch number lets a seeded augmentation be reproducible.
+            progress: a label: show a progress bar of the videos embedded on stderr.
         """
         from vvk.data import collate
 
@@ -164,7 +170,7 @@ class ClipReader:
             dataset, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=collate
         )
         chunks, labels = [], []
-        for number, batch in enumerate(loader):
+        for number, batch in enumerate(_counted(loader, len(dataset), progress)):
             video = batch["video"]  # (B, N, C, T, H, W): N clips per video
             b, n = video.shape[:2]
             flat = video.flatten(0, 1)  # (B, N, C, T, H, W) -> (B*N, C, T, H, W)
@@ -173,3 +179,19 @@ class ClipReader:
             chunks.append(z.reshape(b, n, -1).cpu())  # (B*N, D) -> (B, N, D)
             labels.append(batch["label"])
         return torch.cat(chunks), torch.cat(labels)
+
+
+def _counted(loader: DataLoader, videos: int, label: str | None):
+    """The loader's batches, advancing a transient bar of ``videos`` on stderr when ``label``."""
+    if label is None:
+        yield from loader
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=videos)
+        for batch in loader:
+            yield batch
+            bar.advance(task, len(batch["label"]))

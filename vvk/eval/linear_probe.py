@@ -65,11 +65,13 @@ def linear_probe(
     num_clips: int = 4,
     l2: float = 1e-3,
     seed: int = 0,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Top-1 / top-5 of a linear classifier on frozen features of labelled videos."""
-    train_x, train_y, classes = _features(backbone, data, reader, num_clips)
+    """Top-1 / top-5 of a linear classifier on frozen features of labelled videos (``progress``:
+    a bar of the videos embedded on stderr)."""
+    train_x, train_y, classes = _features(backbone, data, reader, num_clips, progress=progress)
     if val is not None:
-        val_x, val_y, _ = _features(backbone, val, reader, num_clips, param="val")
+        val_x, val_y, _ = _features(backbone, val, reader, num_clips, param="val", progress=progress)
     else:
         train_idx, val_idx = stratified_split(train_y, holdout, seed)
         if len(val_idx) == 0:
@@ -104,10 +106,16 @@ def linear_probe(
 
 
 def _features(
-    backbone: nn.Module, data: Data, reader: ClipReader, num_clips: int, *, param: str = "data"
+    backbone: nn.Module,
+    data: Data,
+    reader: ClipReader,
+    num_clips: int,
+    *,
+    param: str = "data",
+    progress: bool = False,
 ) -> tuple[Tensor, Tensor, int]:
     dataset = reader.dataset(data, num_clips=num_clips)
-    z, labels = reader.embed(backbone, dataset)
+    z, labels = reader.embed(backbone, dataset, progress=f"{param} features" if progress else None)
     if (labels < 0).any():
         raise VvkError(
             f"{param}={describe(data)}: the linear probe needs labels (class subfolders, or a list "

@@ -39,12 +39,15 @@ def retrieval(
     ks: tuple[int, ...] = (1, 5),
     seed: int = 0,
     repeats: int = 1,
+    progress: bool = False,
+    label: str = "retrieval",
 ) -> dict[str, Any]:
     """Recall@k of clip retrieval over the videos of ``data`` (a folder, a list or video file, or
     a sequence of those: ``vvk.data.sources.Data``).
 
     With ``repeats`` > 1 the evaluation runs with that many augmentation seeds and reports the
-    mean (small video sets give noisy single draws).
+    mean (small video sets give noisy single draws). ``progress`` shows a bar of the videos
+    embedded on stderr, named ``label``.
     """
     from vvk.data import VideoAugment
 
@@ -62,7 +65,8 @@ def retrieval(
             torch.manual_seed(draw * 100_003 + number)  # kornia draws from the global generator
             return augment(video.to(reader.device))
 
-        z, _ = reader.embed(backbone, dataset, transform=transform)  # (N, 2, D)
+        shown = f"{label} {r + 1}/{repeats}" if repeats > 1 else label
+        z, _ = reader.embed(backbone, dataset, transform=transform, progress=shown if progress else None)
         runs.append(recall_at_k(z[:, 0], z[:, 1], ks))
     return {
         **{f"recall@{k}": sum(run[k] for run in runs) / repeats for k in ks},
@@ -81,6 +85,7 @@ def retrieval_gain(
     reader: ClipReader | None = None,
     seed: int = 0,
     repeats: int = 1,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Retrieval of a pretrained backbone and of the same architecture at random initialisation,
     on the same clips and augmentation draws: ``{"pretrained": ..., "random": ..., "gain@1": ...}``."""
@@ -88,8 +93,9 @@ def retrieval_gain(
 
     trained, info = load_backbone(weights)
     reader = reader or ClipReader(clip_spec_for(info))
-    pretrained = retrieval(trained, data, reader=reader, seed=seed, repeats=repeats)
-    baseline = retrieval(random_twin(weights, seed=seed), data, reader=reader, seed=seed, repeats=repeats)
+    common = {"reader": reader, "seed": seed, "repeats": repeats, "progress": progress}
+    pretrained = retrieval(trained, data, label="retrieval (pretrained)", **common)
+    baseline = retrieval(random_twin(weights, seed=seed), data, label="retrieval (random init)", **common)
     return {
         "pretrained": pretrained,
         "random": baseline,
