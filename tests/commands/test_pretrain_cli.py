@@ -87,11 +87,9 @@ def test_missing_paths_in_a_list_are_reported_and_skipped(cli, shared_data, tmp_
 
 
 def test_demo_on_the_built_in_example_set(cli, tmp_path, monkeypatch):
-    import vvk.methods.pretrain
-
     monkeypatch.setenv("VVK_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(vvk.methods.pretrain, "DEMO_STEPS", 2)  # the demo's own default, kept short
-    result = cli("pretrain", "cvrl", "--batch-size", "4", "--out", str(tmp_path / "run"), "--json")
+    result = cli("pretrain", "cvrl", "--steps", "2", "--batch-size", "4", "--out", str(tmp_path / "run"),
+                 "--json")  # fmt: skip
     assert result.code == 0, result.stderr
     record = json.loads(result.stdout)
     assert record["step"] == 2 and Path(record["data"]).is_relative_to(tmp_path / "cache")
@@ -106,3 +104,88 @@ def test_demo_on_the_built_in_example_set(cli, tmp_path, monkeypatch):
                 "--out", str(tmp_path / "run1"), "--json")  # fmt: skip
     assert again.code == 0, again.stderr
     assert json.loads(again.stdout)["step"] == 1
+
+
+def test_each_method_takes_only_the_options_it_reads(cli, tmp_path):
+    for method, option in (("cvrl", "--captions"), ("constcl", "--captions"), ("teg", "--shared-backbone")):
+        extra = [str(tmp_path / "captions.tsv")] if option == "--captions" else []
+        result = cli("pretrain", method, option, *extra, "--out", str(tmp_path / method))
+        assert result.code == 2, (method, result.stderr)  # a usage error: nothing trained, nothing written
+        assert "No such option" in result.stderr and option in result.stderr
+        assert not (tmp_path / method).exists()
+    helps = {m: cli("pretrain", m, "--help").stdout for m in ("vatt", "cvrl")}
+    assert "--captions" in helps["vatt"] and "--shared-backbone" in helps["vatt"]
+    assert "--captions" not in helps["cvrl"] and "--shared-backbone" not in helps["cvrl"]
+
+
+def test_a_failed_start_leaves_no_run_folder(cli, shared_data, tmp_path):
+    videos = link_videos(tmp_path / "videos", twelve_real_videos(shared_data))
+    run = tmp_path / "run"
+    common = ("--data", str(videos), "--out", str(run), "--steps", "1")
+    refusals = {
+        ("cvrl", "--backbone", "nosuch"): "unknown model 'nosuch'",
+        ("cvrl", "--set", "temperature=0"): "--set temperature=0.0: must be > 0",
+        ("teg", "--set", "crop=300"): "--set crop=300: must be <= size = 64",
+        ("cvrl", "--batch-size", "1"): "--batch-size 1: cvrl contrasts each clip with the other clips",
+        ("cvrl", "--set", "train.batch_size=1"): "--batch-size 1: cvrl contrasts",
+        ("vatt", "--captions", str(tmp_path / "gone.tsv")): "gone.tsv: no such caption file or folder",
+        ("constcl", "--set", "boxes=" + str(tmp_path / "gone.csv")): "gone.csv",
+    }
+    for (method, *args), message in refusals.items():
+        result = cli("pretrain", method, *common, *args)
+        assert result.code == 1, (args, result.stderr)
+        (line,) = result.stderr.strip().splitlines()  # one line, and no "internal error"
+        assert line.startswith("vvk: error: ") and message in line, line
+        assert not run.exists(), args  # validated before the folder was made
+    # So the same --out is free for the corrected command.
+    fixed = cli("pretrain", "cvrl", *common, "--batch-size", "2", "--json")
+    assert fixed.code == 0, fixed.stderr
+    assert json.loads(fixed.stdout)["step"] == 1
+
+
+def test_resume_goes_on_with_the_runs_data_and_preset(cli, shared_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("VVK_CACHE", str(tmp_path / "cache"))  # where the example set would go
+    real = twelve_real_videos(shared_data)
+    videos, other = link_videos(tmp_path / "videos", real), link_videos(tmp_path / "other", real[:6])
+    run = tmp_path / "run"
+    first = cli("pretrain", "cvrl", "--data", str(videos), "--steps", "2", "--batch-size", "4",
+                "--set", "temperature=0.3", "--out", str(run), "--json")  # fmt: skip
+    assert first.code == 0, first.stderr
+    # The first line says what the run does; the resolved preset is in preset.json, not on screen.
+    assert first.stderr.splitlines()[0] == (
+        f"pretraining cvrl (preset tiny) for 2 steps of 4 clips on {videos}, into {run}"
+    )
+    assert "resolved preset" not in first.stderr
+    recorded = json.loads((run / "preset.json").read_text())
+    assert recorded["data"] == str(videos) and recorded["resolved"]["temperature"] == 0.3
+
+    # The README's form: no --data, no --preset, no --set; the run's own are used.
+    resumed = cli("pretrain", "cvrl", "--out", str(run), "--resume", "--steps", "3", "--verbose", "--json")
+    assert resumed.code == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["step"] == 3 and json.loads(resumed.stdout)["data"] == str(videos)
+    assert resumed.stderr.splitlines()[0] == f"resuming cvrl in {run} (preset tiny) up to step 3, on {videos}"
+    assert "resolved preset: {" in resumed.stderr  # --verbose
+    after = json.loads((run / "preset.json").read_text())
+    assert after["data"] == str(videos) and after["resolved"]["train"]["steps"] == 3
+    assert {**after["resolved"], "train": None} == {**recorded["resolved"], "train": None}
+    assert not (tmp_path / "cache" / "examples").exists()  # the built-in example set was never made
+
+    refusals = {
+        ("--data", str(other)): f"--data {other}: {run} was trained on {videos}",
+        ("--preset", "paper"): f"--preset paper: {run} was trained with preset tiny",
+        ("--set", "temperature=0.5"): "was trained with temperature=0.3; a resumed run keeps its model",
+        ("--allow-new-data",): None,  # without --resume, below
+    }
+    for args, message in refusals.items():
+        resume = ("--resume",) if message else ()
+        result = cli("pretrain", "cvrl", "--out", str(run), *resume, "--steps", "4", *args)
+        assert result.code == 1, (args, result.stderr)
+        assert message is None or message in result.stderr, result.stderr
+        assert json.loads((run / "preset.json").read_text()) == after  # a refusal changes nothing
+    refused = cli("pretrain", "cvrl", "--out", str(run), "--resume", "--data", str(other))
+    assert "or pass --allow-new-data to switch" in refused.stderr
+
+    switched = cli("pretrain", "cvrl", "--out", str(run), "--resume", "--steps", "4", "--data", str(other),
+                   "--allow-new-data", "--json")  # fmt: skip
+    assert switched.code == 0, switched.stderr
+    assert json.loads((run / "preset.json").read_text())["data"] == str(other)

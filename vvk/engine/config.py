@@ -8,8 +8,9 @@ reached after ``warmup_steps``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from vvk.errors import VvkError
 
@@ -17,6 +18,55 @@ Optimizer = Literal["sgd", "lars", "adamw"]
 Schedule = Literal["cosine", "constant"]
 Precision = Literal["fp32", "bf16", "fp16"]
 ReplicaGrads = Literal["mean", "sum"]
+_CHOICES = {
+    "optimizer": Optimizer,
+    "schedule": Schedule,
+    "precision": Precision,
+    "replica_grads": ReplicaGrads,
+}
+
+
+class InvalidField(VvkError):
+    """A configuration field outside its range. ``path`` names the field; ``vvk.methods.overrides``
+    prefixes it with the fields that hold this one (``train.lr``) to name the ``--set`` key."""
+
+    def __init__(self, owner: str, name: str, value: Any, rule: str):
+        super().__init__(f"{owner}: invalid {name} = {value!r} (must be {rule})")
+        self.owner, self.path, self.value, self.rule = owner, name, value, rule
+
+
+# What each rule of ``check_ranges`` accepts; a tuple value must satisfy it in every element.
+_RULES: dict[str, Callable[[Any], bool]] = {
+    "> 0": lambda v: v > 0,
+    ">= 0": lambda v: v >= 0,
+    ">= 1": lambda v: v >= 1,
+    "in [0, 1]": lambda v: 0 <= v <= 1,
+    "in [0, 1)": lambda v: 0 <= v < 1,
+}
+
+
+def check_ranges(config: Any, rules: Mapping[str, Iterable[str]]) -> None:
+    """Raise ``InvalidField`` for the first field of ``config`` outside its rule: ``{rule: names}``
+    with a rule of ``_RULES``. None (a field's "not set") passes every rule.
+    Called from ``__post_init__`` of the training config and of every method preset, so a bad
+    value is refused where it is made (``--set``, a preset, Python) with the field's name."""
+    owner = _owner(config)
+    for rule, names in rules.items():
+        for name in names:
+            value = getattr(config, name)
+            values = value if isinstance(value, tuple) else (value,)
+            if not all(v is None or _RULES[rule](v) for v in values):
+                raise InvalidField(owner, name, value, rule)
+
+
+def check(config: Any, name: str, ok: bool, rule: str) -> None:
+    """``InvalidField`` for ``name`` unless ``ok``: a rule that relates fields (crop <= size)."""
+    if not ok:
+        raise InvalidField(_owner(config), name, getattr(config, name), rule)
+
+
+def _owner(config: Any) -> str:
+    return "training config" if isinstance(config, TrainConfig) else type(config).__name__
 
 
 @dataclass(frozen=True)
@@ -82,28 +132,18 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        checks = {
-            "steps": self.steps >= 1,
-            "batch_size": self.batch_size >= 1,
-            "grad_accum": self.grad_accum >= 1,
-            "lr": self.lr >= 0,
-            "optimizer": self.optimizer in ("sgd", "lars", "adamw"),
-            "schedule": self.schedule in ("cosine", "constant"),
-            "precision": self.precision in ("fp32", "bf16", "fp16"),
-            "replica_grads": self.replica_grads in ("mean", "sum"),
-            "warmup_steps": 0 <= self.warmup_steps <= self.steps,
-            "ema_decay": 0 <= self.ema_decay < 1,
-            "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
-            "grad_clip": self.grad_clip >= 0,
-            "checkpoint_every": self.checkpoint_every >= 0,
-            "keep_checkpoints": self.keep_checkpoints >= 1,
-            "log_every": self.log_every >= 1,
-            "num_workers": self.num_workers >= 0,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            name = bad[0]
-            raise VvkError(f"training config: invalid {name} = {getattr(self, name)!r}")
+        check_ranges(
+            self,
+            {
+                ">= 1": ("steps", "batch_size", "grad_accum", "keep_checkpoints", "log_every"),
+                ">= 0": ("lr", "weight_decay", "grad_clip", "checkpoint_every", "num_workers"),
+                "in [0, 1)": ("momentum", "betas2", "ema_decay"),
+                "in [0, 1]": ("min_lr_ratio",),
+            },
+        )
+        for name, kind in _CHOICES.items():
+            check(self, name, getattr(self, name) in get_args(kind), f"one of {', '.join(get_args(kind))}")
+        check(self, "warmup_steps", 0 <= self.warmup_steps <= self.steps, f"in [0, steps = {self.steps}]")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -7,36 +7,52 @@
     result = pretrain("constcl", data="kinetics/", preset="tiny", steps=200, out="runs/c1")
     result.backbone_path      # runs/c1/backbone.safetensors, loadable by vvk.models.load
 
-Resolve the preset (``--preset``, then ``--set key=value`` overrides, then ``--steps`` /
-``--batch-size`` / ``--backbone``), open the videos (or synthesise the built-in example set when
-no data is given), build the method's training module, run the one training loop, and export
-the backbone. The resolved preset is written to ``RUN/preset.json`` before training starts.
+``plan_pretrain`` resolves and checks everything a run needs before anything is written: the
+preset (``preset``, then ``overrides``, then the shortcuts ``steps`` / ``batch_size`` /
+``backbone`` / ``captions``) and the ranges of its fields, that the model builds (on the meta
+device: no memory, no time), that the data exists and the captions read, and that the run
+folder may be used. ``run_pretrain`` opens the videos (or the built-in example set when no data
+is given), writes ``RUN/preset.json`` (the resolved preset and what the run reads), builds the
+training module, runs the one training loop and exports the backbone; a failure before
+training starts leaves no new run folder behind. ``pretrain`` is the two in one call.
+
+``resume=True`` continues the run in ``out`` with what its ``preset.json`` recorded: the preset
+(with its overrides), the data, the decoder and the captions. ``train`` fields may change
+(``steps`` to go on longer); the model's and the data's fields may not, and other data is
+refused unless ``allow_new_data``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vvk.atomic import atomic_write_text
 from vvk.errors import VvkError
-from vvk.methods.overrides import apply_overrides, to_dict
+from vvk.methods.base import LAPTOP_STEPS
+from vvk.methods.overrides import from_dict, parse_overrides, replace_fields, to_dict
+from vvk.methods.registry import METHODS as METHOD_INFO
 from vvk.methods.registry import load, methods_for
 from vvk.paths import default_run_dir
 
+logger = logging.getLogger("vvk.methods")
+
 METHODS = tuple(m.name for m in methods_for("pretrain"))
 BACKBONE_FILE = "backbone.safetensors"
-# Steps of the demo on the built-in example set when none are asked for: the tiny presets'
-# 40 steps (sized for tests) leave the backbone no better than random initialisation at clip
-# retrieval. With decoded frames cached, ConST-CL's 1000 steps take about three minutes on 2 CPU
-# cores and lift its recall@1 on the example set from 0.08 to 0.22.
-DEMO_STEPS = 1000
+PRESET_FILE = "preset.json"
+DEFAULT_PRESET = "tiny"
+# Steps of the demo on the built-in example set when none are asked for, whatever the preset.
+DEMO_STEPS = LAPTOP_STEPS
+
+Data = str | os.PathLike | Sequence[str | os.PathLike]
 
 
 def get_method(name: str):
@@ -48,24 +64,146 @@ def get_method(name: str):
 
 def resolve_preset(
     method: str,
-    preset: str = "tiny",
+    preset: str = DEFAULT_PRESET,
     *,
-    overrides: list[str] | tuple[str, ...] = (),
+    overrides: Sequence[str] = (),
     backbone: str | None = None,
     steps: int | None = None,
     batch_size: int | None = None,
+    captions: str | os.PathLike | None = None,
+    base: Any = None,
 ) -> Any:
-    """The method's preset with ``--set`` overrides and the shortcut options applied."""
+    """The method's preset (or ``base``, a resolved one) with ``overrides`` and the shortcuts
+    applied at once, each field checked. A ``train.steps`` below the preset's warm-up, with no
+    ``train.warmup_steps`` given, shortens the warm-up in proportion (with a warning)."""
     module = get_method(method)
-    if preset not in module.PRESETS:
+    if base is None:
+        if preset not in module.PRESETS:
+            raise VvkError(
+                f"preset={preset}: not a preset of {method}", hint=f"one of {', '.join(module.PRESETS)}",
+                params=("preset",),
+            )  # fmt: skip
+        base = module.PRESETS[preset]
+    if captions is not None and not METHOD_INFO[method].reads_captions:
+        reads = ", ".join(m.name for m in methods_for("pretrain") if m.reads_captions)
         raise VvkError(
-            f"--preset {preset}: not a preset of {method}", hint=f"one of {', '.join(module.PRESETS)}"
+            f"captions={captions}: {method} reads no captions (only {reads})", params=("captions",)
         )
-    resolved = apply_overrides(module.PRESETS[preset], list(overrides))
-    shortcuts = {"backbone": backbone, "train.steps": steps, "train.batch_size": batch_size}
-    return apply_overrides(
-        resolved, [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
-    )
+    changes = parse_overrides(base, [*overrides, *shortcuts(backbone, steps, batch_size, captions)])
+    _fit_warmup(base.train, changes)
+    return replace_fields(base, changes)
+
+
+def shortcuts(
+    backbone: str | None, steps: int | None, batch_size: int | None, captions: str | os.PathLike | None
+) -> list[str]:
+    """The ``key=value`` overrides the shortcut arguments stand for."""
+    given = {"backbone": backbone, "train.steps": steps, "train.batch_size": batch_size,
+             "captions": None if captions is None else Path(captions).absolute()}  # fmt: skip
+    return [f"{key}={value}" for key, value in given.items() if value is not None]
+
+
+def _fit_warmup(train: Any, changes: dict[str, Any]) -> None:
+    steps = changes.get("train.steps", train.steps)
+    if "train.warmup_steps" in changes or steps >= train.warmup_steps:
+        return
+    warmup = round(train.warmup_steps * steps / train.steps)
+    changes["train.warmup_steps"] = warmup
+    logger.warning(
+        "train.steps=%d is shorter than the preset's warm-up of %d steps: warm-up shortened in "
+        "proportion, to %d (the preset warms up for %d of its %d steps); set train.warmup_steps to choose",
+        steps, train.warmup_steps, warmup, train.warmup_steps, train.steps,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PretrainPlan:
+    """A checked pretraining run, before anything is written (``plan_pretrain``).
+
+    Attributes:
+        config: the resolved preset.
+        data: the videos: a path, or a tuple of paths.
+        demo: no data was given; ``data`` is the built-in example set.
+        overrides: every assignment the run was given (the recorded ones first when resuming).
+        dataset_options: the method's extra dataset arguments (captions read already).
+    """
+
+    method: str
+    preset: str
+    config: Any
+    data: Path | tuple[Path, ...]
+    run_dir: Path
+    resume: bool
+    decoder: str
+    demo: bool
+    overrides: tuple[str, ...]
+    dataset_options: dict[str, Any]
+
+    def record(self) -> dict[str, Any]:
+        """What ``preset.json`` holds: enough to resume the run, and to know what it read."""
+        data = str(self.data) if isinstance(self.data, Path) else [str(p) for p in self.data]
+        return {
+            "method": self.method, "preset": self.preset, "data": data, "decoder": self.decoder,
+            "overrides": list(self.overrides), "resolved": to_dict(self.config),
+        }  # fmt: skip
+
+
+def plan_pretrain(
+    method: str,
+    *,
+    data: Data | None = None,
+    preset: str | None = None,
+    overrides: Sequence[str] = (),
+    backbone: str | None = None,
+    steps: int | None = None,
+    batch_size: int | None = None,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    allow_new_data: bool = False,
+    captions: str | os.PathLike | None = None,
+    decoder: str | None = None,
+) -> PretrainPlan:
+    """Resolve and check a pretraining run (see the module docstring); writes nothing, except
+    that the built-in example set is synthesised into the user cache on first use."""
+    module = get_method(method)
+    run_dir = Path(out) if out is not None else default_run_dir(method)
+    given = [*overrides, *shortcuts(backbone, steps, batch_size, captions)]
+    if resume:
+        record = _recorded_run(run_dir, method)
+        if preset is not None and preset != record["preset"]:
+            raise VvkError(
+                f"preset={preset}: {run_dir} was trained with preset {record['preset']}",
+                hint="leave preset= out to resume it", params=("preset",),
+            )  # fmt: skip
+        preset = record["preset"]
+        if preset not in module.PRESETS:
+            raise VvkError(f"{run_dir / PRESET_FILE}: preset '{preset}' is not a preset of {method} any more")
+        base = from_dict(module.PRESETS[preset], record["resolved"], what=str(run_dir / PRESET_FILE))
+        config = resolve_preset(method, overrides=overrides, backbone=backbone, steps=steps,
+                                batch_size=batch_size, captions=captions, base=base)  # fmt: skip
+        _check_unchanged(base, config, run_dir, allowed=("captions",) if allow_new_data else ())
+        source = _resumed_data(record["data"], data, run_dir, allow_new_data)
+        decoder = decoder or record.get("decoder", "auto")
+        given = [*record.get("overrides", []), *given]
+    else:
+        _check_new_run_dir(run_dir)
+        preset = preset or DEFAULT_PRESET
+        if data is None and steps is None and not any(o.startswith("train.steps=") for o in overrides):
+            steps = DEMO_STEPS
+            given.append(f"train.steps={steps}")
+        config = resolve_preset(method, preset, overrides=overrides, backbone=backbone, steps=steps,
+                                batch_size=batch_size, captions=captions)  # fmt: skip
+        source = _absolute(data) if data is not None else _builtin_example()
+        decoder = decoder or "auto"
+    _check_batch(method, config)
+    _check_device(config)
+    _check_builds(module, config)
+    _check_exists(data if data is not None else source)
+    return PretrainPlan(
+        method=method, preset=preset, config=config, data=source, run_dir=run_dir, resume=resume,
+        decoder=decoder, demo=data is None and not resume, overrides=tuple(given),
+        dataset_options=module.dataset_options(config),  # reads the captions: a bad file fails here
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -77,70 +215,40 @@ class PretrainResult:
     losses: dict[str, float]
     summary: dict[str, Any]
     preset: dict[str, Any]
-    data: str
+    data: str | list[str]
     seconds: float
 
 
-def pretrain(
-    method: str,
-    *,
-    data: str | os.PathLike | None = None,
-    preset: str = "tiny",
-    overrides: list[str] | tuple[str, ...] = (),
-    backbone: str | None = None,
-    steps: int | None = None,
-    batch_size: int | None = None,
-    out: str | os.PathLike | None = None,
-    resume: bool = False,
-    captions: str | os.PathLike | None = None,
-    decoder: str = "auto",
-    progress: bool = True,
-) -> PretrainResult:
-    """Train ``method`` on ``data`` (a folder or list file; None: the built-in example set, for
-    ``DEMO_STEPS`` unless ``steps`` or a ``train.steps`` override says otherwise).
-
-    Args:
-        out: the run folder (default ``runs/<method>-<time>``).
-        captions: an ActivityNet-style captions file, for methods that read text (VATT).
-    """
+def run_pretrain(plan: PretrainPlan, *, progress: bool = True) -> PretrainResult:
+    """Train as ``plan`` says and export the backbone to ``RUN/backbone.safetensors``."""
     from vvk.data import open_video_dataset
     from vvk.engine import train
     from vvk.engine.state import seed_all
     from vvk.models import save
 
-    module = get_method(method)
-    if data is None and steps is None and not any(o.startswith("train.steps=") for o in overrides):
-        steps = DEMO_STEPS
-    config = resolve_preset(method, preset, overrides=overrides, backbone=backbone, steps=steps,
-                            batch_size=batch_size)  # fmt: skip
-    run_dir = Path(out) if out is not None else default_run_dir(method)
-    _check_run_dir(run_dir, method=method, resume=resume)
-    source = Path(data) if data is not None else _builtin_example()
-    if not source.exists():
-        raise VvkError(f"--data {source}: no such file or folder")
-    options = module.dataset_options(config)
-    if captions is not None:
-        options["captions"] = captions
+    module = get_method(plan.method)
+    config, run_dir = plan.config, plan.run_dir
     started = time.monotonic()
     created = not run_dir.exists()
     try:
         dataset = open_video_dataset(
-            source, sampler=module.sampler(config), size=config.size, cache_dir=run_dir, decoder=decoder,
-            frame_cache=config.train.frame_cache, progress=progress, seed=config.train.seed, **options,
+            plan.data, sampler=module.sampler(config), size=config.size, cache_dir=run_dir,
+            decoder=plan.decoder, frame_cache=config.train.frame_cache, progress=progress,
+            seed=config.train.seed, **plan.dataset_options,
         )  # fmt: skip
-    except VvkError:
-        if created:  # nothing trained: leave no half-made run folder that blocks the next --out
+        run_dir.mkdir(parents=True, exist_ok=True)
+        record = plan.record()
+        atomic_write_text(run_dir / PRESET_FILE, json.dumps(record, indent=2) + "\n")
+        seed_all(config.train.seed)  # the initial weights follow the preset's seed too
+        model = module.build(config)
+    except BaseException:
+        if created:  # nothing trained: leave no half-made run folder that blocks the next out=
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    run_dir.mkdir(parents=True, exist_ok=True)
-    record = {"method": method, "preset": preset, "data": str(source), "resolved": to_dict(config)}
-    atomic_write_text(run_dir / "preset.json", json.dumps(record, indent=2) + "\n")
-    seed_all(config.train.seed)  # the initial weights follow the preset's seed too
-    model = module.build(config)
     train_config = dataclasses.replace(config.train, progress=progress and config.train.progress)
     result = train(
-        model=model, step_fn=_forward, data=dataset, config=train_config, run_dir=run_dir, method=method,
-        resume=resume,
+        model=model, step_fn=_forward, data=dataset, config=train_config, run_dir=run_dir,
+        method=plan.method, resume=plan.resume,
     )  # fmt: skip
     backbone_path = save(model.backbone, run_dir / BACKBONE_FILE, step=result.step, metrics=result.losses)
     return PretrainResult(
@@ -151,9 +259,44 @@ def pretrain(
         losses=result.losses,
         summary=result.summary,
         preset=record["resolved"],
-        data=str(source),
+        data=record["data"],
         seconds=time.monotonic() - started,
     )
+
+
+def pretrain(
+    method: str,
+    *,
+    data: Data | None = None,
+    preset: str | None = None,
+    overrides: Sequence[str] = (),
+    backbone: str | None = None,
+    steps: int | None = None,
+    batch_size: int | None = None,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    allow_new_data: bool = False,
+    captions: str | os.PathLike | None = None,
+    decoder: str | None = None,
+    progress: bool = True,
+) -> PretrainResult:
+    """Train ``method`` on ``data`` (a folder, a list or video file, or a sequence of those;
+    None: the built-in example set, for ``DEMO_STEPS`` unless ``steps`` or a ``train.steps``
+    override says otherwise). The arguments are those of ``plan_pretrain``.
+
+    Args:
+        preset: default ``tiny``, or the run's own when resuming.
+        out: the run folder (default ``runs/<method>-<time>``).
+        captions: captions for methods that read text (VATT): an ActivityNet-style table or a
+            folder of subtitles; the preset field ``captions``.
+        decoder: default ``auto``, or the run's own when resuming.
+    """
+    plan = plan_pretrain(
+        method, data=data, preset=preset, overrides=overrides, backbone=backbone, steps=steps,
+        batch_size=batch_size, out=out, resume=resume, allow_new_data=allow_new_data, captions=captions,
+        decoder=decoder,
+    )  # fmt: skip
+    return run_pretrain(plan, progress=progress)
 
 
 def _forward(net, batch):
@@ -162,17 +305,112 @@ def _forward(net, batch):
     return net(batch)
 
 
-def _check_run_dir(run_dir: Path, *, method: str, resume: bool) -> None:
+def _check_new_run_dir(run_dir: Path) -> None:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 checks; the others may find its files
+        return
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise VvkError(
+            f"out={run_dir}: the folder is not empty",
+            hint="pass resume=True to continue the run there, or choose a new folder", params=("out",),
+        )  # fmt: skip
+
+
+def _recorded_run(run_dir: Path, method: str) -> dict[str, Any]:
+    """The ``preset.json`` of the run to resume, after ``RunDir.check`` accepted the folder."""
     from vvk.engine.state import RunDir
 
-    if resume:  # before preset.json is rewritten: a refused resume leaves the run as it was
-        RunDir(run_dir).check(method=method, resume=True)
-        return
-    if run_dir.exists() and any(run_dir.iterdir()):
+    RunDir(run_dir).check(method=method, resume=True)
+    path = run_dir / PRESET_FILE
+    if not path.is_file():
+        raise VvkError(f"resume: {run_dir} has no {PRESET_FILE} (not a run of vvk pretrain)")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise VvkError(f"{path}: malformed JSON at line {e.lineno}") from e
+    missing = [key for key in ("preset", "data", "resolved") if key not in record]
+    if missing:
+        raise VvkError(f"{path}: missing field(s) {', '.join(missing)}")
+    return record
+
+
+def _check_unchanged(base: Any, config: Any, run_dir: Path, *, allowed: Sequence[str]) -> None:
+    """A resumed run keeps its model and data fields: its checkpoint and its clips follow them."""
+    old, new = to_dict(base), to_dict(config)
+    changed = [key for key in new if key != "train" and key not in allowed and new[key] != old.get(key)]
+    if changed:
+        was = ", ".join(f"{key}={old.get(key)}" for key in changed)
         raise VvkError(
-            f"--out {run_dir}: the folder is not empty",
-            hint="pass --resume to continue that run, or choose a new folder",
+            f"resume: {run_dir} was trained with {was}; a resumed run keeps its model and data fields",
+            hint="start a new run folder (out=) to change them", params=("out",),
+        )  # fmt: skip
+
+
+def _check_exists(data: Data) -> None:
+    for path in [data] if isinstance(data, str | os.PathLike) else data:
+        if not os.path.lexists(path):
+            raise VvkError(f"data={os.fspath(path)}: no such folder or file", params=("data",))
+
+
+def _absolute(data: Data) -> Path | tuple[Path, ...]:
+    if isinstance(data, str | os.PathLike):
+        return Path(data).absolute()
+    return tuple(Path(p).absolute() for p in data)
+
+
+def _resumed_data(recorded: str | list[str], data: Data | None, run_dir: Path, allow_new_data: bool):
+    """The data a resumed run reads: its own, unless other data is given and allowed."""
+    own = Path(recorded) if isinstance(recorded, str) else tuple(Path(p) for p in recorded)
+    if data is None:
+        gone = [str(p) for p in ((own,) if isinstance(own, Path) else own) if not os.path.lexists(p)]
+        if gone:
+            raise VvkError(
+                f"resume: {run_dir} was trained on {gone[0]}, which is gone",
+                hint="pass data=NEW with allow_new_data=True to go on with other videos", params=("data",),
+            )  # fmt: skip
+        return own
+    new = _absolute(data)
+    if allow_new_data or _real(new) == _real(own):
+        return new
+    shown = recorded if isinstance(recorded, str) else f"{len(recorded)} paths ({recorded[0]}, ...)"
+    raise VvkError(
+        f"data={data}: {run_dir} was trained on {shown}",
+        hint="leave data= out to continue on the run's own data, or pass allow_new_data=True to switch",
+        params=("data",),
+    )
+
+
+def _real(data: Path | tuple[Path, ...]) -> tuple[str, ...]:
+    return tuple(os.path.realpath(p) for p in ((data,) if isinstance(data, Path) else data))
+
+
+def _check_batch(method: str, config: Any) -> None:
+    # Several processes share their clips as negatives (the losses gather them), so the count
+    # that matters is the global one; torchrun says how many processes there are.
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    batch = config.train.batch_size
+    if METHOD_INFO[method].contrastive and batch * processes < 2:
+        raise VvkError(
+            f"batch_size={batch}: {method} contrasts each clip with the other clips of its step, so a "
+            f"step needs 2 clips or more (batch_size x {processes} process(es)); with one its loss is 0 "
+            "and nothing is learned",
+            params=("batch_size",),
         )
+
+
+def _check_device(config: Any) -> None:
+    import torch
+
+    if config.train.precision == "fp16" and not torch.cuda.is_available():
+        raise VvkError("train.precision=fp16 needs a GPU (use bf16 or fp32 on the CPU)")
+
+
+def _check_builds(module: Any, config: Any) -> None:
+    """Build the training module on the meta device: a bad backbone or a shape that does not fit
+    fails here, before the data is read, at no cost in memory or time."""
+    import torch
+
+    with torch.device("meta"):
+        module.build(config)
 
 
 def _builtin_example() -> Path:

@@ -21,12 +21,23 @@ Task = Literal["pretrain"]
 @dataclass(frozen=True)
 class MethodInfo:
     """One method: its command name, the task (the command group that runs it), a one-line
-    summary for help texts and the paper it implements."""
+    summary for help texts and the paper it implements; then what it reads, from which each
+    command is generated with only the options its method uses (``vvk.commands.pretrain``).
+
+    Attributes:
+        reads_captions: trains on captions (``--captions``).
+        shared_backbone: has a modality-agnostic variant (``--shared-backbone``).
+        contrastive: its loss takes negatives from the batch, so it needs two clips or more
+            per step.
+    """
 
     name: str
     task: Task
     summary: str
     paper: str
+    reads_captions: bool = False
+    shared_backbone: bool = False
+    contrastive: bool = True
 
 
 _METHODS = (
@@ -43,7 +54,7 @@ _METHODS = (
     MethodInfo(
         "vatt", "pretrain",
         "VATT: video-audio-text transformers (NCE + MIL-NCE, DropToken).",
-        "Akbari et al., NeurIPS 2021",
+        "Akbari et al., NeurIPS 2021", reads_captions=True, shared_backbone=True,
     ),
     MethodInfo(
         "cvrl", "pretrain",

@@ -10,6 +10,7 @@ import numpy as np
 
 from vvk.data.samplers import ClipPlan, TwoViews
 from vvk.engine import TrainConfig
+from vvk.engine.config import check, check_ranges
 from vvk.errors import VvkError
 from vvk.methods.constcl.boxes import BoxTable, FileBoxes, RandomBoxes
 from vvk.methods.constcl.local import InstanceReconstructor, context_steps
@@ -69,6 +70,19 @@ class ConstclPreset(CvrlPreset):
             precision="bf16",
         )
     )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ranges(
+            self,
+            {
+                "> 0": ("local_temperature",),
+                ">= 0": ("local_weight", "box_max_gap"),
+                ">= 1": ("num_boxes", "roi_size", "context_frames", "decoder_dim", "decoder_layers",
+                         "decoder_heads"),
+            },
+        )  # fmt: skip
+        check(self, "pooling", self.pooling in ("keyframe", "tube"), "one of keyframe, tube")
 
 
 PRESETS: dict[str, ConstclPreset] = {

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from vvk.data.video_transforms import VideoAugment
-from vvk.methods.base import PretrainModel, global_pool
+from vvk.methods.base import PretrainModel, augment_views, global_pool
 from vvk.methods.cvrl.loss import contrastive_accuracy, global_loss
 from vvk.models.heads.projection import ProjectionMLP
 
@@ -36,7 +36,8 @@ class CvrlModel(PretrainModel):
     def views(self, batch: dict[str, Any]) -> Tensor:
         """Both augmented views as one batch: (2B, 3, T, crop, crop), view a first."""
         size = batch.get("frame_size")  # (B, 2) decoded frame sizes on a padded canvas
-        return torch.cat([self.augment_a(batch["video"], size), self.augment_b(batch["video_b"], size)])
+        a = augment_views(self.augment_a, batch["video"], size)
+        return torch.cat([a, augment_views(self.augment_b, batch["video_b"], size)])
 
     def embed(self, features: dict[str, Tensor]) -> Tensor:
         """Backbone outputs of 2B clips -> (2B, embed_dim) global embeddings."""

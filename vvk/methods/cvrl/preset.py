@@ -11,6 +11,7 @@ import torch
 from vvk.data.samplers import TwoViews
 from vvk.data.video_transforms import VideoAugment
 from vvk.engine import TrainConfig
+from vvk.engine.config import check, check_ranges
 from vvk.errors import VvkError
 from vvk.methods.base import laptop_train
 from vvk.methods.cvrl.model import FEATURE, CvrlModel
@@ -74,11 +75,24 @@ class CvrlPreset:
         )
     )
 
+    def __post_init__(self) -> None:
+        check_ranges(
+            self,
+            {
+                "> 0": ("bn_eps", "head_bn_eps", "temperature", "fps"),
+                ">= 0": ("max_gap", "color_strength", "head_layers"),
+                ">= 1": ("size", "crop", "frames", "stride", "hidden_dim", "embed_dim"),
+                "in [0, 1]": ("bn_momentum", "head_bn_momentum", "blur", "solarize"),
+                "in [0, 1)": ("stochastic_depth",),
+            },
+        )
+        check(self, "crop", self.crop <= self.size, f"<= size = {self.size} (the crop is cut from the frame)")
+
 
 def tiny_train(**changes: Any) -> TrainConfig:
     """The laptop training settings shared by the CVRL and ConST-CL ``tiny`` presets: AdamW at a
     constant 1e-3 (SGD at these sizes needs many more steps), batches of 8 clips (16 views)."""
-    settings: dict[str, Any] = dict(steps=40, batch_size=8, lr=1e-3, weight_decay=1e-4, num_workers=1)
+    settings: dict[str, Any] = dict(batch_size=8, lr=1e-3, weight_decay=1e-4, num_workers=1)
     return laptop_train(**{**settings, **changes})
 
 

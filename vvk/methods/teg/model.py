@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from vvk.data.video_transforms import VideoAugment
-from vvk.methods.base import PretrainModel, global_pool
+from vvk.methods.base import PretrainModel, augment_views, global_pool
 from vvk.methods.cvrl.loss import global_loss
 from vvk.methods.teg.loss import fine_grained_loss
 from vvk.models.heads.projection import ProjectionMLP
@@ -59,7 +59,8 @@ class TegModel(PretrainModel):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         size = batch.get("frame_size")  # (B, 2) decoded frame sizes on a padded canvas
-        long, short = self.augment_long(batch["video"], size), self.augment_short(batch["video_short"], size)
+        long = augment_views(self.augment_long, batch["video"], size)
+        short = augment_views(self.augment_short, batch["video_short"], size)
         if long.shape == short.shape:
             # One batch of 2B clips, as CVRL feeds its two views: batch norm mixes both clips.
             global_both, dense_both = self.embed(torch.cat([long, short]))

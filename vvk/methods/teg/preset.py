@@ -9,6 +9,7 @@ from typing import Any
 from vvk.data.samplers import LongShortClips
 from vvk.data.video_transforms import VideoAugment, cvrl_view_augments
 from vvk.engine import TrainConfig
+from vvk.engine.config import check, check_ranges
 from vvk.errors import VvkError
 from vvk.methods.base import laptop_train
 from vvk.methods.cvrl.preset import CvrlPreset
@@ -77,6 +78,23 @@ class TegPreset:
         )
     )
 
+    def __post_init__(self) -> None:
+        check_ranges(
+            self,
+            {
+                "> 0": ("bn_eps", "head_bn_eps", "fps", "temperature", "fine_temperature"),
+                ">= 0": ("fine_weight", "head_layers"),
+                ">= 1": ("stem_temporal_stride", "size", "crop", "long_frames", "long_stride", "short_frames",
+                         "short_stride", "hidden_dim", "embed_dim"),
+                "in [0, 1]": ("bn_momentum", "head_bn_momentum"),
+            },
+        )  # fmt: skip
+        check(self, "crop", self.crop <= self.size, f"<= size = {self.size} (the crop is cut from the frame)")
+        long_span = (self.long_frames - 1) * self.long_stride + 1
+        short_span = (self.short_frames - 1) * self.short_stride + 1
+        fits = f"such that the short clip ({short_span} frames) fits in the long one ({long_span})"
+        check(self, "short_frames", short_span <= long_span, fits)
+
 
 PRESETS: dict[str, TegPreset] = {
     "paper": TegPreset(),
@@ -94,7 +112,7 @@ PRESETS: dict[str, TegPreset] = {
         hidden_dim=128,
         embed_dim=32,
         head_layers=2,
-        train=laptop_train(steps=60, batch_size=6, lr=3e-3, weight_decay=0.0, num_workers=0),
+        train=laptop_train(batch_size=6, lr=3e-3, weight_decay=0.0, num_workers=0),
     ),
 }
 

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from vvk.data.video_transforms import VideoAugment
 from vvk.errors import VvkError
-from vvk.methods.base import PretrainModel
+from vvk.methods.base import PretrainModel, augment_views
 from vvk.methods.vatt.heads import FACHead
 from vvk.methods.vatt.loss import asymmetric_nce
 from vvk.models.backbones.vatt_text import tokenize
@@ -67,7 +67,7 @@ class VattModel(PretrainModel):
         return self.backbone(video)["pooled"], self.audio(audio)["pooled"], self.text(ids)["pooled"]
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        video = self.augment(batch["video"], batch.get("frame_size"))
+        video = augment_views(self.augment, batch["video"], batch.get("frame_size"))
         audio = fit_waveform(batch["audio"].float(), self.audio_samples)
         if self.training and self.audio_noise > 0:
             audio = add_waveform_noise(audio, self.audio_noise)

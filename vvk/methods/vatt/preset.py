@@ -12,6 +12,7 @@ from vvk.data.samplers import AudioVisualClip
 from vvk.data.subtitles import read_caption_source
 from vvk.data.video_transforms import VideoAugment
 from vvk.engine import TrainConfig
+from vvk.engine.config import check, check_ranges
 from vvk.errors import VvkError
 from vvk.methods.base import laptop_train
 from vvk.methods.vatt.heads import FACHead
@@ -96,6 +97,25 @@ class VattPreset:
         )
     )
 
+    def __post_init__(self) -> None:
+        check_ranges(
+            self,
+            {
+                "> 0": ("fps", "temperature", "crop_scale", "crop_ratio"),
+                ">= 0": ("audio_noise", "color_strength", "vid_aud_weight", "vid_txt_weight"),
+                ">= 1": ("frames", "stride", "size", "crop", "video_patch", "audio_rate", "audio_patch",
+                         "captions_per_clip", "words_per_caption", "va_dim", "vat_dim"),
+                "in [0, 1]": ("crop_scale",),
+                "in [0, 1)": ("drop_token_rate",),
+            },
+        )  # fmt: skip
+        check(self, "crop", self.crop <= self.size, f"<= size = {self.size} (the crop is cut from the frame)")
+        for name in ("crop_scale", "crop_ratio"):
+            low, high = getattr(self, name)
+            check(self, name, low <= high, "a (low, high) range")
+        weights = self.vid_aud_weight + self.vid_txt_weight
+        check(self, "vid_txt_weight", weights > 0, "> 0 when vid_aud_weight is 0 (one loss must count)")
+
 
 PRESETS: dict[str, VattPreset] = {
     "paper": VattPreset(),
@@ -116,7 +136,7 @@ PRESETS: dict[str, VattPreset] = {
         va_dim=128,
         vat_dim=64,
         color_strength=0.0,
-        train=laptop_train(steps=100, batch_size=6, lr=3e-3, weight_decay=0.0, num_workers=0),
+        train=laptop_train(batch_size=6, lr=3e-3, weight_decay=0.0, num_workers=0),
     ),
 }
 
