@@ -69,8 +69,8 @@ BAD_INPUT: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
         ),
     ],
     ("pretrain", "cvrl"): [
-        (["pretrain", "cvrl", "--data", "/no/such"], "--data /no/such: no such file or folder"),
-        (["pretrain", "cvrl", "--shared-backbone"], "only vatt has a modality-agnostic variant"),
+        (["pretrain", "cvrl", "--data", "/no/such"], "--data /no/such: no such folder or file"),
+        (["pretrain", "cvrl", "--shared-backbone"], "No such option"),  # vatt's alone
     ],
     ("pretrain", "constcl"): [
         (["pretrain", "constcl", "--set", "nope=1"], "--set nope: no such preset field")
