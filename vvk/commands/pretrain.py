@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from vvk.commands._options import DecoderOpt, JsonOpt
+from vvk.commands._options import DecoderOpt, JsonOpt, read_data
 from vvk.commands._output import Output
 from vvk.errors import VvkError
 from vvk.methods.registry import MethodInfo, methods_for
@@ -39,7 +39,9 @@ _METHOD_OPTIONS = {"captions": "reads_captions", "shared_backbone": "shared_back
 def _options(
     data: Annotated[
         Path | None,
-        typer.Option(help="A folder of videos or a CSV/TSV list (default: the built-in example set)."),
+        typer.Option(
+            metavar="PATH|-", help="Videos: a folder, a CSV/TSV list, a video file, or - (paths on stdin)."
+        ),
     ] = None,
     backbone: Annotated[
         str | None, typer.Option(help="Backbone from `vvk models list` (default: the preset's).")
@@ -114,8 +116,9 @@ def _run(
     out_ = Output(json_output)
     # Everything is checked here, before anything is printed, synthesised or written.
     with _as_flags():
+        videos = None if data is None else read_data(str(data))  # '-': the paths on stdin
         plan = plan_pretrain(
-            method, data=data, preset=preset, overrides=overrides, backbone=backbone, steps=steps,
+            method, data=videos, preset=preset, overrides=overrides, backbone=backbone, steps=steps,
             batch_size=batch_size, out=out, resume=resume, allow_new_data=allow_new_data, captions=captions,
             decoder=decoder,
         )  # fmt: skip
