@@ -45,9 +45,15 @@ def device_backends() -> list[tuple[str, str]]:
     return pairs
 
 
-def gpu_backends() -> list[str]:
-    """The fast paths runnable on a CUDA device here (empty without one)."""
-    return [backend for device, backend in device_backends() if device == "cuda"]
+def gpu_backends() -> list:
+    """The CUDA fast paths as parameters, each skipped with its reason where it cannot run (so a
+    CPU run says why instead of "got empty parameter set")."""
+    runnable = {backend for device, backend in device_backends() if device == "cuda"}
+    reason = "needs CUDA" if not torch.cuda.is_available() else "the CUDA extension is not usable here"
+    return [
+        pytest.param(backend, marks=pytest.mark.skipif(backend not in runnable, reason=reason))
+        for backend in ("triton", "cuda")
+    ]
 
 
 def relative_error(actual: Tensor, expected: Tensor) -> float:
