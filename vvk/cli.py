@@ -58,7 +58,7 @@ def root(
         bool, typer.Option("--debug", help="Show full tracebacks on errors (or VVK_DEBUG=1).")
     ] = False,
 ) -> None:
-    """vvk: self-supervised video pretraining, open-vocabulary detection, copy-paste, tracking."""
+    """vvk: self-supervised video pretraining, model zoo and weights, Copy-Paste, kernels."""
     log_to_stderr()  # the library warns through logging; here each record is one stderr line
 
 
