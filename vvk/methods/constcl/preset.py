@@ -21,6 +21,7 @@ from vvk.methods.cvrl.preset import (
     CvrlPreset,
     build_backbone,
     global_head,
+    paper_train,
     tiny_train,
     view_augments,
 )
@@ -57,18 +58,7 @@ class ConstclPreset(CvrlPreset):
     # tasks/const_cl.py::ConstCLPretrainTask.train_step does not divide the loss (its L2
     # included) by num_replicas, and the Keras optimizer sums the replicas' gradients.
     train: TrainConfig = dataclasses.field(
-        default_factory=lambda: TrainConfig(
-            steps=200_000,
-            batch_size=64,
-            lr=40.96,
-            optimizer="sgd",
-            momentum=0.9,
-            weight_decay=1e-6,
-            warmup_steps=2500,
-            schedule="cosine",
-            replica_grads="sum",
-            precision="bf16",
-        )
+        default_factory=lambda: paper_train(steps=200_000, lr=40.96, warmup_steps=2500)
     )
 
     def __post_init__(self) -> None:

@@ -19,6 +19,16 @@ from vvk.models import build as build_model
 from vvk.models.heads.projection import ProjectionMLP
 
 
+def paper_train(**changes: Any) -> TrainConfig:
+    """The reference's optimisation recipe (CVRL's K600 yaml; see ``CvrlPreset.train``), which
+    ConST-CL and TeG share; ``changes`` replace single settings."""
+    recipe: dict[str, Any] = dict(
+        steps=71488, batch_size=64, lr=0.32, optimizer="sgd", momentum=0.9, weight_decay=1e-6,
+        warmup_steps=1787, schedule="cosine", replica_grads="sum", precision="bf16",
+    )  # fmt: skip
+    return TrainConfig(**{**recipe, **changes})
+
+
 @dataclass(frozen=True)
 class CvrlPreset:
     """CVRL hyperparameters; the defaults are the ``paper`` preset, from ``tensorflow/models:
@@ -60,20 +70,7 @@ class CvrlPreset:
     # Replica gradients are summed, as in the reference: video_ssl/tasks/pretrain.py::
     # VideoSSLPretrainTask.train_step does not divide the loss (its L2 included) by
     # num_replicas, and the Keras optimizer sums the replicas' gradients (docs/notes/constcl.md).
-    train: TrainConfig = dataclasses.field(
-        default_factory=lambda: TrainConfig(
-            steps=71488,
-            batch_size=64,
-            lr=0.32,
-            optimizer="sgd",
-            momentum=0.9,
-            weight_decay=1e-6,
-            warmup_steps=1787,
-            schedule="cosine",
-            replica_grads="sum",
-            precision="bf16",
-        )
-    )
+    train: TrainConfig = dataclasses.field(default_factory=lambda: paper_train())
 
     def __post_init__(self) -> None:
         check_ranges(

@@ -12,7 +12,7 @@ from vvk.engine import TrainConfig
 from vvk.engine.config import check, check_ranges
 from vvk.errors import VvkError
 from vvk.methods.base import laptop_train
-from vvk.methods.cvrl.preset import CvrlPreset
+from vvk.methods.cvrl.preset import CvrlPreset, paper_train
 from vvk.methods.teg.model import FEATURE, TegModel
 from vvk.models import build as build_model
 from vvk.models.heads.projection import ProjectionMLP
@@ -63,20 +63,7 @@ class TegPreset:
     # CVRL K600 yaml: SGD momentum 0.9, cosine from 0.32 with 1787 warm-up steps over 71488
     # steps, global batch 1024 (batch_size is per rank: 16 ranks x 64), L2 1e-6, bf16; and
     # CVRL's summed replica gradients, without which its rate is not CVRL's step (CvrlPreset).
-    train: TrainConfig = dataclasses.field(
-        default_factory=lambda: TrainConfig(
-            steps=71488,
-            batch_size=64,
-            lr=0.32,
-            optimizer="sgd",
-            momentum=0.9,
-            weight_decay=1e-6,
-            warmup_steps=1787,
-            schedule="cosine",
-            replica_grads="sum",
-            precision="bf16",
-        )
-    )
+    train: TrainConfig = dataclasses.field(default_factory=lambda: paper_train())
 
     def __post_init__(self) -> None:
         check_ranges(
