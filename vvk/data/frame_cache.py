@@ -1,8 +1,7 @@
 """Frames decoded once per video and kept on disk, for datasets small enough to hold that way.
 
 A small preset on a laptop spends most of each step decoding, not training: every clip seeks to
-a keyframe and decodes up to its last frame, to show a network 64² pixels (CVRL's tiny preset on
-2 cores: 0.63 s a step fed from the files, 0.15 s for the training step alone; see
+a keyframe and decodes up to its last frame, to show a network 64² pixels (figures in
 docs/benchmarks.md). ``FrameCache`` decodes each video once, whole, at the dataset's frame
 size, into a raw uint8 file beside a JSON record of the frames' times, and serves a clip by
 indexing a memory map of that file. The frames are exactly ``PyAVDecoder.frames``'s: the frame on
