@@ -67,9 +67,11 @@ The loop reads the device once per optimizer step, and once more when it writes 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import math
 import os
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,7 +143,17 @@ def train(
     ctx = init_distributed(device)
     try:
         return _train(ctx, model, step_fn, data, config, Path(run_dir), method, resume, collate_fn, arch)
+    except BaseException as e:
+        # The finished frames of a raised step hold the DDP wrapper; clear them so that it can
+        # be collected below (the exception keeps its message and line numbers).
+        traceback.clear_frames(e.__traceback__)
+        raise
     finally:
+        if ctx.distributed:
+            # DDP sits in reference cycles (its hooks hold it): collected by chance later, at
+            # interpreter exit its reducer can outlive the process group and abort the process
+            # ("terminate called without an active exception"). Collect it while the group lives.
+            gc.collect()
         shutdown(ctx)
 
 
