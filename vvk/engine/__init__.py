@@ -7,7 +7,8 @@ step, a dataset, a preset ``TrainConfig``).
 """
 
 from vvk.engine.config import TrainConfig
+from vvk.engine.hooks import Every
 from vvk.engine.loop import NonFiniteLoss, TrainResult, autocast, train
 from vvk.engine.state import RunDir
 
-__all__ = ["NonFiniteLoss", "RunDir", "TrainConfig", "TrainResult", "autocast", "train"]
+__all__ = ["Every", "NonFiniteLoss", "RunDir", "TrainConfig", "TrainResult", "autocast", "train"]

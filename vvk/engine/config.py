@@ -15,7 +15,7 @@ from typing import Any, Literal, get_args
 from vvk.errors import VvkError
 
 Optimizer = Literal["sgd", "lars", "adamw"]
-Schedule = Literal["cosine", "constant"]
+Schedule = Literal["cosine", "constant", "step"]
 Precision = Literal["fp32", "bf16", "fp16"]
 ReplicaGrads = Literal["mean", "sum"]
 _CHOICES = {
@@ -85,7 +85,11 @@ class TrainConfig:
         weight_decay: decoupled for AdamW, L2 for SGD/LARS; never on biases, norms or the
             names a model lists in ``no_weight_decay()``.
         warmup_steps: linear warm-up from 0 to ``lr``.
-        schedule: after warm-up, cosine down to ``lr * min_lr_ratio``, or constant.
+        schedule: after warm-up, cosine down to ``lr * min_lr_ratio``, constant, or step: ``lr``
+            times ``decay_rate`` for each point of ``decay_at`` passed (the TF detection recipes).
+        decay_at: with the step schedule, where the rate drops, as fractions of ``steps`` (so a
+            shorter run keeps the recipe's shape), e.g. (0.9, 0.95).
+        decay_rate: with the step schedule, the factor of each drop.
         grad_clip: clip the global gradient norm to this (0: off).
         replica_grads: how the gradients of several processes combine. "mean" (DDP's): a step
             is that of one process on the global batch, whatever the number of processes.
@@ -118,6 +122,8 @@ class TrainConfig:
     warmup_steps: int = 0
     schedule: Schedule = "cosine"
     min_lr_ratio: float = 0.0
+    decay_at: tuple[float, ...] = ()
+    decay_rate: float = 0.1
     grad_clip: float = 0.0
     replica_grads: ReplicaGrads = "mean"
     ema_decay: float = 0.0
@@ -138,7 +144,7 @@ class TrainConfig:
                 ">= 1": ("steps", "batch_size", "grad_accum", "keep_checkpoints", "log_every"),
                 ">= 0": ("lr", "weight_decay", "grad_clip", "checkpoint_every", "num_workers"),
                 "in [0, 1)": ("momentum", "betas2", "ema_decay"),
-                "in [0, 1]": ("min_lr_ratio",),
+                "in [0, 1]": ("min_lr_ratio", "decay_at", "decay_rate"),
             },
         )
         for name, kind in _CHOICES.items():

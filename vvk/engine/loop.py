@@ -34,6 +34,9 @@ The contract:
   the steps since the previous line (averaged over ranks), with the learning rate and the
   clipped gradient norm of its own step. Lines are written every ``log_every`` steps, at every
   checkpoint and at the end; ``TrainResult.losses`` is the last line's values.
+- Periodic work (an evaluation): ``every=[Every(steps, fn)]`` calls ``fn(model, step)`` every
+  ``steps`` steps and after the last one; its values are lines of their own in
+  ``metrics.jsonl`` and ``TrainResult.hooks``; it cannot change the training (``vvk.engine.hooks``).
 
 Synchronisation. On a GPU every read of a device value (``.item()``, ``.tolist()``, ...)
 makes the host wait for the device, which then idles while the host launches the next work.
@@ -72,8 +75,8 @@ import logging
 import math
 import os
 import traceback
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +98,7 @@ from vvk.engine.dist import (
     shutdown,
 )
 from vvk.engine.ema import EMA
+from vvk.engine.hooks import Every, run_hook
 from vvk.engine.optim import build_optimizer, lr_at, set_lr
 from vvk.engine.report import TrainLog
 from vvk.engine.signals import StopRequest
@@ -117,6 +121,7 @@ class TrainResult:
     losses: dict[str, float]
     run_dir: Path
     summary: dict[str, Any]
+    hooks: dict[str, dict[str, Any]] = field(default_factory=dict)  # each hook's last values
 
 
 def train(
@@ -131,6 +136,7 @@ def train(
     collate_fn: Callable[[list[Any]], Any] = collate,
     arch: dict[str, Any] | None = None,
     device: str | torch.device | None = None,
+    every: Sequence[Every] = (),
 ) -> TrainResult:
     """Train ``model`` for ``config.steps`` optimizer steps (see the module docstring).
 
@@ -139,10 +145,13 @@ def train(
         arch: ``{"name", "kwargs"}`` to rebuild the model from its checkpoint, when it was not
             made by ``vvk.models.build`` (which records it).
         device: default: this rank's GPU, else the CPU.
+        every: periodic work such as an evaluation (``vvk.engine.hooks.Every``).
     """
     ctx = init_distributed(device)
     try:
-        return _train(ctx, model, step_fn, data, config, Path(run_dir), method, resume, collate_fn, arch)
+        return _train(
+            ctx, model, step_fn, data, config, Path(run_dir), method, resume, collate_fn, arch, tuple(every)
+        )
     except BaseException as e:
         # The finished frames of a raised step hold the DDP wrapper; clear them so that it can
         # be collected below (the exception keeps its message and line numbers).
@@ -158,7 +167,7 @@ def train(
 
 
 def _train(
-    ctx: DistContext, model, step_fn, data, config, run_dir, method, resume, collate_fn, arch
+    ctx: DistContext, model, step_fn, data, config, run_dir, method, resume, collate_fn, arch, every
 ) -> TrainResult:
     run = RunDir.prepare(run_dir, method=method, config=config, resume=resume, is_main=ctx.is_main)
     seed_all(config.seed + ctx.rank)  # augmentation and dropout differ per rank; data order is seeded apart
@@ -184,6 +193,7 @@ def _train(
     state = {"model": model, "optimizer": optimizer, "scaler": scaler, "ema": ema, "arch": arch}
     meter, guard = _Meter(ctx, start=step), _Guard(ctx, check_grads=config.precision != "fp16")
     losses: dict[str, float] = {}
+    hooked: dict[str, dict[str, Any]] = {}
     status = "finished"
     with StopRequest() as stop, contextlib.closing(log):
         while step < config.steps:
@@ -207,6 +217,8 @@ def _train(
             checkpoint = stopping or _checkpoint_due(step, config)
             if checkpoint or step % config.log_every == 0 or step == config.steps:
                 losses = _write_line(log, meter, run, step, lr)
+            if not stopping:
+                _run_hooks(every, model, step, config.steps, log, hooked)
             log.advance(step)
             if checkpoint:
                 _checkpoint(run, ctx, step, keep=config.keep_checkpoints, **state)
@@ -214,8 +226,20 @@ def _train(
                 status = "interrupted"
                 break
         bad = _merge_bad_files(gather_objects(bad_files.summary(), ctx))
-        summary = log.finish(status=status, step=step, losses=losses, bad_files=bad)
-    return TrainResult(status, step, losses, run.path, summary)
+        summary = log.finish(status=status, step=step, losses=losses, bad_files=bad, hooks=hooked)
+    return TrainResult(status, step, losses, run.path, summary, hooked)
+
+
+def _run_hooks(
+    every: tuple[Every, ...], model: nn.Module, step: int, last: int, log: TrainLog, hooked: dict
+) -> None:
+    """The hooks due after ``step``, each logged as a line of its own (``vvk.engine.hooks``)."""
+    for hook in every:
+        if hook.due(step, last):
+            values, seconds = run_hook(hook, model, step)
+            if values is not None:
+                hooked[hook.name] = values
+                log.record(step, {"hook": hook.name, **values}, seconds=seconds)
 
 
 def _forward_backward(

@@ -101,11 +101,15 @@ def build_optimizer(model: nn.Module, config: TrainConfig, *, world_size: int = 
 def lr_at(step: int, config: TrainConfig) -> float:
     """Learning rate of optimizer step ``step`` (0-based): linear warm-up to ``lr`` over
     ``warmup_steps``, then cosine towards ``lr * min_lr_ratio``, reached just after the last
-    step (so no step is wasted at the floor), or constant."""
+    step (so no step is wasted at the floor), constant, or step-wise: times ``decay_rate`` from
+    step ``round(f * steps)`` on, for each ``f`` of ``decay_at``."""
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
     if config.schedule == "constant":
         return config.lr
+    if config.schedule == "step":
+        drops = sum(step >= round(f * config.steps) for f in config.decay_at)
+        return config.lr * config.decay_rate**drops
     progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
     floor = config.lr * config.min_lr_ratio
     return floor + (config.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -60,8 +60,25 @@ class TrainLog:
                 if key != "step":
                     self._tb.add_scalar(key, value, step)
 
+    def record(self, step: int, values: dict[str, Any], *, seconds: float) -> None:
+        """A line of its own for work done after step ``step`` (an evaluation: ``values``) that
+        took ``seconds``, which the throughput of the next metrics line leaves out."""
+        self._mark = (self._mark[0], self._mark[1] + seconds)
+        if not self.active:
+            return
+        line = {"step": step, **values, "seconds": round(seconds, 3)}
+        line["time"] = round(time.perf_counter() - self.started, 3)
+        self._file.write(json.dumps(line) + "\n")
+        self._file.flush()
+
     def finish(
-        self, *, status: str, step: int, losses: dict[str, float], bad_files: dict[str, Any]
+        self,
+        *,
+        status: str,
+        step: int,
+        losses: dict[str, float],
+        bad_files: dict[str, Any],
+        hooks: dict[str, dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Write summary.json and one summary line on stderr; return the summary."""
         elapsed = time.perf_counter() - self.started
@@ -74,6 +91,7 @@ class TrainLog:
             "clips_per_s": round(done * self.clips_per_step / max(elapsed, 1e-9), 2),
             "losses": losses,
             "bad_files": bad_files,
+            **({"hooks": hooks} if hooks else {}),
             "checkpoint": str(self.run.latest()) if self.run.latest() else None,
         }
         self.close()
