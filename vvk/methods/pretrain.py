@@ -41,6 +41,17 @@ from vvk.methods.base import LAPTOP_STEPS
 from vvk.methods.overrides import from_dict, parse_overrides, replace_fields, to_dict
 from vvk.methods.registry import METHODS as METHOD_INFO
 from vvk.methods.registry import load, methods_for
+from vvk.methods.runs import (
+    Data,
+    absolute,
+    check_device,
+    check_exists,
+    check_new_run_dir,
+    check_unchanged,
+    fit_warmup,
+    recorded_run,
+    resumed_data,
+)
 from vvk.paths import default_run_dir
 
 logger = logging.getLogger("vvk.methods")
@@ -51,8 +62,6 @@ PRESET_FILE = "preset.json"
 DEFAULT_PRESET = "tiny"
 # Steps of the demo on the built-in example set when none are asked for, whatever the preset.
 DEMO_STEPS = LAPTOP_STEPS
-
-Data = str | os.PathLike | Sequence[str | os.PathLike]
 
 
 def get_method(name: str):
@@ -90,7 +99,7 @@ def resolve_preset(
             f"captions={captions}: {method} reads no captions (only {reads})", params=("captions",)
         )
     changes = parse_overrides(base, [*overrides, *shortcuts(backbone, steps, batch_size, captions)])
-    _fit_warmup(base.train, changes)
+    fit_warmup(base.train, changes)
     return replace_fields(base, changes)
 
 
@@ -101,19 +110,6 @@ def shortcuts(
     given = {"backbone": backbone, "train.steps": steps, "train.batch_size": batch_size,
              "captions": None if captions is None else Path(captions).absolute()}  # fmt: skip
     return [f"{key}={value}" for key, value in given.items() if value is not None]
-
-
-def _fit_warmup(train: Any, changes: dict[str, Any]) -> None:
-    steps = changes.get("train.steps", train.steps)
-    if "train.warmup_steps" in changes or steps >= train.warmup_steps:
-        return
-    warmup = round(train.warmup_steps * steps / train.steps)
-    changes["train.warmup_steps"] = warmup
-    logger.warning(
-        "train.steps=%d is shorter than the preset's warm-up of %d steps: warm-up shortened in "
-        "proportion, to %d (the preset warms up for %d of its %d steps); set train.warmup_steps to choose",
-        steps, train.warmup_steps, warmup, train.warmup_steps, train.steps,
-    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -169,7 +165,7 @@ def plan_pretrain(
     run_dir = Path(out) if out is not None else default_run_dir(method)
     given = [*overrides, *shortcuts(backbone, steps, batch_size, captions)]
     if resume:
-        record = _recorded_run(run_dir, method)
+        record = recorded_run(run_dir, method, PRESET_FILE, command="vvk pretrain")
         if preset is not None and preset != record["preset"]:
             raise VvkError(
                 f"preset={preset}: {run_dir} was trained with preset {record['preset']}",
@@ -181,24 +177,24 @@ def plan_pretrain(
         base = from_dict(module.PRESETS[preset], record["resolved"], what=str(run_dir / PRESET_FILE))
         config = resolve_preset(method, overrides=overrides, backbone=backbone, steps=steps,
                                 batch_size=batch_size, captions=captions, base=base)  # fmt: skip
-        _check_unchanged(base, config, run_dir, allowed=("captions",) if allow_new_data else ())
-        source = _resumed_data(record["data"], data, run_dir, allow_new_data)
+        check_unchanged(base, config, run_dir, allowed=("captions",) if allow_new_data else ())
+        source = resumed_data(record["data"], data, run_dir, allow_new_data)
         decoder = decoder or record.get("decoder", "auto")
         given = [*record.get("overrides", []), *given]
     else:
-        _check_new_run_dir(run_dir)
+        check_new_run_dir(run_dir)
         preset = preset or DEFAULT_PRESET
         if data is None and steps is None and not any(o.startswith("train.steps=") for o in overrides):
             steps = DEMO_STEPS
             given.append(f"train.steps={steps}")
         config = resolve_preset(method, preset, overrides=overrides, backbone=backbone, steps=steps,
                                 batch_size=batch_size, captions=captions)  # fmt: skip
-        source = _absolute(data) if data is not None else _builtin_example()
+        source = absolute(data) if data is not None else _builtin_example()
         decoder = decoder or "auto"
     _check_batch(method, config)
-    _check_device(config)
+    check_device(config)
     _check_builds(module, config)
-    _check_exists(data if data is not None else source)
+    check_exists(data if data is not None else source)
     return PretrainPlan(
         method=method, preset=preset, config=config, data=source, run_dir=run_dir, resume=resume,
         decoder=decoder, demo=data is None and not resume, overrides=tuple(given),
@@ -305,84 +301,6 @@ def _forward(net, batch):
     return net(batch)
 
 
-def _check_new_run_dir(run_dir: Path) -> None:
-    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 checks; the others may find its files
-        return
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise VvkError(
-            f"out={run_dir}: the folder is not empty",
-            hint="pass resume=True to continue the run there, or choose a new folder", params=("out",),
-        )  # fmt: skip
-
-
-def _recorded_run(run_dir: Path, method: str) -> dict[str, Any]:
-    """The ``preset.json`` of the run to resume, after ``RunDir.check`` accepted the folder."""
-    from vvk.engine.state import RunDir
-
-    RunDir(run_dir).check(method=method, resume=True)
-    path = run_dir / PRESET_FILE
-    if not path.is_file():
-        raise VvkError(f"resume: {run_dir} has no {PRESET_FILE} (not a run of vvk pretrain)")
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise VvkError(f"{path}: malformed JSON at line {e.lineno}") from e
-    missing = [key for key in ("preset", "data", "resolved") if key not in record]
-    if missing:
-        raise VvkError(f"{path}: missing field(s) {', '.join(missing)}")
-    return record
-
-
-def _check_unchanged(base: Any, config: Any, run_dir: Path, *, allowed: Sequence[str]) -> None:
-    """A resumed run keeps its model and data fields: its checkpoint and its clips follow them."""
-    old, new = to_dict(base), to_dict(config)
-    changed = [key for key in new if key != "train" and key not in allowed and new[key] != old.get(key)]
-    if changed:
-        was = ", ".join(f"{key}={old.get(key)}" for key in changed)
-        raise VvkError(
-            f"resume: {run_dir} was trained with {was}; a resumed run keeps its model and data fields",
-            hint="start a new run folder (out=) to change them", params=("out",),
-        )  # fmt: skip
-
-
-def _check_exists(data: Data) -> None:
-    for path in [data] if isinstance(data, str | os.PathLike) else data:
-        if not os.path.lexists(path):
-            raise VvkError(f"data={os.fspath(path)}: no such folder or file", params=("data",))
-
-
-def _absolute(data: Data) -> Path | tuple[Path, ...]:
-    if isinstance(data, str | os.PathLike):
-        return Path(data).absolute()
-    return tuple(Path(p).absolute() for p in data)
-
-
-def _resumed_data(recorded: str | list[str], data: Data | None, run_dir: Path, allow_new_data: bool):
-    """The data a resumed run reads: its own, unless other data is given and allowed."""
-    own = Path(recorded) if isinstance(recorded, str) else tuple(Path(p) for p in recorded)
-    if data is None:
-        gone = [str(p) for p in ((own,) if isinstance(own, Path) else own) if not os.path.lexists(p)]
-        if gone:
-            raise VvkError(
-                f"resume: {run_dir} was trained on {gone[0]}, which is gone",
-                hint="pass data=NEW with allow_new_data=True to go on with other videos", params=("data",),
-            )  # fmt: skip
-        return own
-    new = _absolute(data)
-    if allow_new_data or _real(new) == _real(own):
-        return new
-    shown = recorded if isinstance(recorded, str) else f"{len(recorded)} paths ({recorded[0]}, ...)"
-    raise VvkError(
-        f"data={data}: {run_dir} was trained on {shown}",
-        hint="leave data= out to continue on the run's own data, or pass allow_new_data=True to switch",
-        params=("data",),
-    )
-
-
-def _real(data: Path | tuple[Path, ...]) -> tuple[str, ...]:
-    return tuple(os.path.realpath(p) for p in ((data,) if isinstance(data, Path) else data))
-
-
 def _check_batch(method: str, config: Any) -> None:
     # Several processes share their clips as negatives (the losses gather them), so the count
     # that matters is the global one; torchrun says how many processes there are.
@@ -395,13 +313,6 @@ def _check_batch(method: str, config: Any) -> None:
             "and nothing is learned",
             params=("batch_size",),
         )
-
-
-def _check_device(config: Any) -> None:
-    import torch
-
-    if config.train.precision == "fp16" and not torch.cuda.is_available():
-        raise VvkError("train.precision=fp16 needs a GPU (use bf16 or fp32 on the CPU)")
 
 
 def _check_builds(module: Any, config: Any) -> None:
