@@ -20,7 +20,7 @@ Layout (each split a COCO dataset folder that ``vvk.data.coco.find_coco_layout``
         val/...
         manifest.json   written last: its presence marks a complete set
 
-Generated once (about 3 s for the default 400 + 100 images at 256² on one core) into a hidden
+Generated once (about 3 s of one core for the default 400 + 100 images at 256², 13 MB) into a hidden
 folder that is renamed into place, so an interrupted generation never leaves a set that
 ``detection_example_dir`` accepts.
 """
@@ -81,7 +81,7 @@ class DetectionExampleSpec:
     size: int = 256  # square canvas, pixels
     min_objects: int = 2
     max_objects: int = 6
-    min_scale: int = 16  # a digit's longer side before its mask is cropped tight, pixels
+    min_scale: int = 16  # the longer side of a digit's patch, pixels (its tight box is ~80% of it)
     max_scale: int = 96
     low_data_fraction: float = 0.1  # the ``train10`` split: this share of train, from the start
     val_fraction: float = 0.2  # of each class's digits, held out for val
@@ -251,16 +251,17 @@ def crop_background(
 
 
 def digit_alpha(ink: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """A (8, 8) digit upscaled to about (height, width): (alpha float32, mask bool), cropped tight.
+    """A (8, 8) digit upscaled into a (height, width) patch: (alpha float32, mask bool), cropped
+    tight, so never larger than the patch.
 
-    A one-pixel empty border keeps the bicubic ramp inside the patch, so the strokes fade out
-    smoothly instead of being cut at the 8×8 frame.
+    The digit gets a one-pixel empty border before upscaling, so the bicubic ramp stays inside
+    the patch and the strokes fade out smoothly instead of being cut at the 8×8 frame.
     """
     from PIL import Image
 
     padded = np.pad(ink, 1)  # (10, 10)
-    out_h, out_w = max(10, round(height * 10 / 8)), max(10, round(width * 10 / 8))
-    up = np.asarray(Image.fromarray(padded, mode="F").resize((out_w, out_h), Image.BICUBIC))
+    size = (max(4, width), max(4, height))
+    up = np.asarray(Image.fromarray(padded, mode="F").resize(size, Image.BICUBIC))  # (height, width)
     mask = up >= INK_THRESHOLD
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:  # an 8×8 digit too faint to survive the threshold (none in sklearn's set)
@@ -311,7 +312,7 @@ def _sample_digit(
     """(label 0..9, index into load_digits, alpha, mask) of one randomly scaled digit."""
     label = int(rng.integers(10))
     index = int(rng.choice(pools[label]))
-    # Log-uniform scale: as many small digits as large ones, like the size mix of real scenes.
+    # Log-uniform scale: as many digits per octave of size, small ones as common as large ones.
     scale = float(np.exp(rng.uniform(np.log(spec.min_scale), np.log(spec.max_scale))))
     aspect = float(np.exp(rng.uniform(np.log(0.75), np.log(1.33))))  # width / height
     height, width = (scale, scale * aspect) if aspect <= 1 else (scale / aspect, scale)
