@@ -46,12 +46,17 @@ def count_macs(model: nn.Module, *inputs: torch.Tensor) -> int:
 
 
 def run_counted(model: nn.Module, *inputs: torch.Tensor) -> tuple[Any, int]:
-    """``(model(*inputs), MACs)`` of one eval-mode call without gradients."""
+    """``(model(*inputs), MACs)`` of one eval-mode call without gradients.
+
+    A model with a ``profile_forward`` method (the detectors: their post-processing is
+    data-dependent, so it cannot run on the meta device, and has no MACs) is counted through it.
+    """
     was_training = model.training
     model.eval()
+    forward = getattr(model, "profile_forward", model)
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            outputs = model(*inputs)
+            outputs = forward(*inputs)
     finally:
         model.train(was_training)
     return outputs, counter.get_total_flops() // 2
