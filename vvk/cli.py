@@ -22,7 +22,7 @@ import click
 import typer
 
 from vvk import __version__
-from vvk.commands import augment, data, eval, info, models, pretrain, weights
+from vvk.commands import augment, data, detect, eval, info, models, pretrain, weights
 from vvk.commands._log import log_to_stderr
 from vvk.errors import VvkError
 
@@ -63,6 +63,7 @@ def root(
 
 
 app.command("info")(info.info)
+app.command("detect")(detect.detect)
 app.add_typer(models.app, name="models")
 app.add_typer(weights.app, name="weights")
 app.add_typer(augment.app, name="augment")

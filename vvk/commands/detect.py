@@ -1,0 +1,183 @@
+"""``vvk detect``: run a trained detector on images; records as JSON lines, a COCO results file,
+drawings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+
+from vvk.commands._options import JsonOpt, as_flags, expand_stdin
+from vvk.commands._output import Output
+from vvk.errors import VvkError
+
+# The library's parameters as this command spells them (``VvkError.as_flags``).
+_FLAGS = {
+    **{name: "--" + name.replace("_", "-") for name in ("weights", "vocab", "min_score", "max_dets")},
+    **{
+        name: "--" + name.replace("_", "-")
+        for name in ("batch_size", "device", "draw", "out", "format", "gt")
+    },
+    "images": "IMAGES",
+}
+_COLUMNS = [("image", "image"), ("category", "category"), ("score", "score"), ("bbox", "box x,y,w,h")]
+
+
+def detect(
+    sources: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="IMAGES...",
+            show_default=False,
+            help="Image files, folders (searched recursively), or - (image paths on stdin).",
+        ),
+    ],
+    weights: Annotated[
+        str,
+        typer.Option(
+            "--weights",
+            metavar="RUN|CHECKPOINT|NAME",
+            show_default=False,
+            help="A `vvk train detector` run folder, a checkpoint, or a name from `vvk weights list`.",
+        ),
+    ],
+    vocab: Annotated[
+        str | None,
+        typer.Option(
+            metavar="coco|FILE",
+            help="Category names: coco, or a file (a name per line, or JSON [{id, name}]); "
+            "default: the detector's.",
+        ),
+    ] = None,
+    min_score: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Drop detections below this score.")
+    ] = 0.3,
+    max_dets: Annotated[int, typer.Option(min=1, help="At most this many detections per image.")] = 100,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 4,
+    device: Annotated[
+        str,
+        typer.Option(click_type=click.Choice(["auto", "cpu", "cuda"]), help="auto: the GPU if there is one."),
+    ] = "auto",
+    workers: Annotated[int, typer.Option(min=0, help="Image decoding processes (0: in this one).")] = 0,
+    draw: Annotated[
+        Path | None,
+        typer.Option(metavar="OUT_DIR", help="Write each image with its detections drawn into OUT_DIR."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="Write the records to FILE, in --format.")
+    ] = None,
+    format_: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            click_type=click.Choice(["jsonl", "coco-results"]),
+            help="--out as JSON lines, or one COCO results list (for `vvk eval detections`).",
+        ),
+    ] = "jsonl",
+    gt: Annotated[
+        Path | None,
+        typer.Option(metavar="INSTANCES_JSON", help="COCO annotation file to take image ids from."),
+    ] = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Detect objects in images with a trained RetinaNet or Mask R-CNN.
+
+    Each detection is a record {"image", "category", "category_id", "score", "bbox"} (bbox: x, y,
+    width, height), plus "segmentation" (COCO RLE) for mask models, in the pixels of the image as it is shown
+    (EXIF orientation applied): a table on stdout, JSON lines with --json, a file with --out.
+    --format coco-results writes --out as one COCO results list; its image ids come from --gt
+    (matched by file name) or else are the image file names' numbers (000000005802.jpg: 5802).
+    Folders are searched recursively for .jpg .jpeg .png .bmp .gif .tif .tiff .webp files,
+    in sorted order. --draw writes OUT_DIR/<path under the input folder>; an output inside an
+    input folder is refused. Files are written whole or not at all (Ctrl-C leaves none half-made).
+
+    An image that cannot be read (missing, not an image, truncated) is one line on stderr and
+    the others go on; the command then exits 1 (as it does for a bad option value or weights),
+    after writing the records of the images that were read.
+
+    EXAMPLES: vvk detect photos/ --weights runs/d1 --draw drawn/
+              ls *.jpg | vvk detect - --weights runs/d1 --json | jq .category
+              vvk detect val2017/ --weights runs/d1 --out dt.json --format coco-results
+    """
+    from vvk.methods.detection.predict import detect_images, find_images
+
+    human = Output(json_output)
+    rows: list[dict[str, Any]] = []
+    with as_flags(**_FLAGS):
+        images = find_images(_paths(sources))
+        with _progress(human, show=not json_output and len(images) > 1) as progress:
+            summary = detect_images(
+                images, weights=weights, vocab=vocab, min_score=min_score, max_dets=max_dets,
+                batch_size=batch_size, device=device, num_workers=workers, draw=draw, out=out,
+                format=format_, gt=gt, progress=progress,
+                on_records=lambda records: _show(human, rows, records),
+                on_problem=lambda image, problem: human.stderr.print(
+                    f"bad image: {image.path}: {problem}", markup=False, highlight=False
+                ),
+            )  # fmt: skip
+    human.table(rows, _COLUMNS)
+    _summarize(human, summary)
+    if summary["failed"]:
+        raise typer.Exit(1)
+
+
+def _paths(sources: list[str]) -> list[str]:
+    paths = expand_stdin(sources, what="image path")
+    if not paths:
+        raise VvkError("-: no image paths on stdin", hint="e.g. ls photos/*.jpg | vvk detect - --weights RUN")
+    return paths
+
+
+def _show(out: Output, rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> None:
+    """--json: each record at once on stdout (a pipeline sees them as they come); else a table
+    row, printed at the end."""
+    if out.json_mode:
+        for record in records:
+            out.record(record)
+        return
+    for r in records:
+        rows.append(
+            {"image": r["image"], "category": r["category"], "score": f"{r['score']:.3f}", "bbox": r["bbox"]}
+        )
+
+
+def _summarize(out: Output, summary: dict[str, Any]) -> None:
+    speed = f", {summary['images_per_s']:.2f} images/s" if summary["images_per_s"] else ""
+    failed = f" ({summary['failed']} could not be read)" if summary["failed"] else ""
+    out.note(
+        f"{summary['images']} image(s){failed}, {summary['detections']} detection(s) "
+        f"in {summary['seconds']:.1f} s{speed} on {summary['device']}"
+    )
+    for what in ("out", "draw"):
+        if summary[what]:
+            out.note(f"{'records' if what == 'out' else 'drawings'}: {summary[what]}")
+
+
+class _progress:
+    """A rich progress bar of the images on stderr, fed by the library's (done, total) callback.
+    It appears with the first batch, so an error before that stays a single line."""
+
+    def __init__(self, out: Output, *, show: bool):
+        self.out, self.show = out, show
+        self.bar = None
+        self.task = None
+
+    def __enter__(self):
+        return self.update if self.show else None
+
+    def update(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+            self.bar = Progress(
+                "detect", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=self.out.stderr
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("images", total=total)
+        self.bar.update(self.task, completed=done)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()

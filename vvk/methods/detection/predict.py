@@ -1,0 +1,532 @@
+"""Detection on image files: the library side of ``vvk detect``.
+
+::
+
+    from vvk.methods.detection.predict import detect_images, find_images
+
+    images = find_images(["photos/"])       # folders searched recursively, sorted; or image paths
+    summary = detect_images(images, weights="runs/d1", min_score=0.3, out="dets.jsonl",
+                            on_records=print, on_problem=lambda image, why: print(image.path, why))
+
+or step by step: ``load_detector`` (a run folder, a checkpoint or a weights name),
+``predict_images`` (``Prediction`` per image, in input order, bad files included with their
+``problem``), ``records_of`` (JSON records), ``results_file`` and ``write_drawing``.
+
+Images are decoded as vvk decodes every image (``vvk.data.images``): 8-bit RGB whatever the file
+stores, turned upright by its EXIF orientation. The detector resizes each image to its canvas and
+maps its outputs back (torchvision's ``GeneralizedRCNNTransform.postprocess``, which also pastes
+Mask R-CNN's masks at the image's size), so boxes and masks are in the pixels of the upright image.
+
+A record is ``{"image", "category", "category_id", "score", "bbox": [x, y, w, h]}`` (boxes to
+0.01 px, scores to 1e-5), plus ``"segmentation"`` (COCO RLE, ``counts`` a str; mask probabilities
+above 0.5) for mask models; the ``coco-results`` format holds ``{"image_id", "category_id",
+"bbox", "score"(, "segmentation")}`` records in one JSON list, what pycocotools' ``loadRes`` reads.
+The detector's own score threshold and per-image cap are lowered to ``min_score`` and raised to
+``max_dets`` when those ask for more (as detectron2's demo sets its test thresholds), then both are
+applied to its output.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from vvk.errors import VvkError
+from vvk.methods.detection.outputs import FORMATS, check_outputs, results_file, write_drawing
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+MASK_THRESHOLD = 0.5  # mask probabilities above this are the object (torchvision's, tf-models')
+BOX_DECIMALS = 2  # boxes to 0.01 px: far below a pixel, and short lines
+SCORE_DECIMALS = 5
+RUN_CHECKPOINT = "model.safetensors"  # in a run's checkpoint folder (vvk.engine.state)
+
+Categories = list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """One input image.
+
+    Attributes:
+        path: as given, or the folder as given joined with the path found under it.
+        name: the path relative to the folder all inputs share (unique among them): where
+            ``write_drawing`` writes its drawing.
+        folder: the folder argument it was found in (None: named directly).
+    """
+
+    path: str
+    name: str
+    folder: str | None = None
+
+
+@dataclass
+class Prediction:
+    """What the detector found in one image, in the upright image's pixels; ``problem`` is why the
+    file could not be read (then nothing else is set)."""
+
+    image: ImageFile
+    problem: str | None = None
+    size: tuple[int, int] = (0, 0)  # (width, height)
+    boxes: Tensor = field(default_factory=lambda: torch.zeros(0, 4))  # (N, 4) XYXY, by score
+    scores: Tensor = field(default_factory=lambda: torch.zeros(0))  # (N,)
+    labels: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))  # (N,) in 1..K
+    masks: Tensor | None = None  # (N, H, W) bool, mask models only
+    pixels: Tensor | None = None  # (3, H, W) uint8, when asked for (drawing)
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+
+
+def find_images(inputs: Sequence[str | os.PathLike]) -> list[ImageFile]:
+    """The images ``inputs`` name: a folder stands for the image files under it (recursively, by
+    extension, sorted; hidden entries skipped; links to folders not followed), anything else for
+    one image (a missing or unreadable one fails when it is read, alone)."""
+    entries: list[tuple[str, str | None]] = []  # (path, folder argument)
+    for given in map(os.fspath, inputs):
+        if os.path.isdir(given):
+            found = _images_under(given)
+            if not found:
+                extensions = " ".join(sorted(IMAGE_EXTENSIONS))
+                raise VvkError(f"images={given}: no image files in it ({extensions})", params=("images",))
+            entries += [(path, given) for path in found]
+        else:
+            entries.append((given, None))
+    if not entries:
+        raise VvkError("images: no images given", params=("images",))
+    roots = [os.path.abspath(folder or os.path.dirname(path) or ".") for path, folder in entries]
+    common = os.path.commonpath(roots)
+    return [
+        ImageFile(path, os.path.relpath(os.path.abspath(path), common), folder) for path, folder in entries
+    ]
+
+
+def _images_under(folder: str) -> list[str]:
+    found = []
+    for where, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [
+            os.path.join(where, f)
+            for f in files
+            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
+        ]
+    return sorted(found, key=lambda p: Path(p).parts)
+
+
+class ImageProblem(Exception):
+    """An image file that cannot be used; the message says why."""
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of an image file, upright by its EXIF orientation; raises ``ImageProblem``."""
+    from PIL import Image, UnidentifiedImageError
+
+    from vvk.data.images import ImageReadError, load_rgb, probe_image
+
+    if os.path.isdir(path):
+        raise ImageProblem("a folder, not an image file")
+    if not os.path.lexists(path):
+        raise ImageProblem("no such file")
+    try:
+        probe = probe_image(path)
+        return load_rgb(path, exif_orientation=probe.exif_orientation)
+    except ImageReadError as e:
+        # The reader names only the decoder's error type; the error it raised from (its context)
+        # says what is wrong, e.g. "image file is truncated (3 bytes not processed)".
+        cause = e.__context__
+        if str(e) == "missing" or isinstance(cause, FileNotFoundError):
+            raise ImageProblem("no such file (a broken link?)") from None
+        if isinstance(cause, UnidentifiedImageError):
+            raise ImageProblem("not an image file (no decoder recognises it)") from None
+        detail = (str(cause).splitlines() or [""])[0][:200] if cause else ""
+        name = type(cause).__name__ if cause else str(e)
+        raise ImageProblem(f"cannot be decoded ({name}{': ' + detail if detail else ''})") from None
+    except Image.DecompressionBombError as e:
+        raise ImageProblem(f"too large to decode ({e})") from None
+
+
+class _ImageReader(Dataset):
+    """``reader[i]`` is ``(i, (3, H, W) uint8 or None, problem or None)``."""
+
+    def __init__(self, images: Sequence[ImageFile]):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[int, Tensor | None, str | None]:
+        try:
+            pixels = read_image(self.images[i].path)
+        except ImageProblem as e:
+            return i, None, str(e)
+        return i, torch.from_numpy(pixels).permute(2, 0, 1), None  # (H, W, 3) -> (3, H, W)
+
+
+# --------------------------------------------------------------------------------------------
+# The detector and its vocabulary
+
+
+def checkpoint_of(weights: str | os.PathLike) -> str:
+    """The checkpoint a ``weights`` value names: a run folder's exported detector (or, in a run
+    that did not finish, its latest checkpoint); anything else as it is (``vvk.models.load``)."""
+    from vvk.engine.state import RunDir
+    from vvk.methods.detection.train import DETECTOR_FILE
+
+    spec, path = os.fspath(weights), Path(weights)
+    if path.is_dir():
+        if (path / DETECTOR_FILE).is_file():
+            return str(path / DETECTOR_FILE)
+        latest = RunDir(path).latest()
+        if latest is not None and (latest / RUN_CHECKPOINT).is_file():
+            return str(latest / RUN_CHECKPOINT)
+        raise VvkError(
+            f"weights={spec}: a folder with neither {DETECTOR_FILE} nor a checkpoint (not a detector run)",
+            params=("weights",),
+        )
+    if not os.path.lexists(path) and _names_only_an_architecture(spec):
+        raise VvkError(
+            f"weights={spec}: a model architecture, not trained weights; a randomly initialised "
+            "detector finds nothing",
+            hint="give the run folder of a `vvk train detector` run, a checkpoint, or a name from "
+            "`vvk weights list`",
+            params=("weights",),
+        )
+    return spec
+
+
+def _names_only_an_architecture(spec: str) -> bool:
+    from vvk.models.registry import list_models
+    from vvk.weights import lookup
+
+    return spec in list_models() and lookup(spec) is None
+
+
+def load_detector(weights: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
+    """The detector ``weights`` names (see ``checkpoint_of``), on ``device``, in eval mode."""
+    import vvk.models.detectors  # noqa: F401  (registers the detectors a checkpoint may name)
+    from vvk.models import load
+
+    model = load(checkpoint_of(weights), tasks=("detection",), map_location=device)
+    missing = [a for a in ("categories", "image_size") if not hasattr(model, a)]
+    if missing:
+        raise VvkError(f"weights={os.fspath(weights)}: not a vvk detector (no {', '.join(missing)})")
+    return model.eval()
+
+
+def resolve_vocabulary(vocab: str | os.PathLike | None, *, categories: Categories) -> Categories:
+    """The category names records carry: ``categories`` (the detector's) when ``vocab`` is None;
+    ``"coco"``: COCO's 80 (or its 90 ids when the detector predicts 90); else a file, one name per
+    line (ids 1..K) or a JSON list of ``{"id", "name"}`` (or a COCO annotation file: its
+    ``categories``). It must have as many categories as the detector predicts: for now a
+    vocabulary renames the detector's outputs (label ``l`` is entry ``l - 1``)."""
+    from vvk.models.detectors.common import coco_categories
+
+    if vocab is None:
+        return list(categories)
+    if os.fspath(vocab) == "coco":
+        named = coco_categories(reference_ids=len(categories) == 90)
+    else:
+        named = _read_vocabulary(Path(vocab))
+    if len(named) != len(categories):
+        raise VvkError(
+            f"vocab={os.fspath(vocab)}: {len(named)} categories, but the detector predicts {len(categories)}",
+            params=("vocab",),
+        )
+    return named
+
+
+def _read_vocabulary(path: Path) -> Categories:
+    from vvk.data.coco import read_json
+    from vvk.models.detectors.common import check_categories
+
+    if not path.is_file():
+        raise VvkError(f"vocab={path}: no such file (or give vocab=coco)", params=("vocab",))
+    if path.suffix.lower() != ".json":
+        try:
+            names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise VvkError(
+                f"vocab={path}: cannot read it as text ({type(e).__name__})", params=("vocab",)
+            ) from None
+        names = [n for n in names if n]
+        if not names:
+            raise VvkError(f"vocab={path}: no category names in it (one per line)", params=("vocab",))
+        return [{"id": i, "name": n} for i, n in enumerate(names, start=1)]
+    data = read_json(path)
+    if isinstance(data, dict) and "categories" in data:
+        data = data["categories"]
+    try:
+        return check_categories(data)
+    except VvkError as e:  # "categories[3].id: ..." -> "vocab=FILE: [3].id: ..."
+        raise VvkError(f"vocab={path}: {e.message.removeprefix('categories')}", params=("vocab",)) from None
+
+
+def relax_thresholds(model: nn.Module, *, min_score: float, max_dets: int) -> None:
+    """Lower the detector's own score threshold to ``min_score`` and raise its per-image cap to
+    ``max_dets`` where they would hide what was asked for (torchvision's RetinaNet keeps them on
+    the model, the R-CNNs on ``roi_heads``). Boxes above the old threshold are unchanged: NMS only
+    ever suppresses a box by a higher-scoring one."""
+    for module in (model, getattr(model, "roi_heads", None)):
+        if isinstance(getattr(module, "score_thresh", None), float | int) and module.score_thresh > min_score:
+            module.score_thresh = min_score
+        if (
+            isinstance(getattr(module, "detections_per_img", None), int)
+            and module.detections_per_img < max_dets
+        ):
+            module.detections_per_img = max_dets
+
+
+# --------------------------------------------------------------------------------------------
+# Prediction
+
+
+def check_limits(*, min_score: float, max_dets: int, batch_size: int) -> None:
+    if not 0.0 <= min_score <= 1.0:
+        raise VvkError(f"min_score={min_score}: must be in [0, 1]", params=("min_score",))
+    if max_dets < 1:
+        raise VvkError(f"max_dets={max_dets}: must be at least 1", params=("max_dets",))
+    if batch_size < 1:
+        raise VvkError(f"batch_size={batch_size}: must be at least 1", params=("batch_size",))
+
+
+@torch.no_grad()
+def predict_images(
+    model: nn.Module,
+    images: Sequence[ImageFile],
+    *,
+    batch_size: int = 4,
+    min_score: float = 0.3,
+    max_dets: int = 100,
+    num_workers: int = 0,
+    keep_pixels: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> Iterator[Prediction]:
+    """One ``Prediction`` per image, in order, ``batch_size`` images per forward pass on the
+    model's device; a file that cannot be read yields its ``problem`` and the others go on.
+
+    Args:
+        min_score, max_dets: applied after the detector's post-processing (see ``relax_thresholds``).
+        num_workers: processes decoding images (0: this one).
+        keep_pixels: set each prediction's ``pixels`` (for ``write_drawing``).
+        progress: called with (images done, images) after each batch.
+    """
+    check_limits(min_score=min_score, max_dets=max_dets, batch_size=batch_size)
+    relax_thresholds(model, min_score=min_score, max_dets=max_dets)
+    model.eval()
+    device = next(model.parameters()).device
+    loader = DataLoader(_ImageReader(images), batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+    done = 0
+    for batch in loader:
+        good = [(i, pixels) for i, pixels, _ in batch if pixels is not None]
+        inputs = [pixels.to(device).float().div_(255) for _, pixels in good]  # (3, H, W) in 0..1
+        outputs = dict(zip([i for i, _ in good], model(inputs) if inputs else [], strict=True))
+        for i, pixels, problem in batch:
+            if problem is not None:
+                yield Prediction(images[i], problem=problem)
+                continue
+            yield _prediction(images[i], pixels, outputs[i], min_score, max_dets, keep_pixels)
+        done += len(batch)
+        if progress is not None:
+            progress(done, len(images))
+
+
+def _prediction(
+    image: ImageFile, pixels: Tensor, out: dict[str, Tensor], min_score: float, max_dets: int, keep: bool
+) -> Prediction:
+    order = out["scores"].argsort(descending=True, stable=True)
+    order = order[out["scores"][order] >= min_score][:max_dets]
+    masks = None
+    if "masks" in out:
+        masks = (out["masks"][order, 0] > MASK_THRESHOLD).cpu()  # (N, 1, H, W) -> (N, H, W) bool
+    return Prediction(
+        image,
+        size=(int(pixels.shape[2]), int(pixels.shape[1])),
+        boxes=out["boxes"][order].float().cpu(),
+        scores=out["scores"][order].float().cpu(),
+        labels=out["labels"][order].cpu(),
+        masks=masks,
+        pixels=pixels if keep else None,
+    )
+
+
+def records_of(
+    prediction: Prediction, categories: Categories, *, image_id: int | None = None
+) -> list[dict[str, Any]]:
+    """The JSON records of one image's detections (none for a bad file): ``{"image",
+    ("image_id",) "category", "category_id", "score", "bbox": [x, y, w, h]}`` plus
+    ``"segmentation"`` (COCO RLE) for mask models; label ``l`` is ``categories[l - 1]``."""
+    if prediction.problem is not None or not len(prediction.scores):
+        return []
+    corners = prediction.boxes.double().numpy().round(BOX_DECIMALS)  # (N, 4) XYXY
+    # x, y, w, h from the rounded corners: x + w stays within the image as x2 did.
+    xywh = np.concatenate([corners[:, :2], corners[:, 2:] - corners[:, :2]], axis=1).round(BOX_DECIMALS)
+    scores = prediction.scores.double().numpy().round(SCORE_DECIMALS)
+    rles = _rles(prediction.masks) if prediction.masks is not None else [None] * len(scores)
+    records = []
+    for box, score, label, rle in zip(
+        xywh.tolist(), scores.tolist(), prediction.labels.tolist(), rles, strict=True
+    ):
+        category = categories[label - 1]
+        record: dict[str, Any] = {"image": prediction.image.path}
+        if image_id is not None:
+            record["image_id"] = image_id
+        record.update(category=category["name"], category_id=category["id"], score=score, bbox=box)
+        if rle is not None:
+            record["segmentation"] = rle
+        records.append(record)
+    return records
+
+
+def _rles(masks: Tensor) -> list[dict[str, Any]]:
+    from pycocotools import mask as mask_utils
+
+    if not len(masks):
+        return []
+    encoded = mask_utils.encode(
+        np.asfortranarray(masks.numpy().transpose(1, 2, 0).astype(np.uint8))
+    )  # (H, W, N)
+    return [{"size": [int(s) for s in r["size"]], "counts": r["counts"].decode("ascii")} for r in encoded]
+
+
+# --------------------------------------------------------------------------------------------
+# COCO image ids
+
+
+def image_ids_for(images: Sequence[ImageFile], *, gt: str | os.PathLike | None = None) -> list[int]:
+    """The COCO image id of each image: looked up in ``gt`` (an annotation file: its
+    ``images[].file_name``, matched to the path under the input folder, else to the file's name
+    when exactly one image has it), or without ``gt`` the number the file's name is
+    (``000000005802.jpg`` -> 5802, COCO's naming). Every image must have one."""
+    if gt is None:
+        ids = []
+        for image in images:
+            stem = Path(image.path).stem
+            if not re.fullmatch(r"[0-9]+", stem):
+                raise VvkError(
+                    f"{image.path}: no image id (its file name is not a number)",
+                    hint="give gt=FILE, the COCO annotation file whose ids the results must use",
+                    params=("gt",),
+                )
+            ids.append(int(stem))
+        return ids
+    by_path, by_name = _gt_ids(Path(gt))
+    ids = []
+    for image in images:
+        image_id = by_path.get(Path(image.name).as_posix(), by_name.get(Path(image.path).name))
+        if image_id is None:
+            raise VvkError(f"gt={os.fspath(gt)}: no image file_name matches {image.path}", params=("gt",))
+        ids.append(image_id)
+    return ids
+
+
+def _gt_ids(path: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """``({file_name: id}, {base name: id})``; a base name that several images share is left out."""
+    from vvk.data.coco import read_json
+
+    data = read_json(path)
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list):
+        raise VvkError(f"gt={path}: no 'images' list (not a COCO annotation file)", params=("gt",))
+    by_path: dict[str, int] = {}
+    names: dict[str, list[int]] = {}
+    for i, entry in enumerate(images):
+        image_id = entry.get("id") if isinstance(entry, dict) else None
+        file_name = entry.get("file_name") if isinstance(entry, dict) else None
+        if not isinstance(image_id, int) or isinstance(image_id, bool) or not isinstance(file_name, str):
+            raise VvkError(f"gt={path}: images[{i}]: needs an integer 'id' and a 'file_name'", params=("gt",))
+        by_path[Path(file_name).as_posix()] = image_id
+        names.setdefault(Path(file_name).name, []).append(image_id)
+    return by_path, {name: ids[0] for name, ids in names.items() if len(ids) == 1}
+
+
+# --------------------------------------------------------------------------------------------
+# All in one: what ``vvk detect`` runs
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``auto``: the GPU when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise VvkError(f"device={device}: no CUDA device here", hint="use device=cpu", params=("device",))
+    return torch.device(device)
+
+
+def detect_images(
+    images: Sequence[ImageFile],
+    *,
+    weights: str | os.PathLike,
+    vocab: str | os.PathLike | None = None,
+    min_score: float = 0.3,
+    max_dets: int = 100,
+    batch_size: int = 4,
+    device: str = "auto",
+    num_workers: int = 0,
+    draw: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    format: str = "jsonl",
+    gt: str | os.PathLike | None = None,
+    on_records: Callable[[list[dict[str, Any]]], None] | None = None,
+    on_problem: Callable[[ImageFile, str], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Detect objects in ``images`` with the detector ``weights`` names; returns a summary
+    ``{"images", "failed", "detections", "seconds", "images_per_s", "device", "out", "draw"}``.
+
+    Everything is checked before the first image is read (limits, outputs, vocabulary, image ids
+    of a ``coco-results`` file). Each image's records go to ``on_records`` and into ``out``
+    (``format``: ``jsonl`` or ``coco-results``; written atomically when all is done), its drawing
+    into ``draw``; a file that cannot be read goes to ``on_problem`` and counts as failed.
+    ``images_per_s`` counts the images read over the time from the first read to the last record.
+    """
+    check_limits(min_score=min_score, max_dets=max_dets, batch_size=batch_size)
+    if format not in FORMATS:
+        raise VvkError(f"format={format}: expected one of {', '.join(FORMATS)}", params=("format",))
+    check_outputs(images, draw=draw, out=out)
+    ids = image_ids_for(images, gt=gt) if format == "coco-results" or gt is not None else None
+    where = pick_device(device)
+    model = load_detector(weights, device=where)
+    categories = resolve_vocabulary(vocab, categories=model.categories)
+    summary = {"images": len(images), "failed": 0, "detections": 0}
+    started = time.monotonic()
+    with results_file(out, format=format) if out is not None else _discard() as write:
+        predictions = predict_images(
+            model, images, batch_size=batch_size, min_score=min_score, max_dets=max_dets,
+            num_workers=num_workers, keep_pixels=draw is not None, progress=progress,
+        )  # fmt: skip
+        for index, prediction in enumerate(predictions):
+            if prediction.problem is not None:
+                summary["failed"] += 1
+                if on_problem is not None:
+                    on_problem(prediction.image, prediction.problem)
+                continue
+            records = records_of(prediction, categories, image_id=ids[index] if ids else None)
+            summary["detections"] += len(records)
+            write(records)
+            if on_records is not None:
+                on_records(records)
+            if draw is not None:
+                write_drawing(prediction, categories, draw)
+    seconds = time.monotonic() - started
+    speed = round((summary["images"] - summary["failed"]) / seconds, 3) if seconds else None
+    return {
+        **summary, "seconds": round(seconds, 3), "images_per_s": speed,
+        "device": str(where), "out": os.fspath(out) if out is not None else None,
+        "draw": os.fspath(draw) if draw is not None else None,
+    }  # fmt: skip
+
+
+@contextmanager
+def _discard() -> Iterator[Callable[[list[dict]], None]]:
+    yield lambda records: None
