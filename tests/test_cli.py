@@ -83,6 +83,11 @@ BAD_INPUT: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
         (["eval", "linear-probe", "--data", ".", "--weights", "/no/such.safetensors"], "file not found"),
         (["eval", "linear-probe", "--data", "."], "give --weights"),
     ],
+    ("eval", "detections"): [
+        (["eval", "detections", "--gt", "/no/such.json", "--dt", "x.json"], "/no/such.json: cannot read"),
+        (["eval", "detections", "--gt", "a.json"], "Missing option '--dt'"),
+        (["eval", "detections", "--gt", "a", "--dt", "b", "--iou-type", "mask"], "Invalid value for '--iou-type'"),
+    ],
 }
 
 

@@ -1,16 +1,20 @@
-"""``vvk eval``: evaluate a (pretrained or random) video backbone."""
+"""``vvk eval``: evaluate a (pretrained or random) video backbone, or detection results."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
+import click
 import typer
 
 from vvk.commands._options import DataOpt, DecoderOpt, JsonOpt, WeightsOpt, as_flags, read_data
 from vvk.commands._output import Output
 from vvk.errors import VvkError
 
-app = typer.Typer(help="Evaluate video backbones: clip retrieval, linear probe.", no_args_is_help=True)
+app = typer.Typer(
+    help="Evaluate video backbones (clip retrieval, linear probe) and detections (COCO/LVIS AP).",
+    no_args_is_help=True,
+)
 
 BackboneOpt = Annotated[
     str | None,
@@ -134,3 +138,54 @@ def linear_probe(
         {"protocol": "linear-probe", "weights": info["source"], **result},
         ["top1", "top5"],
     )
+
+
+@app.command("detections")
+def detections(
+    gt: Annotated[
+        str,
+        typer.Option("--gt", metavar="INSTANCES.json", help="Ground truth: a COCO or LVIS instances file."),
+    ],
+    dt: Annotated[
+        str,
+        typer.Option("--dt", metavar="RESULTS.json|-", help="Detections: a COCO results file, or - (stdin)."),
+    ],
+    iou_type: Annotated[
+        str,
+        typer.Option("--iou-type", click_type=click.Choice(["bbox", "segm"]), help="Score boxes or masks."),
+    ] = "bbox",
+    json_output: JsonOpt = False,
+) -> None:
+    """COCO box or mask AP of a results file (pycocotools' COCOeval: AP, AP50, AP75, APs/m/l,
+    AR1/10/100, ARs/m/l); for LVIS ground truth, chosen from the file, LVIS AP (lvis' LVISEval:
+    adds APr/c/f for rare, common and frequent categories, AR at 300 detections). Undefined
+    values (no ground truth of that size) are -1, as the evaluators report them.
+
+    The results file is a JSON list of records {image_id, category_id, bbox, score} (bbox: x, y,
+    width, height in pixels), with a segmentation (an RLE) for masks, as `vvk detect --format
+    coco-results --out FILE` writes it; - reads it from stdin. It is checked first: an unknown image or
+    category id, a string id, a box of negative or NaN size, a missing field is an error naming
+    the record.
+
+    EXAMPLES: vvk eval detections --gt annotations/instances_val2017.json --dt results.json
+              vvk eval detections --gt lvis_v1_val.json --dt results.json --iou-type segm --json
+    """
+    from vvk.eval.detection import evaluate_detections
+
+    if dt == "-":
+        results, name = _read_stdin_json(), "<stdin>"
+    else:
+        results, name = dt, None
+    scores = evaluate_detections(gt, results, iou_type=iou_type, results_name=name)
+    record = {"protocol": "detections", "gt": gt, "dt": dt, **scores.as_dict()}
+    _print(Output(json_output), record, list(scores.stats))
+
+
+def _read_stdin_json():
+    import json
+    import sys
+
+    try:
+        return json.loads(sys.stdin.read())
+    except json.JSONDecodeError as e:
+        raise VvkError(f"<stdin>:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from None

@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
@@ -314,7 +315,9 @@ def _quiet() -> Iterator[None]:
     level = lvis_logger.level
     lvis_logger.setLevel(logging.ERROR)
     try:
-        with redirect_stdout(captured):
+        with redirect_stdout(captured), warnings.catch_warnings():
+            # lvis calls Logger.warn, deprecated since Python 3.3
+            warnings.filterwarnings("ignore", "The 'warn' method is deprecated", DeprecationWarning)
             yield
     finally:
         lvis_logger.setLevel(level)
