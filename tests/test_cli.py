@@ -86,7 +86,7 @@ BAD_INPUT: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
     ("eval", "detections"): [
         (["eval", "detections", "--gt", "/no/such.json", "--dt", "x.json"], "/no/such.json: cannot read"),
         (["eval", "detections", "--gt", "a.json"], "Missing option '--dt'"),
-        (["eval", "detections", "--gt", "a", "--dt", "b", "--iou-type", "mask"], "Invalid value for '--iou-type'"),
+        (["eval", "detections", "--gt", "a", "--dt", "b", "--iou-type", "mask"], "Invalid value"),
     ],
 }
 
