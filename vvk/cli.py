@@ -22,7 +22,7 @@ import click
 import typer
 
 from vvk import __version__
-from vvk.commands import augment, data, detect, eval, info, models, pretrain, weights
+from vvk.commands import augment, data, detect, eval, info, models, pretrain, train, weights
 from vvk.commands._log import log_to_stderr
 from vvk.errors import VvkError
 
@@ -70,6 +70,7 @@ app.add_typer(augment.app, name="augment")
 app.add_typer(data.app, name="data")
 app.add_typer(eval.app, name="eval")
 app.add_typer(pretrain.app, name="pretrain")
+app.add_typer(train.app, name="train")
 
 
 def _debug_enabled(args: list[str]) -> bool:

@@ -21,6 +21,10 @@ PROBLEMS: dict[str, str] = {
     "decode_error": "the video stream cannot be decoded",
     "unreadable": "the file cannot be opened",  # the OS error (a link loop, no permission) is the detail
     "outside": "a list names it outside the list's folder (or root)",  # see vvk.data.sources
+    # Images of a detection dataset (vvk.data.detection)
+    "missing": "no such file",
+    "not_image": "not an image file that can be decoded",
+    "image_size": "its size is not the one its annotations were drawn on",
 }
 
 VIDEO_EXTENSIONS = frozenset(

@@ -1,0 +1,178 @@
+"""Detector training presets: ``tiny`` (2 CPU cores, minutes) and ``paper`` (the reference recipes).
+
+A preset is one frozen dataclass per detector family (RetinaNet, Mask R-CNN): the model, the
+input pipeline, the in-training evaluation and the ``TrainConfig``. ``preset_for(name, model)``
+picks the family's preset from the model's name, so ``--preset paper --model maskrcnn-r50-fpn``
+is the Copy-Paste Mask R-CNN recipe and ``--preset paper`` alone the SpineNet-49 RetinaNet one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from vvk.engine import TrainConfig
+from vvk.engine.config import check, check_ranges
+from vvk.errors import VvkError
+
+Family = Literal["retinanet", "maskrcnn"]
+FAMILIES: tuple[Family, ...] = ("retinanet", "maskrcnn")
+
+
+@dataclass(frozen=True)
+class DetectionPreset:
+    """How to train a detector. The defaults are the ``paper`` RetinaNet preset: SpineNet-49
+    RetinaNet at 640², ``tensorflow/tpu: models/official/detection/configs/spinenet/
+    spinenet49_retinanet.yaml`` over ``configs/retinanet_config.py`` and ``base_config.py``,
+    unless a comment says otherwise.
+
+    Attributes:
+        model: a registry name with task "detection" (``vvk models list --task detection``).
+        image_size: the square training canvas, and the model's ``image_size``.
+        scale_range: scale jitter, as fractions of ``image_size`` (``vvk.data.detection``).
+        flip_prob: horizontal flip probability.
+        copy_paste: Simple Copy-Paste of a second image's objects onto each sample.
+        max_paste: at most this many objects pasted per image.
+        eval_every: steps between evaluations on the validation set (0: at the end only).
+        eval_batch_size: images per forward pass in evaluation.
+        eval_images: evaluate on the first this many validation images (0: all).
+    """
+
+    model: str = "retinanet-spinenet-49"
+    image_size: int = 640  # retinanet_parser.output_size [640, 640]
+    # aug_scale_min 0.5, aug_scale_max 2.0: the yaml's own range (protocol C), not LSJ's 0.1
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    flip_prob: float = 0.5  # retinanet_parser.aug_rand_hflip: True
+    copy_paste: bool = False
+    max_paste: int = 100  # mmdet's cap (reference/detection.md §3.4); the TF parser pastes all drawn
+    eval_every: int = 5000  # vvk's choice: about 46 evaluations in the 231.5k steps
+    eval_batch_size: int = 8  # base_config eval.eval_batch_size
+    eval_images: int = 0
+    # train.total_steps 231500 at train_batch_size 256 (the global batch: here 16 processes x
+    # 16 per process; change batch_size and grad_accum for your hardware); SGD momentum 0.9
+    # (base_config optimizer); learning_rate init 0.28 after 2000 linear warm-up steps (from 0
+    # here; TF starts at warmup_learning_rate 0.0067), then x0.1 at 217610 and 226870
+    # (levels 0.028, 0.0028); l2_weight_decay 4e-5 on kernels only (tf.nn.l2_loss: gradient
+    # 4e-5 * w, SGD's weight decay; REGULARIZATION_VAR_REGEX leaves biases and norms out, as
+    # vvk does); gradient_clip_norm 10; architecture.use_bfloat16 (retinanet_config.py). The
+    # TPU cross-shard optimizer averages the replicas' gradients: replica_grads "mean".
+    train: TrainConfig = dataclasses.field(
+        default_factory=lambda: TrainConfig(
+            steps=231500,
+            batch_size=16,
+            lr=0.28,
+            optimizer="sgd",
+            momentum=0.9,
+            weight_decay=4e-5,
+            warmup_steps=2000,
+            schedule="step",
+            decay_at=(217610 / 231500, 226870 / 231500),
+            decay_rate=0.1,
+            grad_clip=10.0,
+            precision="bf16",
+            checkpoint_every=5000,
+            log_every=100,
+        )  # fmt: skip
+    )
+
+    def __post_init__(self) -> None:
+        check_ranges(
+            self,
+            {
+                ">= 1": ("image_size", "eval_batch_size"),
+                ">= 0": ("max_paste", "eval_every", "eval_images"),
+                "> 0": ("scale_range",),
+                "in [0, 1]": ("flip_prob",),
+            },
+        )
+        low, high = self.scale_range
+        check(self, "scale_range", low <= high, "MIN,MAX with MIN <= MAX")
+
+    @property
+    def family(self) -> Family:
+        return family_of(self.model)
+
+
+# The Copy-Paste paper's Mask R-CNN recipe: tensorflow/tpu: models/official/detection/projects/
+# copy_paste/configs/maskrcnn_resnet50_1024.yaml (its `type` says cascade, its name and the
+# README's 48.3 box / 42.4 mask AP row say Mask R-CNN R50-FPN; reference/detection.md §3.3).
+PAPER_MASKRCNN = DetectionPreset(
+    model="maskrcnn-r50-fpn",
+    image_size=1024,  # maskrcnn_parser.output_size [1024, 1024]
+    scale_range=(0.1, 2.0),  # aug_scale_min 0.1, aug_scale_max 2.0: large scale jitter
+    copy_paste=True,  # maskrcnn_parser.copy_paste: True, pre_parser extract_objects_parser
+    eval_every=5000,  # vvk's choice, as above
+    # train_batch_size 256 (here 32 processes x 8), total_steps 270000, SGD momentum 0.9, lr 0.32
+    # after 1000 warm-up steps (TF from 0.0032), x0.1 at 243000, 256500 and 263250 (levels
+    # 0.032, 0.0032, 0.00032), l2_weight_decay 4e-5, gradient_clip_norm 0, use_bfloat16.
+    train=TrainConfig(
+        steps=270000,
+        batch_size=8,
+        lr=0.32,
+        optimizer="sgd",
+        momentum=0.9,
+        weight_decay=4e-5,
+        warmup_steps=1000,
+        schedule="step",
+        decay_at=(243000 / 270000, 256500 / 270000, 263250 / 270000),
+        decay_rate=0.1,
+        grad_clip=0.0,
+        precision="bf16",
+        checkpoint_every=5000,
+        log_every=100,
+    ),  # fmt: skip
+)
+
+
+def tiny_train(**changes: Any) -> TrainConfig:
+    """The laptop recipe both tiny presets share: AdamW (SGD from random initialisation needs
+    far more steps at this size), a short warm-up then cosine, small batches at 256², one
+    loader worker beside the training process on 2 cores; measured in
+    benchmarks/detection_learning.py."""
+    recipe: dict[str, Any] = dict(
+        steps=1500, batch_size=8, lr=2e-3, optimizer="adamw", momentum=0.9, weight_decay=1e-4,
+        warmup_steps=100, schedule="cosine", min_lr_ratio=0.05, grad_clip=10.0, checkpoint_every=500,
+        log_every=10, num_workers=1,
+    )  # fmt: skip
+    return TrainConfig(**{**recipe, **changes})
+
+
+# The built-in example's images are 256² with digits of 13-77 px: the canvas is the image, a
+# narrower jitter than LSJ keeps digits at sizes the short run learns, and val is scored every
+# 250 steps for the learning curve.
+TINY: dict[str, Any] = dict(image_size=256, scale_range=(0.75, 1.25), eval_every=250, eval_batch_size=16)
+
+PRESETS: dict[str, dict[Family, DetectionPreset]] = {
+    "tiny": {
+        "retinanet": DetectionPreset(model="retinanet-spinenet-mobile-tiny", **TINY, train=tiny_train()),
+        "maskrcnn": DetectionPreset(model="maskrcnn-spinenet-tiny", **TINY, train=tiny_train()),
+    },
+    "paper": {"retinanet": DetectionPreset(), "maskrcnn": PAPER_MASKRCNN},
+}
+DEFAULT_PRESET = "tiny"
+
+
+def family_of(model: str) -> Family:
+    """The detector family of a registry name; a name of no detector is a ``VvkError``."""
+    from vvk.models import get_entry
+
+    entry = get_entry(model)  # an unknown name: its own error, with close names
+    family = next((f for f in FAMILIES if model.startswith(f"{f}-")), None)
+    if entry.task != "detection" or family is None:
+        raise VvkError(
+            f"model={model}: not a detector (its task is {entry.task})",
+            hint="see vvk models list --task detection", params=("model",),
+        )  # fmt: skip
+    return family
+
+
+def preset_for(name: str, model: str | None = None) -> DetectionPreset:
+    """Preset ``name`` of ``model``'s family (RetinaNet when no model is given), its model set."""
+    if name not in PRESETS:
+        raise VvkError(
+            f"preset={name}: not a detection preset", hint=f"one of {', '.join(PRESETS)}", params=("preset",)
+        )
+    family = family_of(model) if model is not None else "retinanet"
+    preset = PRESETS[name][family]
+    return preset if model is None else dataclasses.replace(preset, model=model)
