@@ -171,7 +171,8 @@ def _lvis():
     except ImportError as e:  # also a cv2 without its system libraries (libGL)
         raise VvkError(
             f"LVIS evaluation needs the lvis package, which failed to import ({e})",
-            hint="pip install lvis; on a server without libGL, pip install opencv-python-headless",
+            hint="pip install lvis; without libGL: apt-get install libgl1, or swap opencv-python "
+            "for opencv-python-headless",
         ) from None
     return lvis
 
