@@ -21,9 +21,8 @@ A record is ``{"image", "category", "category_id", "score", "bbox": [x, y, w, h]
 0.01 px, scores to 1e-5), plus ``"segmentation"`` (COCO RLE, ``counts`` a str; mask probabilities
 above 0.5) for mask models; the ``coco-results`` format holds ``{"image_id", "category_id",
 "bbox", "score"(, "segmentation")}`` records in one JSON list, what pycocotools' ``loadRes`` reads.
-The detector's own score threshold and per-image cap are lowered to ``min_score`` and raised to
-``max_dets`` when those ask for more (as detectron2's demo sets its test thresholds), then both are
-applied to its output.
+The detector's own score threshold and per-image cap are set to ``min_score`` and ``max_dets``
+(as detectron2's demo sets its test threshold), then both are applied to its output again.
 """
 
 from __future__ import annotations
@@ -272,18 +271,20 @@ def _read_vocabulary(path: Path) -> Categories:
         raise VvkError(f"vocab={path}: {e.message.removeprefix('categories')}", params=("vocab",)) from None
 
 
-def relax_thresholds(model: nn.Module, *, min_score: float, max_dets: int) -> None:
-    """Lower the detector's own score threshold to ``min_score`` and raise its per-image cap to
-    ``max_dets`` where they would hide what was asked for (torchvision's RetinaNet keeps them on
-    the model, the R-CNNs on ``roi_heads``). Boxes above the old threshold are unchanged: NMS only
-    ever suppresses a box by a higher-scoring one."""
+def set_thresholds(model: nn.Module, *, min_score: float, max_dets: int) -> None:
+    """Set the detector's own score threshold to ``min_score`` and per-image cap to ``max_dets``
+    (torchvision's RetinaNet keeps them on the model, the R-CNNs on ``roi_heads``). A lower
+    threshold or a higher cap would hide nothing asked for; the same output comes from the model's
+    defaults filtered afterwards whenever those ask for more: the threshold is applied before NMS,
+    which only ever suppresses a box by a higher-scoring one, and the cap keeps the top scores.
+    Mask R-CNN then pastes only the masks kept."""
+    # torchvision keeps scores above its threshold; min_score keeps those equal to it too. Scores
+    # are float32: the float32 just below min_score lets exactly those through.
+    below = float(np.nextafter(np.float32(min_score), np.float32(-np.inf)))
     for module in (model, getattr(model, "roi_heads", None)):
-        if isinstance(getattr(module, "score_thresh", None), float | int) and module.score_thresh > min_score:
-            module.score_thresh = min_score
-        if (
-            isinstance(getattr(module, "detections_per_img", None), int)
-            and module.detections_per_img < max_dets
-        ):
+        if isinstance(getattr(module, "score_thresh", None), float | int):
+            module.score_thresh = below
+        if isinstance(getattr(module, "detections_per_img", None), int):
             module.detections_per_img = max_dets
 
 
@@ -316,13 +317,13 @@ def predict_images(
     model's device; a file that cannot be read yields its ``problem`` and the others go on.
 
     Args:
-        min_score, max_dets: applied after the detector's post-processing (see ``relax_thresholds``).
+        min_score, max_dets: applied after the detector's post-processing (see ``set_thresholds``).
         num_workers: processes decoding images (0: this one).
         keep_pixels: set each prediction's ``pixels`` (for ``write_drawing``).
         progress: called with (images done, images) after each batch.
     """
     check_limits(min_score=min_score, max_dets=max_dets, batch_size=batch_size)
-    relax_thresholds(model, min_score=min_score, max_dets=max_dets)
+    set_thresholds(model, min_score=min_score, max_dets=max_dets)
     model.eval()
     device = next(model.parameters()).device
     loader = DataLoader(_ImageReader(images), batch_size=batch_size, num_workers=num_workers, collate_fn=list)
