@@ -111,7 +111,8 @@ class DetectionDataset(Dataset):
         masks: keep the masks in the targets (False for box-only detectors: they still decide
             the boxes and the paste).
         seed: with the sample key, seeds each sample's own generator.
-        max_retries: consecutive bad images before giving up with a ``VvkError``.
+        max_retries: replacements of a bad image (each one not tried before for this sample)
+            before giving up with a ``VvkError``.
         bad_files: where skipped images are recorded (the training loop merges the records
             that samples carry into it).
 
@@ -170,14 +171,17 @@ class DetectionDataset(Dataset):
         self, index: int, rng: np.random.Generator, skipped: list[dict[str, str]]
     ) -> tuple[tv_tensors.Image, Target]:
         """Image ``index`` (or a replacement for it) flipped, jittered and cropped to the canvas."""
-        for _ in range(self.max_retries + 1):
+        tried: list[int] = []
+        for _ in range(min(self.max_retries + 1, len(self))):
             image = self.coco.images[int(self.image_ids[index])]
             try:
                 pixels = read_image(self.coco, image)
             except BadImage as e:
                 path = str(self.coco.image_path(image))
                 skipped.append({"path": path, "problem": e.kind, "detail": e.detail})
-                index = int(rng.integers(len(self)))
+                tried.append(index)
+                untried = np.setdiff1d(np.arange(len(self)), tried)  # never the same bad image twice
+                index = int(untried[rng.integers(len(untried))]) if len(untried) else index
                 continue
             jitter = sample_jitter(
                 rng, height=image.height, width=image.width, size=self.size,
@@ -192,7 +196,7 @@ class DetectionDataset(Dataset):
             kept = [(label, mask) for label, mask in objects if mask.area]  # the crop may cut some away
             return tv_tensors.Image(frame), dense_target(kept, self.size, image.id)
         last = skipped[-1]["path"]
-        raise VvkError(f"{self.max_retries + 1} images in a row could not be read, last: {last}")
+        raise VvkError(f"{len(tried)} image(s) in a row could not be read, last: {last}")
 
     def _paste(
         self,
