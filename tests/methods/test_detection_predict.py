@@ -91,6 +91,11 @@ def test_find_images_recursive_sorted_and_named_under_the_folder(tmp_path):
         [str(tmp_path / "sub" / "c.jpeg"), str(tmp_path / "b.jpg"), str(tmp_path / "gone.jpg")]
     )
     assert [(f.name, f.folder) for f in named] == [("sub/c.jpeg", None), ("b.jpg", None), ("gone.jpg", None)]
+    listed = find_images([str(tmp_path / "b.jpg")], listed=[str(tmp_path / "sub")])  # a list names images
+    assert [(f.path, f.name) for f in listed] == [
+        (str(tmp_path / "b.jpg"), "b.jpg"),
+        (str(tmp_path / "sub"), "sub"),
+    ]
     (tmp_path / "empty").mkdir()
     with pytest.raises(VvkError, match=r"images=.*empty: no image files in it"):
         find_images([str(tmp_path / "empty")])

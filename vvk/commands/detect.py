@@ -31,7 +31,7 @@ def detect(
         typer.Argument(
             metavar="IMAGES...",
             show_default=False,
-            help="Image files, folders (searched recursively), or - (image paths on stdin).",
+            help="Image files, folders (searched recursively), - (image paths on stdin, one a line).",
         ),
     ],
     weights: Annotated[
@@ -90,7 +90,8 @@ def detect(
     --format coco-results writes --out as one COCO results list; its image ids come from --gt
     (matched by file name) or else are the image file names' numbers (000000005802.jpg: 5802).
     Folders are searched recursively for .jpg .jpeg .png .bmp .gif .tif .tiff .webp files,
-    in sorted order. --draw writes OUT_DIR/<path under the input folder>; an output inside an
+    in sorted order; the paths - reads from stdin (after the arguments' images) are images,
+    never searched. --draw writes OUT_DIR/<path under the input folder>; an output inside an
     input folder is refused. Files are written whole or not at all (Ctrl-C leaves none half-made).
 
     An image that cannot be read (missing, not an image, truncated) is one line on stderr and
@@ -106,7 +107,8 @@ def detect(
     human = Output(json_output)
     rows: list[dict[str, Any]] = []
     with as_flags(**_FLAGS):
-        images = find_images(_paths(sources))
+        arguments, listed = _inputs(sources)
+        images = find_images(arguments, listed=listed)
         with _progress(human, show=not json_output and len(images) > 1) as progress:
             summary = detect_images(
                 images, weights=weights, vocab=vocab, min_score=min_score, max_dets=max_dets,
@@ -123,11 +125,14 @@ def detect(
         raise typer.Exit(1)
 
 
-def _paths(sources: list[str]) -> list[str]:
-    paths = expand_stdin(sources, what="image path")
-    if not paths:
+def _inputs(sources: list[str]) -> tuple[list[str], list[str]]:
+    """(arguments, image paths read from stdin when one argument is -)."""
+    if sources.count("-") > 1:
+        raise VvkError("'-' (read image paths from stdin) may be given only once")
+    listed = expand_stdin(["-"], what="image path") if "-" in sources else []
+    if "-" in sources and not listed:
         raise VvkError("-: no image paths on stdin", hint="e.g. ls photos/*.jpg | vvk detect - --weights RUN")
-    return paths
+    return [s for s in sources if s != "-"], listed
 
 
 def _show(out: Output, rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> None:

@@ -88,10 +88,14 @@ class Prediction:
 # Inputs
 
 
-def find_images(inputs: Sequence[str | os.PathLike]) -> list[ImageFile]:
-    """The images ``inputs`` name: a folder stands for the image files under it (recursively, by
-    extension, sorted; hidden entries skipped; links to folders not followed), anything else for
-    one image (a missing or unreadable one fails when it is read, alone)."""
+def find_images(
+    inputs: Sequence[str | os.PathLike], *, listed: Sequence[str | os.PathLike] = ()
+) -> list[ImageFile]:
+    """The images ``inputs`` name, then those ``listed``. An input folder stands for the image
+    files under it (recursively, by extension, sorted; hidden entries skipped; links to folders
+    not followed), anything else for one image; ``listed`` paths (read from a list, e.g. stdin)
+    are images whatever they are: a folder there fails when it is read, as a missing or
+    unreadable file does, alone."""
     entries: list[tuple[str, str | None]] = []  # (path, folder argument)
     for given in map(os.fspath, inputs):
         if os.path.isdir(given):
@@ -102,6 +106,7 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> list[ImageFile]:
             entries += [(path, given) for path in found]
         else:
             entries.append((given, None))
+    entries += [(os.fspath(path), None) for path in listed]
     if not entries:
         raise VvkError("images: no images given", params=("images",))
     roots = [os.path.abspath(folder or os.path.dirname(path) or ".") for path, folder in entries]
