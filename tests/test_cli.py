@@ -83,6 +83,11 @@ BAD_INPUT: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
         (["eval", "linear-probe", "--data", ".", "--weights", "/no/such.safetensors"], "file not found"),
         (["eval", "linear-probe", "--data", "."], "give --weights"),
     ],
+    ("detect",): [
+        (["detect", "x.jpg"], "Missing option '--weights'"),
+        (["detect", "x.jpg", "--weights", "retinanet-spinenet-49"], "architecture, not trained weights"),
+        (["detect", "x.jpg", "--weights", "w", "--min-score", "2"], "Invalid value for '--min-score'"),
+    ],
     ("eval", "detections"): [
         (["eval", "detections", "--gt", "/no/such.json", "--dt", "x.json"], "/no/such.json: cannot read"),
         (["eval", "detections", "--gt", "a.json"], "Missing option '--dt'"),
