@@ -274,7 +274,14 @@ VARIANTS: dict[str, tuple[str, int, float, dict[str, Any]]] = {
     "maskrcnn-spinenet-190": ("spinenet-190", 1536, 5.0, _WIDE),
     "maskrcnn-spinenet-tiny": ("spinenet-tiny", 256, 3.0, _TINY),
 }
-_SOURCE = "torchvision GeneralizedRCNN / RoIHeads; values: tensorflow/tpu models/official/detection configs"
+_SOURCE = "torchvision GeneralizedRCNN; values: tensorflow/tpu models/official/detection/"
+_YAMLS = {
+    RESNET50_FPN: "projects/copy_paste/configs/maskrcnn_resnet50_1024.yaml",
+    **{
+        f"spinenet-{m}": f"configs/spinenet/spinenet{m}_mrcnn.yaml" for m in ("49s", "49", "96", "143", "190")
+    },
+    "spinenet-tiny": "configs/spinenet/spinenet49_mrcnn.yaml, scaled down",
+}
 
 
 def _register(name: str, backbone: str, size: int, anchor_size: float, options: dict[str, Any]) -> None:
@@ -285,7 +292,8 @@ def _register(name: str, backbone: str, size: int, anchor_size: float, options: 
         return mask_rcnn(**{**fixed, **overrides})
 
     builder.__name__ = name.replace("-", "_")
-    register(name, task="detection", default_input=(3, size, size), source=_SOURCE + note)(builder)
+    source = _SOURCE + _YAMLS[backbone] + note
+    register(name, task="detection", default_input=(3, size, size), source=source)(builder)
 
 
 for _name, _spec in VARIANTS.items():

@@ -241,8 +241,7 @@ VARIANTS: dict[str, tuple[str, int, float, tuple[int, int, bool] | None]] = {
     "retinanet-spinenet-mobile-tiny": ("spinenet-mobile-tiny", 256, 3.0, None),
 }
 _SOURCE = (
-    "torchvision RetinaNet; anchors, losses, post-processing: tensorflow/models "
-    "official/vision/configs/retinanet.py; head: vvk.models.heads.retinanet.HEAD_SPECS"
+    "torchvision RetinaNet; anchors, losses, NMS: tensorflow/models official/vision/configs/retinanet.py"
 )
 
 
@@ -250,7 +249,8 @@ def _register(name: str, backbone: str, size: int, anchor_size: float, head) -> 
     fixed = {"backbone": backbone, "image_size": size, "anchor_size": anchor_size}
     if head is not None:
         fixed["head"] = list(head)
-    note = "; head: SpineNet-Mobile's rule (no reference config)" if head is not None else ""
+    note = "; head: vvk.models.heads.retinanet.HEAD_SPECS" if head is None else ""
+    note += "; head: SpineNet-Mobile's rule, no reference config" if head is not None else ""
     note += "; tiny test variant" if name.endswith("-tiny") else ""
 
     def builder(**overrides: Any) -> RetinaNetDetector:
