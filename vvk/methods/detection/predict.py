@@ -354,7 +354,8 @@ def _prediction(
     order = order[out["scores"][order] >= min_score][:max_dets]
     masks = None
     if "masks" in out:
-        masks = (out["masks"][order, 0] > MASK_THRESHOLD).cpu()  # (N, 1, H, W) -> (N, H, W) bool
+        # Threshold before gathering: a bool copy of the full-size masks, not a float one.
+        masks = (out["masks"][:, 0] > MASK_THRESHOLD)[order].cpu()  # (N, 1, H, W) -> (N, H, W) bool
     return Prediction(
         image,
         size=(int(pixels.shape[2]), int(pixels.shape[1])),
@@ -399,9 +400,9 @@ def _rles(masks: Tensor) -> list[dict[str, Any]]:
 
     if not len(masks):
         return []
-    encoded = mask_utils.encode(
-        np.asfortranarray(masks.numpy().transpose(1, 2, 0).astype(np.uint8))
-    )  # (H, W, N)
+    # pycocotools wants (H, W, N) uint8 in Fortran order: that is (N, W, H) in C order, one copy.
+    columns = masks.permute(0, 2, 1).contiguous().numpy().view(np.uint8)  # (N, H, W) -> (N, W, H)
+    encoded = mask_utils.encode(columns.transpose(2, 1, 0))  # (H, W, N), Fortran-contiguous
     return [{"size": [int(s) for s in r["size"]], "counts": r["counts"].decode("ascii")} for r in encoded]
 
 
