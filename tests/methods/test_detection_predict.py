@@ -180,6 +180,20 @@ def test_exif_rotated_image_is_detected_upright(coco, retinanet, tmp_path):
     assert float(rotated.boxes[:, 3].max()) > 479  # below the stored image's height: the upright frame
 
 
+def test_odd_image_modes_are_read_as_rgb(coco, retinanet, tmp_path):
+    source = Image.open(coco / "train2017" / TALL)
+    source.convert("L").save(tmp_path / "grey.png")
+    source.convert("RGBA").save(tmp_path / "alpha.png")
+    source.convert("CMYK").save(tmp_path / "cmyk.jpg")
+    Image.fromarray(np.asarray(source.convert("L"), dtype=np.uint16) * 257).save(tmp_path / "deep.png")
+    model = load_detector(retinanet)
+    predictions = list(predict_images(model, find_images([str(tmp_path)]), min_score=0.0, max_dets=3))
+    assert [Path(p.image.path).name for p in predictions] == ["alpha.png", "cmyk.jpg", "deep.png", "grey.png"]
+    assert all(p.problem is None and p.size == (427, 640) and len(p.scores) == 3 for p in predictions)
+    deep, grey = predictions[2:]
+    assert torch.equal(deep.boxes, grey.boxes)  # 16 bits scaled to the same 8
+
+
 def test_mask_records_are_rles_of_the_full_image(coco, mask_rcnn):
     model = load_detector(mask_rcnn)
     (prediction,) = predict_images(model, _files(coco, TALL), min_score=0.0, max_dets=5)

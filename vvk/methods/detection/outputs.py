@@ -119,7 +119,10 @@ def draw_prediction(prediction: Prediction, categories: Categories) -> Tensor:
             for label, s in zip(labels, prediction.scores.tolist(), strict=True)
         ]
         width = max(1, round(max(prediction.size) / 320))  # visible on large images, not blocky on small
-        image = draw_bounding_boxes(image, prediction.boxes, labels=text, colors=colors, width=width)
+        image = draw_bounding_boxes(
+            image, prediction.boxes, labels=text, colors=colors, width=width, fill_labels=True,
+            label_background_colors=colors,
+        )  # fmt: skip
     return image
 
 
