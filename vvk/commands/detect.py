@@ -95,8 +95,9 @@ def detect(
     input folder is refused. Files are written whole or not at all (Ctrl-C leaves none half-made).
 
     An image that cannot be read (missing, not an image, truncated) is one line on stderr and
-    the others go on; the command then exits 1 (as it does for a bad option value or weights),
-    after writing the records of the images that were read.
+    the others go on; the command then exits 1 (as it does for bad weights, vocabulary or
+    outputs, refused before any image is read), after writing the records of the images that
+    were read. A usage error exits 2, Ctrl-C 130.
 
     EXAMPLES: vvk detect photos/ --weights runs/d1 --draw drawn/
               ls *.jpg | vvk detect - --weights runs/d1 --json | jq .category
