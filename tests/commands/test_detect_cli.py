@@ -151,6 +151,8 @@ def test_coco_results_file_scores_in_vvk_eval(cli, coco, weights, tmp_path):
         "detect", str(unnamed), "--weights", str(weights), "--format", "coco-results", "--out", str(out)
     )
     assert refused.code == 1 and "no image id (its file name is not a number)" in refused.stderr
+    no_file = cli("detect", str(unnamed), "--weights", str(weights), "--format", "coco-results")
+    assert no_file.code == 1 and "--format coco-results is a file's format: give --out FILE" in no_file.stderr
 
 
 def test_mask_model_records_carry_full_size_rles(cli, coco, tmp_path):

@@ -500,6 +500,8 @@ def detect_images(
     check_limits(min_score=min_score, max_dets=max_dets, batch_size=batch_size)
     if format not in FORMATS:
         raise VvkError(f"format={format}: expected one of {', '.join(FORMATS)}", params=("format",))
+    if format == "coco-results" and out is None:
+        raise VvkError("format=coco-results is a file's format: give out=FILE", params=("format", "out"))
     check_outputs(images, draw=draw, out=out)
     ids = image_ids_for(images, gt=gt) if format == "coco-results" or gt is not None else None
     where = pick_device(device)
