@@ -255,9 +255,11 @@ class _OneAnchor(nn.Module):
         return out
 
 
-def test_retinanet_boxes_land_in_the_input_pixels():
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
+def test_retinanet_boxes_land_in_the_input_pixels(bf16):
     """One anchor fires (P4, cell (3, 5), scale 1, ratio 2, class 2): the detection is that
-    anchor, computed from the reference formula on the 256 canvas, scaled to the 200×300 input."""
+    anchor, computed from the reference formula on the 256 canvas, scaled to the 200×300 input.
+    Under bf16 autocast too: anchors and decoding stay float32."""
     model = build("retinanet-spinenet-tiny", categories=CATS3, image_size=256).eval()
     num_classes = 4
     model.set_classifier(
@@ -265,8 +267,9 @@ def test_retinanet_boxes_land_in_the_input_pixels():
     )
     for p in model.head.net.box_regressor.parameters():
         nn.init.zeros_(p)
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         (out,) = model([torch.rand(3, 200, 300)])
+    assert out["boxes"].dtype == torch.float32
     size = 3.0 * 16 * 2 ** (1 / 3)
     w, h, cx, cy = size * math.sqrt(2), size / math.sqrt(2), 5.5 * 16, 3.5 * 16
     scale_x, scale_y = 300 / 256, 200 / 170  # the input is resized to 256 × 170 on the canvas

@@ -124,6 +124,11 @@ class LevelAnchorGenerator(AnchorGenerator):
             a + 2**level / 2 for a, level in zip(self.cell_anchors, self.levels, strict=True)
         ]
 
+    def set_cell_anchors(self, dtype: torch.dtype, device: torch.device) -> None:
+        # Anchors stay float32 under autocast: torchvision makes them in the features' dtype, and
+        # a bf16 anchor at x = 600 is off by up to 2 px.
+        super().set_cell_anchors(torch.float32, device)
+
     def generate_anchors(
         self,
         scales: list[int],

@@ -70,7 +70,8 @@ class DenseHead(nn.Module):
     def forward(self, features: list[Tensor]) -> dict[str, Tensor]:
         outputs = self.net(dict(zip(self.net.levels, features, strict=True)))
         cls_logits, box_deltas = self.net.flatten(outputs)
-        return {"cls_logits": cls_logits, "bbox_regression": box_deltas}
+        # Losses and box decoding in float32 under autocast, as the reference casts its outputs.
+        return {"cls_logits": cls_logits.float(), "bbox_regression": box_deltas.float()}
 
     def compute_loss(self, targets, head_outputs, anchors, matched_idxs) -> dict[str, Tensor]:
         return retinanet_losses(

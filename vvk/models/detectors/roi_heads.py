@@ -60,8 +60,9 @@ class LevelNormRPNHead(RPNHead):
         for feature, norms in zip(x, self.norms, strict=True):
             for conv, norm in zip(self.conv, norms, strict=True):
                 feature = F.relu(norm(conv(feature)))
-            logits.append(self.cls_logits(feature))  # (B, A, H, W)
-            deltas.append(self.bbox_pred(feature))  # (B, 4A, H, W)
+            # float32 under autocast: proposals decoded in bf16 would be off by pixels
+            logits.append(self.cls_logits(feature).float())  # (B, A, H, W)
+            deltas.append(self.bbox_pred(feature).float())  # (B, 4A, H, W)
         return logits, deltas
 
 
@@ -111,7 +112,9 @@ class ReferenceRoIHeads(RoIHeads):
                 proposals, targets
             )
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
-        class_logits, box_regression = self.box_predictor(box_features)  # (R, C), (R, 4C or 4)
+        class_logits, box_regression = (
+            t.float() for t in self.box_predictor(box_features)
+        )  # (R, C), (R, 4C | 4)
         if self.training:
             loss_classifier, loss_box_reg = fast_rcnn_losses(
                 class_logits=class_logits,
@@ -151,7 +154,7 @@ class ReferenceRoIHeads(RoIHeads):
         return [torch.zeros_like(lbl) for lbl in labels] if self.class_agnostic_mask else labels
 
     def _mask_logits(self, features, boxes: list[Tensor], image_shapes) -> Tensor:
-        return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_shapes)))
+        return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_shapes))).float()
 
     def _mask_loss(self, features, proposals, image_shapes, targets, labels, matched_idxs) -> Tensor:
         positive = [torch.where(lbl > 0)[0] for lbl in labels]  # only foreground RoIs get a mask loss
