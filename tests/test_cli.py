@@ -88,6 +88,12 @@ BAD_INPUT: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
         (["detect", "x.jpg", "--weights", "retinanet-spinenet-49"], "architecture, not trained weights"),
         (["detect", "x.jpg", "--weights", "w", "--min-score", "2"], "Invalid value for '--min-score'"),
     ],
+    ("train", "detector"): [
+        (["train", "detector", "--data", "/no/such"], "--data /no/such: no such folder or file"),
+        (["train", "detector", "--model", "r3d-tiny"], "--model r3d-tiny: not a detector"),
+        (["train", "detector", "--preset", "huge"], "--preset huge: not a detection preset"),
+        (["train", "detector", "--steps", "0"], "Invalid value for '--steps'"),
+    ],
     ("eval", "detections"): [
         (["eval", "detections", "--gt", "/no/such.json", "--dt", "x.json"], "/no/such.json: cannot read"),
         (["eval", "detections", "--gt", "a.json"], "Missing option '--dt'"),
