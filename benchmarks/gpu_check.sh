@@ -10,7 +10,7 @@
 #     rm -r .loop_baseline
 #
 # A failing or timed-out step is recorded and the next steps still run. Steps and time limits
-# (their sum, 420 s, bounds the run):
+# (their sum, 480 s, bounds the run):
 #   deps     10 s  install the wheels in .whl/ (when present) into /tmp/site
 #   env      10 s  card, driver, torch / triton / nvcc versions
 #   build   120 s  the two CUDA extensions, compiled in parallel
@@ -21,6 +21,8 @@
 #                  -> pretrain_throughput.json
 #   loop     60 s  benchmarks/loop_overhead.py: device reads, syncs and step time of the training
 #                  loop on a small MLP, this tree vs .loop_baseline (when present) -> loop_overhead_gpu.json
+#   detect   60 s  benchmarks/detection_inference.py --device cuda --dtype bf16: vvk RetinaNets
+#                  vs torchvision's, batch 8 -> detection_inference_cuda_bf16.json
 # Logs go to $OUT/logs/STEP.log, packed into $OUT/logs.tar.gz at the end (the device tool
 # brings back at most 8 files). Summary: $OUT/gpu_check.json (steps with exit codes and
 # seconds, the benchmark figures, the tail of every log). A failed build turns the cuda backend
@@ -76,6 +78,7 @@ step pretrain 60 "$PY" benchmarks/pretrain_throughput.py --method constcl --pres
 LOOP_BASELINE=none
 [ -d .loop_baseline/vvk ] && LOOP_BASELINE=.loop_baseline
 step loop 60 "$PY" benchmarks/loop_overhead.py --device cuda --baseline "$LOOP_BASELINE" --rounds 2 --out "$OUT"
+step detect 60 "$PY" benchmarks/detection_inference.py --device cuda --dtype bf16 --batch-size 8 --out "$OUT"
 
 "$PY" - "$OUT" <<'EOF' || echo '{"error": "could not write the summary"}' >"$OUT/gpu_check.json"
 import json, os, sys
@@ -91,7 +94,8 @@ summary = {
     "logs": {s["step"]: tail(s["step"]) for s in steps},
 }
 for key, name in (("benchmarks", "kernels_gpu.json"), ("pretrain_throughput", "pretrain_throughput.json"),
-                  ("loop_overhead", "loop_overhead_gpu.json")):
+                  ("loop_overhead", "loop_overhead_gpu.json"),
+                  ("detection_inference", "detection_inference_cuda_bf16.json")):
     if os.path.exists(os.path.join(out, name)):
         summary[key] = json.load(open(os.path.join(out, name)))
 json.dump(summary, open(os.path.join(out, "gpu_check.json"), "w"), indent=2)
