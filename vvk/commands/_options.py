@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Annotated
 
@@ -64,14 +64,18 @@ def read_data(values: str | list[str]) -> str | list[str]:
 
 
 @contextmanager
-def as_flags(**flags: str) -> Iterator[None]:
+def as_flags(*, switches: Mapping[str, str] | None = None, **flags: str) -> Iterator[None]:
     """Library errors raised inside name the parameters as this command spells them:
     ``with as_flags(data="--data"):`` turns ``data=videos/`` into ``--data videos/``
-    (``VvkError.as_flags``; a positional argument maps to its metavar)."""
+    (``VvkError.as_flags``; a positional argument maps to its metavar); ``switches`` maps a
+    boolean parameter to its switch (``resume=True`` becomes ``--resume``)."""
     try:
         yield
     except VvkError as e:
         e.as_flags(flags)
+        for name, flag in (switches or {}).items():
+            e.message = e.message.replace(f"{name}=True", flag)
+            e.hint = e.hint and e.hint.replace(f"{name}=True", flag)
         raise
 
 

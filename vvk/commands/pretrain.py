@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from vvk.commands._options import DecoderOpt, JsonOpt, read_data
+from vvk.commands._options import DecoderOpt, JsonOpt, as_flags, read_data
 from vvk.commands._output import Output
 from vvk.errors import VvkError
 from vvk.methods.registry import MethodInfo, methods_for
@@ -115,7 +113,7 @@ def _run(
         overrides.append("shared_backbone=true")
     out_ = Output(json_output)
     # Everything is checked here, before anything is printed, synthesised or written.
-    with _as_flags():
+    with as_flags(switches=_SWITCHES, **_FLAGS):
         videos = None if data is None else read_data(str(data))  # '-': the paths on stdin
         plan = plan_pretrain(
             method, data=videos, preset=preset, overrides=overrides, backbone=backbone, steps=steps,
@@ -129,7 +127,7 @@ def _run(
                   "with random initialisation")  # fmt: skip
     if verbose:
         out_.note(f"resolved preset: {json.dumps(plan.record()['resolved'], separators=(',', ':'))}")
-    with _as_flags():
+    with as_flags(switches=_SWITCHES, **_FLAGS):
         result = run_pretrain(plan, progress=not json_output)
     record = {
         "method": method,
@@ -169,19 +167,6 @@ def _first_line(plan, data: Path | None) -> str:
                 f"on {where}")  # fmt: skip
     return (f"pretraining {plan.method} (preset {plan.preset}) for {train.steps} steps of {train.batch_size} "
             f"clips on {where}, into {plan.run_dir}")  # fmt: skip
-
-
-@contextmanager
-def _as_flags() -> Iterator[None]:
-    """Library errors inside name this command's options (``data=x`` becomes ``--data x``)."""
-    try:
-        yield
-    except VvkError as e:
-        e.as_flags(_FLAGS)
-        for name, flag in _SWITCHES.items():
-            e.message = e.message.replace(f"{name}=True", flag)
-            e.hint = e.hint and e.hint.replace(f"{name}=True", flag)
-        raise
 
 
 def _demo_retrieval(out_: Output, result, *, progress: bool) -> dict[str, float]:

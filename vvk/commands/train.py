@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from vvk.commands._options import JsonOpt
+from vvk.commands._options import JsonOpt, as_flags
 from vvk.commands._output import Output
 from vvk.errors import VvkError
 
@@ -69,7 +67,8 @@ def detector(
     from vvk.methods.detection.train import plan_detector, run_detector
 
     out_ = Output(json_output)
-    with _as_flags():  # everything is checked here, before anything is printed or written
+    # Everything is checked here, before anything is printed or written.
+    with as_flags(switches=_SWITCHES, **_FLAGS):
         plan = plan_detector(
             model=model, data=data, val=val, preset=preset, overrides=list(set_ or []), steps=steps,
             batch_size=batch_size, copy_paste=copy_paste, out=out, resume=resume,
@@ -82,7 +81,7 @@ def detector(
         )
     if verbose:
         out_.note(f"resolved preset: {json.dumps(plan.record()['resolved'], separators=(',', ':'))}")
-    with _as_flags():
+    with as_flags(switches=_SWITCHES, **_FLAGS):
         result = run_detector(plan, progress=not json_output)
     if json_output:
         out_.record(_record(result))
@@ -138,16 +137,3 @@ def _record(result) -> dict[str, Any]:
         "skipped_files": result.summary.get("bad_files", {}).get("count", 0),
         "preset": result.preset,
     }
-
-
-@contextmanager
-def _as_flags() -> Iterator[None]:
-    """Library errors inside name this command's options (``data=x`` becomes ``--data x``)."""
-    try:
-        yield
-    except VvkError as e:
-        e.as_flags(_FLAGS)
-        for name, flag in _SWITCHES.items():
-            e.message = e.message.replace(f"{name}=True", flag)
-            e.hint = e.hint and e.hint.replace(f"{name}=True", flag)
-        raise
