@@ -83,3 +83,31 @@ def _cell(value: Any) -> str:
             else ", ".join(map(str, value))
         )
     return str(value)
+
+
+class ProgressBar:
+    """A rich progress bar on stderr, fed by the library's ``(done, total)`` callback; ``with``
+    gives that callback (None when ``show`` is false). It appears with the first update, so an
+    error before that stays a single line."""
+
+    def __init__(self, out: Output, label: str, *, show: bool = True):
+        self.out, self.label, self.show = out, label, show
+        self.bar = None
+        self.task = None
+
+    def __enter__(self):
+        return self.update if self.show else None
+
+    def update(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+            columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+            self.bar = Progress(self.label, *columns, console=self.out.stderr)
+            self.bar.start()
+            self.task = self.bar.add_task("images", total=total)
+        self.bar.update(self.task, completed=done)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()

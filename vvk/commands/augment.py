@@ -9,7 +9,7 @@ import click
 import typer
 
 from vvk.commands._options import JsonOpt
-from vvk.commands._output import Output
+from vvk.commands._output import Output, ProgressBar
 from vvk.errors import VvkError
 
 app = typer.Typer(help="Grow datasets by augmentation.", no_args_is_help=True)
@@ -90,7 +90,7 @@ def copy_paste(
         categories=parse_categories(categories),
     )
     out = Output(json_output)
-    with _progress(out) as progress:
+    with ProgressBar(out, "copy-paste") as progress:
         summary = augment_coco(
             src,
             dst,
@@ -109,35 +109,3 @@ def copy_paste(
     else:
         rows = [{"field": k, "value": v} for k, v in summary.items() if k != "warnings"]
         out.table(rows, [("field", "field"), ("value", "value")], title="copy-paste")
-
-
-class _progress:
-    """A rich progress bar on stderr, fed by the library's (done, total) callback. It appears
-    with the first image, so an error before that stays a single line."""
-
-    def __init__(self, out: Output):
-        self.out = out
-        self.bar = None
-        self.task = None
-
-    def __enter__(self):
-        return self.update
-
-    def update(self, done: int, total: int) -> None:
-        if self.bar is None:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-            self.bar = Progress(
-                "copy-paste",
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=self.out.stderr,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task("images", total=total)
-        self.bar.update(self.task, completed=done)
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()

@@ -10,7 +10,7 @@ import click
 import typer
 
 from vvk.commands._options import JsonOpt, as_flags, expand_stdin
-from vvk.commands._output import Output
+from vvk.commands._output import Output, ProgressBar
 from vvk.errors import VvkError
 
 # The library's parameters as this command spells them (``VvkError.as_flags``).
@@ -110,7 +110,7 @@ def detect(
     with as_flags(**_FLAGS):
         arguments, listed = _inputs(sources)
         images = find_images(arguments, listed=listed)
-        with _progress(human, show=not json_output and len(images) > 1) as progress:
+        with ProgressBar(human, "detect", show=not json_output and len(images) > 1) as progress:
             summary = detect_images(
                 images, weights=weights, vocab=vocab, min_score=min_score, max_dets=max_dets,
                 batch_size=batch_size, device=device, num_workers=workers, draw=draw, out=out,
@@ -159,31 +159,3 @@ def _summarize(out: Output, summary: dict[str, Any]) -> None:
     for what in ("out", "draw"):
         if summary[what]:
             out.note(f"{'records' if what == 'out' else 'drawings'}: {summary[what]}")
-
-
-class _progress:
-    """A rich progress bar of the images on stderr, fed by the library's (done, total) callback.
-    It appears with the first batch, so an error before that stays a single line."""
-
-    def __init__(self, out: Output, *, show: bool):
-        self.out, self.show = out, show
-        self.bar = None
-        self.task = None
-
-    def __enter__(self):
-        return self.update if self.show else None
-
-    def update(self, done: int, total: int) -> None:
-        if self.bar is None:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-            self.bar = Progress(
-                "detect", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=self.out.stderr
-            )
-            self.bar.start()
-            self.task = self.bar.add_task("images", total=total)
-        self.bar.update(self.task, completed=done)
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()
