@@ -196,3 +196,18 @@ def test_a_short_run_evaluates_exports_and_resumes(family, shared_data, tmp_path
     assert all(math.isfinite(v) for v in resumed.losses.values())
     with pytest.raises(VvkError, match="keeps its model and data fields"):
         plan_detector(out=run, resume=True, overrides=["image_size=256"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["retinanet-spinenet-49", "maskrcnn-r50-fpn"])
+def test_paper_presets_train_on_the_cpu_in_bf16(model, shared_data, tmp_path, full_scale):
+    tiny = shared_data / "coco" / "tiny_coco"
+    small = [] if full_scale else ["image_size=128", "eval_images=2"]
+    result = train_detector(model=model, preset="paper", data=tiny, val=tiny, steps=1, batch_size=2,
+                            out=tmp_path / "run", progress=False,
+                            overrides=[*small, "train.num_workers=0", "eval_batch_size=2"])  # fmt: skip
+    assert result.status == "finished" and all(math.isfinite(v) for v in result.losses.values())
+    assert result.preset["train"]["precision"] == "bf16" and result.preset["train"]["schedule"] == "step"
+    assert "bbox_AP" in result.evaluation
+    options = load(result.detector_path).vvk_arch["kwargs"].get("backbone_options")
+    assert options == ({"stochastic_depth_rate": 0.2} if model.startswith("retinanet") else None)

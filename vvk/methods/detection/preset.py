@@ -37,6 +37,8 @@ class DetectionPreset:
         eval_every: steps between evaluations on the validation set (0: at the end only).
         eval_batch_size: images per forward pass in evaluation.
         eval_images: evaluate on the first this many validation images (0: all).
+        stochastic_depth: the backbone's stochastic depth rate (its builder's
+            ``stochastic_depth_rate``; None: the backbone's default).
     """
 
     model: str = "retinanet-spinenet-49"
@@ -49,6 +51,9 @@ class DetectionPreset:
     eval_every: int = 5000  # vvk's choice: about 46 evaluations in the 231.5k steps
     eval_batch_size: int = 8  # base_config eval.eval_batch_size
     eval_images: int = 0
+    # spinenet.init_drop_connect_rate 0.2 (protocol C; the yaml's activation, swish, is the
+    # spinenet backbones' default)
+    stochastic_depth: float | None = 0.2
     # train.total_steps 231500 at train_batch_size 256 (the global batch: here 16 processes x
     # 16 per process; change batch_size and grad_accum for your hardware); SGD momentum 0.9
     # (base_config optimizer); learning_rate init 0.28 after 2000 linear warm-up steps (from 0
@@ -84,6 +89,7 @@ class DetectionPreset:
                 ">= 0": ("max_paste", "eval_every", "eval_images"),
                 "> 0": ("scale_range",),
                 "in [0, 1]": ("flip_prob",),
+                "in [0, 1)": ("stochastic_depth",),
             },
         )
         low, high = self.scale_range
@@ -102,6 +108,7 @@ PAPER_MASKRCNN = DetectionPreset(
     image_size=1024,  # maskrcnn_parser.output_size [1024, 1024]
     scale_range=(0.1, 2.0),  # aug_scale_min 0.1, aug_scale_max 2.0: large scale jitter
     copy_paste=True,  # maskrcnn_parser.copy_paste: True, pre_parser extract_objects_parser
+    stochastic_depth=None,  # the ResNet-50 of the yaml has none
     eval_every=5000,  # vvk's choice, as above
     # train_batch_size 256 (here 32 processes x 8), total_steps 270000, SGD momentum 0.9, lr 0.32
     # after 1000 warm-up steps (TF from 0.0032), x0.1 at 243000, 256500 and 263250 (levels
@@ -141,7 +148,9 @@ def tiny_train(**changes: Any) -> TrainConfig:
 # The built-in example's images are 256² with digits of 13-77 px: the canvas is the image, a
 # narrower jitter than LSJ keeps digits at sizes the short run learns, and val is scored every
 # 250 steps for the learning curve.
-TINY: dict[str, Any] = dict(image_size=256, scale_range=(0.75, 1.25), eval_every=250, eval_batch_size=16)
+TINY: dict[str, Any] = dict(
+    image_size=256, scale_range=(0.75, 1.25), eval_every=250, eval_batch_size=16, stochastic_depth=None
+)
 
 PRESETS: dict[str, dict[Family, DetectionPreset]] = {
     "tiny": {

@@ -244,7 +244,10 @@ def build_detector(config: DetectionPreset, categories: list[dict[str, Any]]):
     """The preset's model, knowing the data's categories (recorded in its checkpoints)."""
     from vvk.models import build
 
-    return build(config.model, categories=categories, image_size=config.image_size)
+    options: dict[str, Any] = {"categories": categories, "image_size": config.image_size}
+    if config.stochastic_depth is not None:
+        options["backbone_options"] = {"stochastic_depth_rate": config.stochastic_depth}
+    return build(config.model, **options)
 
 
 def _check_builds(config: DetectionPreset, categories: list[dict[str, Any]]) -> None:
