@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _machine import machine_info  # noqa: E402
+from _records import save_records, spread  # noqa: E402
 
 from vvk.examples.digits_on_photos import DetectionExampleSpec, detection_example_dir  # noqa: E402
 from vvk.methods.detection.train import learning_curve, train_detector  # noqa: E402
@@ -81,9 +81,7 @@ def summarise(pairs: list[dict]) -> dict:
             ("copy_paste", [p["copy_paste"]["final"][key] for p in pairs]),
             ("difference", [p["difference"][key] for p in pairs]),
         ):
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            out[key][part] = {"mean": round(statistics.mean(values), 4), "std": round(spread, 4),
-                              "min": min(values), "max": max(values)}  # fmt: skip
+            out[key][part] = spread(values)
     return out
 
 
@@ -106,8 +104,6 @@ def main() -> None:
     root = detection_example_dir()
     work = args.keep or Path(tempfile.mkdtemp(prefix="vvk-copy-paste-bench-"))
     results = {"machine": machine_info(), "runs": {}}
-    if RESULTS.is_file():  # keep the records of earlier invocations
-        results["runs"] = json.loads(RESULTS.read_text()).get("runs", {})
     try:
         pairs = []
         for seed in args.seeds:
@@ -119,8 +115,7 @@ def main() -> None:
                  "machine": machine_info()}  # fmt: skip
         results["runs"][args.label or args.model] = entry
         print(json.dumps({"label": args.label or args.model, **entry["summary"]}), flush=True)
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        save_records(RESULTS, results, "runs")
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

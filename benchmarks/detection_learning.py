@@ -33,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _machine import machine_info  # noqa: E402
+from _records import save_records, spread  # noqa: E402
 
 from vvk.methods.detection.train import learning_curve, train_detector  # noqa: E402
 
@@ -95,9 +96,7 @@ def summarise(runs: list[dict]) -> dict:
     for key in ("bbox_AP50", "bbox_AP", "segm_AP50", "segm_AP"):
         values = [r["final"][key] for r in runs if key in r["final"]]
         if values:
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            out[key] = {"mean": round(statistics.mean(values), 4), "std": round(spread, 4),
-                        "min": min(values), "max": max(values)}  # fmt: skip
+            out[key] = spread(values)
     out["train_seconds_mean"] = round(statistics.mean(r["train_seconds"] for r in runs), 1)
     out["seconds_per_step_mean"] = round(statistics.mean(r["seconds_per_step"] for r in runs), 4)
     out["target"] = f"box AP50 >= {TARGET_AP50} within {BUDGET_SECONDS:.0f} s of training"
@@ -130,8 +129,6 @@ def main() -> None:
         parser.error("--label names the record of one model")
     work = args.keep or Path(tempfile.mkdtemp(prefix="vvk-detection-bench-"))
     results = {"machine": machine_info(), "models": {}}
-    if RESULTS.is_file():  # keep the records of earlier invocations
-        results["models"] = json.loads(RESULTS.read_text()).get("models", {})
     try:
         for model in args.models:
             runs = []
@@ -147,8 +144,7 @@ def main() -> None:
             }
             results["models"][args.label or model] = entry
             print(json.dumps({"model": args.label or model, **entry["summary"]}), flush=True)
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+            save_records(RESULTS, results, "models")
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

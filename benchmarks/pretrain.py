@@ -36,6 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _machine import machine_info  # noqa: E402
+from _records import save_records  # noqa: E402
 
 from vvk.eval.features import ClipReader, ClipSpec  # noqa: E402
 from vvk.eval.retrieval import retrieval_gain  # noqa: E402
@@ -141,15 +142,12 @@ def main() -> None:
     videos = data / "video"
     work = args.keep or Path(tempfile.mkdtemp(prefix="vvk-pretrain-bench-"))
     results = {"machine": machine_info(), "budget_seconds": args.budget, "data": str(videos), "methods": {}}
-    if RESULTS.is_file():  # keep methods measured in earlier invocations
-        results["methods"] = json.loads(RESULTS.read_text()).get("methods", {})
     try:
         for method in args.methods:
             record = run_method(method, videos, work, args)
             results["methods"][args.label or method] = record
             print(json.dumps({k: v for k, v in record.items() if k != "preset"}), flush=True)
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+            save_records(RESULTS, results, "methods")
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

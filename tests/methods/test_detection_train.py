@@ -67,6 +67,22 @@ def test_the_family_of_the_model_picks_the_preset():
     assert short.train.warmup_steps == round(2000 * 1000 / 231500)
 
 
+def test_preset_fields_reach_the_model():
+    from vvk.methods.detection.train import build_detector
+
+    categories = [{"id": 5, "name": "five"}]
+    config = resolve_detection_preset(
+        "tiny", overrides=["bn_momentum=0.2", "anchor_size=2", "image_size=128"]
+    )
+    model = build_detector(config, categories)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(m.momentum == 0.2 for m in norms)
+    assert model.vvk_arch["kwargs"] == {"categories": categories, "image_size": 128, "anchor_size": 2.0}
+    assert model.categories == categories and model.image_size == 128
+    with pytest.raises(VvkError, match="--set bn_momentum=1.5: must be in"):
+        resolve_detection_preset("tiny", overrides=["bn_momentum=1.5"])
+
+
 @pytest.mark.parametrize("family", ["retinanet", "maskrcnn"])
 def test_the_step_trains_on_a_batch_with_an_image_without_objects(family, shared_data):
     data = open_detection_dataset(shared_data / "coco" / "tiny_coco", size=128, masks=family == "maskrcnn")

@@ -42,6 +42,7 @@ _RULES: dict[str, Callable[[Any], bool]] = {
     ">= 1": lambda v: v >= 1,
     "in [0, 1]": lambda v: 0 <= v <= 1,
     "in [0, 1)": lambda v: 0 <= v < 1,
+    "in (0, 1]": lambda v: 0 < v <= 1,
 }
 
 

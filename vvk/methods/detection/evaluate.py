@@ -97,23 +97,13 @@ def predict_coco(
     return results, done, skipped
 
 
-def evaluate_detector(
-    model: nn.Module,
-    coco: CocoDataset,
-    *,
-    batch_size: int = 8,
-    precision: str = "fp32",
-    max_images: int = 0,
-    num_workers: int = 0,
-) -> dict[str, Any]:
-    """Box (and, for mask models, mask) AP of ``model`` on ``coco`` (see the module docstring)."""
+def evaluate_detector(model: nn.Module, coco: CocoDataset, **options: Any) -> dict[str, Any]:
+    """Box (and, for mask models, mask) AP of ``model`` on ``coco`` (see the module docstring);
+    ``options`` are ``predict_coco``'s (batch size, precision, first images, workers)."""
     from vvk.eval.detection import load_ground_truth
 
     started = time.perf_counter()
-    results, done, skipped = predict_coco(
-        model, coco, batch_size=batch_size, precision=precision, max_images=max_images,
-        num_workers=num_workers,
-    )  # fmt: skip
+    results, done, skipped = predict_coco(model, coco, **options)
     scores = score(load_ground_truth(coco), results, done, masks=has_masks(model))
     return {**scores, "images": len(done), "skipped_images": len(skipped),
             "eval_seconds": round(time.perf_counter() - started, 3)}  # fmt: skip

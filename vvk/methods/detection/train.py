@@ -140,7 +140,17 @@ def plan_detector(
     resume: bool = False,
 ) -> DetectorPlan:
     """Resolve and check a detector training run (module docstring); writes nothing, except
-    that the built-in example set is generated into the user cache on first use."""
+    that the built-in example set is generated into the user cache on first use.
+
+    Args:
+        model: a registry name of task "detection" (default: the preset's).
+        data: a COCO dataset folder or instances file (None: the built-in example set).
+        val: a COCO dataset to score on during and after training (None: none, or with the
+            example set its val split).
+        preset: ``tiny`` (default) or ``paper``, for the model's family; the run's own when resuming.
+        copy_paste: add Simple Copy-Paste to the input pipeline (the preset field ``copy_paste``).
+        out: the run folder (default ``runs/detector-<time>``).
+    """
     run_dir = Path(out) if out is not None else default_run_dir(METHOD)
     given = [*overrides, *shortcuts(model, steps, batch_size, copy_paste)]
     if resume:
@@ -242,12 +252,21 @@ def _ground_truth(val_coco: CocoDataset | None):
 
 def build_detector(config: DetectionPreset, categories: list[dict[str, Any]]):
     """The preset's model, knowing the data's categories (recorded in its checkpoints)."""
+    from torch import nn
+
     from vvk.models import build
 
     options: dict[str, Any] = {"categories": categories, "image_size": config.image_size}
+    if config.anchor_size is not None:
+        options["anchor_size"] = config.anchor_size
     if config.stochastic_depth is not None:
         options["backbone_options"] = {"stochastic_depth_rate": config.stochastic_depth}
-    return build(config.model, **options)
+    model = build(config.model, **options)
+    if config.bn_momentum is not None:  # a training setting, not the architecture's: not recorded
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = config.bn_momentum
+    return model
 
 
 def _check_builds(config: DetectionPreset, categories: list[dict[str, Any]]) -> None:
@@ -329,36 +348,9 @@ def run_detector(plan: DetectorPlan, *, progress: bool = True) -> DetectorResult
     )  # fmt: skip
 
 
-def train_detector(
-    *,
-    model: str | None = None,
-    data: str | os.PathLike | None = None,
-    val: str | os.PathLike | None = None,
-    preset: str | None = None,
-    overrides: Sequence[str] = (),
-    steps: int | None = None,
-    batch_size: int | None = None,
-    copy_paste: bool = False,
-    out: str | os.PathLike | None = None,
-    resume: bool = False,
-    progress: bool = True,
-) -> DetectorResult:
-    """Train a detector (the arguments are ``plan_detector``'s; see the module docstring).
-
-    Args:
-        model: a registry name of task "detection" (default: the preset's).
-        data: a COCO dataset folder or instances file (None: the built-in example set).
-        val: a COCO dataset to score on during and after training (None: none, or with the
-            example set its val split).
-        preset: ``tiny`` (default) or ``paper``, for the model's family; the run's own when resuming.
-        copy_paste: add Simple Copy-Paste to the input pipeline (the preset field ``copy_paste``).
-        out: the run folder (default ``runs/detector-<time>``).
-    """
-    plan = plan_detector(
-        model=model, data=data, val=val, preset=preset, overrides=overrides, steps=steps,
-        batch_size=batch_size, copy_paste=copy_paste, out=out, resume=resume,
-    )  # fmt: skip
-    return run_detector(plan, progress=progress)
+def train_detector(*, progress: bool = True, **options: Any) -> DetectorResult:
+    """Train a detector: ``options`` are ``plan_detector``'s (see the module docstring)."""
+    return run_detector(plan_detector(**options), progress=progress)
 
 
 def last_evaluation(run_dir: str | os.PathLike) -> dict[str, Any] | None:

@@ -1,0 +1,24 @@
+"""Writing a benchmark's JSON and summarising its figures over seeds."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def save_records(path: Path, results: dict, key: str) -> None:
+    """Write ``results`` to ``path``, keeping the records under ``results[key]`` that earlier
+    invocations wrote there (read now, so that runs of one script in parallel each add theirs;
+    a record of the same name is replaced)."""
+    earlier = json.loads(path.read_text()).get(key, {}) if path.is_file() else {}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**results, key: {**earlier, **results[key]}}, indent=2) + "\n")
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Mean, sample standard deviation (0 for one value) and range of ``values``."""
+    deviation = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": round(statistics.mean(values), 4), "std": round(deviation, 4),
+            "min": min(values), "max": max(values)}  # fmt: skip
