@@ -189,6 +189,14 @@ def test_plan_checks_the_val_set_before_writing_anything(shared_data, tmp_path):
     assert not run.exists()
 
 
+def test_the_demo_never_flips_digits_unless_asked(shared_data, tmp_path):
+    demo = plan_detector(out=tmp_path / "demo")
+    assert demo.demo and demo.config.flip_prob == 0 and demo.overrides[0] == "flip_prob=0"
+    assert plan_detector(out=tmp_path / "asked", overrides=["flip_prob=0.3"]).config.flip_prob == 0.3
+    coco = plan_detector(data=shared_data / "coco" / "tiny_coco", out=tmp_path / "coco")
+    assert coco.config.flip_prob == 0.5 and "flip_prob=0" not in coco.overrides
+
+
 @pytest.mark.parametrize("family", ["retinanet", "maskrcnn"])
 def test_a_short_run_evaluates_exports_and_resumes(family, shared_data, tmp_path):
     tiny = shared_data / "coco" / "tiny_coco"

@@ -17,7 +17,8 @@ the run folder may be used. ``run_detector`` writes ``RUN/preset.json`` (the res
 the data it reads), trains on the one training loop with an evaluation on ``val`` every
 ``eval_every`` steps and after the last (lines of ``metrics.jsonl`` with ``"hook": "val"``), and
 exports the detector. Without ``data``, the built-in example set's train split is the data and
-its val split the val set. ``resume=True`` continues the run in ``out`` on its recorded data.
+its val split the val set, without flips (``DEMO_OVERRIDES``). ``resume=True`` continues the
+run in ``out`` on its recorded data.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ METHOD = "detector"  # run.json's method: what --resume checks
 PRESET_FILE = "preset.json"
 DETECTOR_FILE = "detector.safetensors"
 HOOK = "val"  # the evaluation's name in metrics.jsonl
+# What the built-in example needs of any preset, before the user's own overrides: a mirrored
+# digit is not a digit of its class (flipping measured 0.107 against 0.123 box AP50 at 800 steps).
+DEMO_OVERRIDES = ("flip_prob=0",)
 
 
 def resolve_detection_preset(
@@ -170,11 +174,14 @@ def plan_detector(
     else:
         check_new_run_dir(run_dir)
         preset = preset or DEFAULT_PRESET
+        demo = data is None
+        if demo:
+            overrides = [*DEMO_OVERRIDES, *overrides]
+            given = [*DEMO_OVERRIDES, *given]
         config = resolve_detection_preset(
             preset, model=model, overrides=overrides, steps=steps, batch_size=batch_size,
             copy_paste=copy_paste,
         )  # fmt: skip
-        demo = data is None
         source, val_source = _sources(data, val)
     check_device(config)
     train_coco, val_coco = _read_datasets(source, val_source)
