@@ -6,8 +6,9 @@
     python benchmarks/detection_copy_paste.py --seeds 0 --steps 10 --label smoke   # runs at all?
 
 For each seed, two runs from the same random initialisation and data order (``train.seed``)
-differ only in the preset field ``copy_paste``; both are scored on the example's val split at
-the end (and every ``eval_every`` steps: the curves are kept). The paper's claim (Ghiasi et al.
+differ only in the preset field ``copy_paste`` (both train without flips, as the demo does);
+both are scored on the example's val split at the end (and every ``eval_every`` steps: the
+curves are kept). The paper's claim (Ghiasi et al.
 2021, Table / Fig. on 10% COCO) is that the gain is largest with little data. Reported: each
 seed's final box AP / AP50 (and mask AP / AP50 for Mask R-CNN) without and with Copy-Paste, the
 per-seed differences, and their mean, standard deviation and range.
@@ -32,7 +33,7 @@ from _machine import machine_info  # noqa: E402
 from _records import save_records, spread  # noqa: E402
 
 from vvk.examples.digits_on_photos import DetectionExampleSpec, detection_example_dir  # noqa: E402
-from vvk.methods.detection.train import learning_curve, train_detector  # noqa: E402
+from vvk.methods.detection.train import DEMO_OVERRIDES, learning_curve, train_detector  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "detection_copy_paste.json"
 METRICS = ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50")
@@ -47,7 +48,8 @@ def run_pair(model: str, seed: int, root: Path, work: Path, args) -> dict:
         started = time.monotonic()
         result = train_detector(
             model=model, data=root / spec.low_data_split, val=root / "val", steps=args.steps,
-            copy_paste=paste, overrides=[f"train.seed={seed}", *args.set], out=out, progress=False,
+            copy_paste=paste, overrides=[*DEMO_OVERRIDES, f"train.seed={seed}", *args.set], out=out,
+            progress=False,
         )  # fmt: skip
         final = result.evaluation or {}
         record[name] = {
