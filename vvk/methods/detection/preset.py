@@ -142,9 +142,10 @@ PAPER_MASKRCNN = DetectionPreset(
 
 def tiny_train(**changes: Any) -> TrainConfig:
     """The laptop recipe both tiny presets share: AdamW (SGD from random initialisation needs
-    far more steps at this size) at a high rate (8e-3: 0.123 box AP50 at 800 steps where 2e-3
-    gave 0.061), a short warm-up then cosine, small batches at 256², one loader worker beside
-    the training process on 2 cores; measured in benchmarks/detection_learning.py."""
+    far more steps at this size) at a high rate (with the demo's no-flip rule, 8e-3 doubled
+    the box AP50 of 2e-3 at 1,500 steps: docs/results.md), a short warm-up then cosine, small
+    batches at 256², one loader worker beside the training process on 2 cores; measured in
+    benchmarks/detection_learning.py."""
     recipe: dict[str, Any] = dict(
         steps=1500, batch_size=8, lr=8e-3, optimizer="adamw", momentum=0.9, weight_decay=1e-4,
         warmup_steps=100, schedule="cosine", min_lr_ratio=0.05, grad_clip=10.0, checkpoint_every=500,
