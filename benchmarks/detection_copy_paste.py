@@ -8,10 +8,10 @@
 For each seed, two runs from the same random initialisation and data order (``train.seed``)
 differ only in the preset field ``copy_paste`` (both train without flips, as the demo does);
 both are scored on the example's val split at the end (and every ``eval_every`` steps: the
-curves are kept). The paper's claim (Ghiasi et al.
-2021, Table / Fig. on 10% COCO) is that the gain is largest with little data. Reported: each
-seed's final box AP / AP50 (and mask AP / AP50 for Mask R-CNN) without and with Copy-Paste, the
-per-seed differences, and their mean, standard deviation and range.
+curves are kept). The paper's claim (Ghiasi et al. 2021, Table / Fig. on 10% COCO) is that
+the gain is largest with little data. Reported: each seed's final box AP / AP50 (and mask AP /
+AP50 for Mask R-CNN) without and with Copy-Paste, the per-seed differences, and their mean,
+standard deviation and range.
 
 Writes benchmarks/results/detection_copy_paste.json (records of earlier invocations are kept,
 keyed by ``--label`` or the model's name).

@@ -169,7 +169,7 @@ TINY: dict[str, Any] = dict(
 PRESETS: dict[str, dict[Family, DetectionPreset]] = {
     "tiny": {
         "retinanet": DetectionPreset(model="retinanet-spinenet-mobile-tiny", **TINY, train=tiny_train()),
-        # twice RetinaNet's step time on the CPU (its RoI heads): half the steps, ten minutes too
+        # twice RetinaNet's step time on the CPU (docs/benchmarks.md): half the steps, ten minutes too
         "maskrcnn": DetectionPreset(model="maskrcnn-spinenet-tiny", **TINY, train=tiny_train(steps=700)),
     },
     "paper": {"retinanet": DetectionPreset(), "maskrcnn": PAPER_MASKRCNN},

@@ -156,6 +156,9 @@ def plan_detector(
         out: the run folder (default ``runs/detector-<time>``).
     """
     run_dir = Path(out) if out is not None else default_run_dir(METHOD)
+    demo = not resume and data is None
+    if demo:
+        overrides = [*DEMO_OVERRIDES, *overrides]
     given = [*overrides, *shortcuts(model, steps, batch_size, copy_paste)]
     if resume:
         record = recorded_run(run_dir, METHOD, PRESET_FILE, command="vvk train detector")
@@ -170,14 +173,9 @@ def plan_detector(
         source = resumed_data(record["data"], data, run_dir, False, items="images")
         val_source = _resumed_val(record.get("val"), val, run_dir)
         given = [*record.get("overrides", []), *given]
-        demo = False
     else:
         check_new_run_dir(run_dir)
         preset = preset or DEFAULT_PRESET
-        demo = data is None
-        if demo:
-            overrides = [*DEMO_OVERRIDES, *overrides]
-            given = [*DEMO_OVERRIDES, *given]
         config = resolve_detection_preset(
             preset, model=model, overrides=overrides, steps=steps, batch_size=batch_size,
             copy_paste=copy_paste,
