@@ -2,7 +2,7 @@
 10% training split, with and without ``--copy-paste``, same steps and seeds.
 
     python benchmarks/detection_copy_paste.py [--model maskrcnn-spinenet-tiny] [--seeds 0 1 2]
-        [--steps N] [--set KEY=VALUE ...] [--label NAME]
+        [--steps N] [--set KEY=VALUE ...] [--label NAME] [--merge]
     python benchmarks/detection_copy_paste.py --seeds 0 --steps 10 --label smoke   # runs at all?
 
 For each seed, two runs from the same random initialisation and data order (``train.seed``)
@@ -87,6 +87,18 @@ def summarise(pairs: list[dict]) -> dict:
     return out
 
 
+def _recipe(preset: dict) -> dict:
+    """A pair's preset less its seed: what seeds split over processes must share."""
+    return {**preset, "train": {k: v for k, v in preset["train"].items() if k != "seed"}}
+
+
+def earlier_pairs(label: str, like: dict) -> list[dict]:
+    """The seed pairs the results file holds under ``label`` that trained with ``like``'s recipe
+    (a record from an older preset is replaced, not mixed in)."""
+    earlier = json.loads(RESULTS.read_text())["runs"].get(label, {}) if RESULTS.is_file() else {}
+    return [p for p in earlier.get("pairs", []) if _recipe(p["preset"]) == _recipe(like["preset"])]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="maskrcnn-spinenet-tiny")
@@ -96,6 +108,11 @@ def main() -> None:
     )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="preset override")
     parser.add_argument("--label", default=None, help="results key (default: the model's name)")
+    parser.add_argument(
+        "--merge", action="store_true",
+        help="keep the seeds the record of this label holds from the same recipe (seeds split "
+        "over processes, one per core)",
+    )  # fmt: skip
     parser.add_argument("--keep", type=Path, default=None, help="keep the run folders here")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
@@ -112,11 +129,15 @@ def main() -> None:
             pair = run_pair(args.model, seed, root, work, args)
             pairs.append(pair)
             print(json.dumps({k: v for k, v in pair.items() if k != "preset"}), flush=True)
+        label = args.label or args.model
+        if args.merge:
+            kept = [p for p in earlier_pairs(label, pairs[0]) if p["seed"] not in args.seeds]
+            pairs = sorted([*kept, *pairs], key=lambda p: p["seed"])
         entry = {"model": args.model, "data": str(root / DetectionExampleSpec().low_data_split),
                  "summary": summarise(pairs), "pairs": pairs, "overrides": args.set,
                  "machine": machine_info()}  # fmt: skip
-        results["runs"][args.label or args.model] = entry
-        print(json.dumps({"label": args.label or args.model, **entry["summary"]}), flush=True)
+        results["runs"][label] = entry
+        print(json.dumps({"label": label, **entry["summary"]}), flush=True)
         save_records(RESULTS, results, "runs")
     finally:
         if args.keep is None:

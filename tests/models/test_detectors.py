@@ -412,9 +412,11 @@ def test_retinanet_with_a_text_embedding_classifier_over_a_new_vocabulary():
 
 def test_mask_rcnn_with_an_embedding_classifier_needs_class_agnostic_heads():
     vocab = [{"id": i, "name": f"word{i}"} for i in range(1, 8)]
-    clf = EmbeddingClassifier(embeddings=torch.randn(7, 8), in_features=64)
+    class_aware = build("maskrcnn-spinenet-tiny", categories=CATS3)
+    fc_width = class_aware.roi_heads.box_predictor.cls_score.in_features
+    clf = EmbeddingClassifier(embeddings=torch.randn(7, 8), in_features=fc_width)
     with pytest.raises(VvkError, match="class_agnostic_box=True and class_agnostic_mask=True"):
-        build("maskrcnn-spinenet-tiny", categories=CATS3).set_classifier(clf, categories=vocab)
+        class_aware.set_classifier(clf, categories=vocab)
     model = build(
         "maskrcnn-spinenet-tiny", categories=CATS3, class_agnostic_box=True, class_agnostic_mask=True,
         score_threshold=0.0,
