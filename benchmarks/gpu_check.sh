@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU test of vvk's kernels, the GPU kernel benchmarks, the pretraining throughput and the
-# training loop's overhead, in about 6 minutes, with the results as JSON in $OUT (default
+# training loop's overhead, detection inference and training steps, in about 7 minutes, with the results as JSON in $OUT (default
 # benchmarks/results/gpu). For a lent GPU machine, after benchmarks/gpu_wheels.sh here (PyAV and
 # kornia, which its image lacks) and, for the loop's before/after figure, an export of the loop
 # to compare with (the machine has no git history; the folder travels as an untracked one):
@@ -10,7 +10,7 @@
 #     rm -r .loop_baseline
 #
 # A failing or timed-out step is recorded and the next steps still run. Steps and time limits
-# (their sum, 480 s, bounds the run):
+# (their sum, 540 s, bounds the run):
 #   deps     10 s  install the wheels in .whl/ (when present) into /tmp/site
 #   env      10 s  card, driver, torch / triton / nvcc versions
 #   build   120 s  the two CUDA extensions, compiled in parallel
@@ -23,6 +23,9 @@
 #                  loop on a small MLP, this tree vs .loop_baseline (when present) -> loop_overhead_gpu.json
 #   detect   60 s  benchmarks/detection_inference.py --device cuda --dtype bf16: vvk RetinaNets
 #                  vs torchvision's, batch 8 -> detection_inference_cuda_bf16.json
+#   dtrain   60 s  benchmarks/detection_train_step.py --device cuda --dtype bf16: the paper
+#                  presets' training step (RetinaNet SpineNet-49 640² x16, Mask R-CNN R50-FPN
+#                  1024² x8) -> detection_train_step_paper_cuda_bf16.json
 # Logs go to $OUT/logs/STEP.log, packed into $OUT/logs.tar.gz at the end (the device tool
 # brings back at most 8 files). Summary: $OUT/gpu_check.json (steps with exit codes and
 # seconds, the benchmark figures, the tail of every log). A failed build turns the cuda backend
@@ -79,6 +82,7 @@ LOOP_BASELINE=none
 [ -d .loop_baseline/vvk ] && LOOP_BASELINE=.loop_baseline
 step loop 60 "$PY" benchmarks/loop_overhead.py --device cuda --baseline "$LOOP_BASELINE" --rounds 2 --out "$OUT"
 step detect 60 "$PY" benchmarks/detection_inference.py --device cuda --dtype bf16 --batch-size 8 --out "$OUT"
+step dtrain 60 "$PY" benchmarks/detection_train_step.py --device cuda --dtype bf16 --out "$OUT"
 
 "$PY" - "$OUT" <<'EOF' || echo '{"error": "could not write the summary"}' >"$OUT/gpu_check.json"
 import json, os, sys
@@ -95,7 +99,8 @@ summary = {
 }
 for key, name in (("benchmarks", "kernels_gpu.json"), ("pretrain_throughput", "pretrain_throughput.json"),
                   ("loop_overhead", "loop_overhead_gpu.json"),
-                  ("detection_inference", "detection_inference_cuda_bf16.json")):
+                  ("detection_inference", "detection_inference_cuda_bf16.json"),
+                  ("detection_train_step", "detection_train_step_paper_cuda_bf16.json")):
     if os.path.exists(os.path.join(out, name)):
         summary[key] = json.load(open(os.path.join(out, name)))
 json.dump(summary, open(os.path.join(out, "gpu_check.json"), "w"), indent=2)
