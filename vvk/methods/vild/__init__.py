@@ -1,0 +1,3 @@
+"""ViLD: open-vocabulary detection by distilling a vision-language teacher (Gu et al., ICLR 2022;
+tensorflow/tpu: models/official/detection/projects/vild). Built piece by piece; so far the text
+classifier (:mod:`vvk.methods.vild.text`)."""
