@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _machine import machine_info  # noqa: E402
+from detection_inference import synchronize  # noqa: E402
 
 from vvk.methods.detection.preset import FAMILIES, PRESETS  # noqa: E402
 from vvk.methods.detection.train import build_detector, detection_step  # noqa: E402
@@ -60,16 +61,14 @@ def synthetic_batch(batch_size: int, size: int, objects: int, masks: bool, gener
 def time_steps(model, batch, optimizer, autocast, device, warmup: int, runs: int) -> list[float]:
     times = []
     for i in range(warmup + runs):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         started = time.perf_counter()
         with autocast:
             losses = detection_step(model, batch)
         sum(losses.values()).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - started)
     return times

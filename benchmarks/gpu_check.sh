@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Every GPU test of vvk's kernels, the GPU kernel benchmarks, the pretraining throughput and the
-# training loop's overhead, detection inference and training steps, in about 7 minutes, with the results as JSON in $OUT (default
-# benchmarks/results/gpu). For a lent GPU machine, after benchmarks/gpu_wheels.sh here (PyAV and
+# Every GPU test of vvk's kernels, the GPU kernel benchmarks, the pretraining throughput, the
+# training loop's overhead, detection inference and training steps, in about 7 minutes, with the
+# results as JSON in $OUT (default benchmarks/results/gpu). For a lent GPU machine, after benchmarks/gpu_wheels.sh here (PyAV and
 # kornia, which its image lacks) and, for the loop's before/after figure, an export of the loop
 # to compare with (the machine has no git history; the folder travels as an untracked one):
 #

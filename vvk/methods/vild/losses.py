@@ -1,14 +1,10 @@
 """ViLD-image's distillation loss (tensorflow/tpu: models/official/detection/projects/vild/
-modeling/vild_model.py, ``feat_distill_loss``; values from configs/vild_config.py)."""
+modeling/vild_model.py, ``feat_distill_loss``)."""
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-FEAT_DISTILL_WEIGHT = 0.5  # feat_distill_weight (the R50 configs; 1.0 / 2.0 in the R152 yamls)
-MAX_DISTILL_ROIS = 300  # max_num_rois: precomputed proposals per image
 
 
 def valid_rois(boxes: Tensor) -> Tensor:
@@ -34,6 +30,4 @@ def distillation_loss(regions: Tensor, teacher: Tensor, valid: Tensor) -> Tensor
     """
     target = F.normalize(teacher.float(), dim=-1, eps=0.0).nan_to_num(0.0)  # divide_no_nan
     per_roi = (regions.float() - target).abs().sum(dim=-1)  # (B, R)
-    count = valid.sum()
-    total = (per_roi * valid).sum()
-    return torch.where(count > 0, total / count.clamp(min=1), total.new_zeros(()))
+    return (per_roi * valid).sum() / valid.sum().clamp(min=1)  # no valid RoI: 0 / 1
