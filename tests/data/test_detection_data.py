@@ -285,3 +285,53 @@ def test_labels_follow_the_category_order_of_the_file(tmp_path):
 def test_a_missing_dataset_names_the_parameter(tmp_path):
     with pytest.raises(VvkError, match=r"^val=.*nowhere: no such folder or file"):
         open_coco(tmp_path / "nowhere", what="val")
+
+
+def test_excluded_categories_lose_their_boxes_not_their_pixels(tmp_path):
+    pixels = painted(0, (255, 0, 0), 5, 10, 20)
+    objects = [(1, square(5, 10, 20), 0), (2, square(40, 40, 10), 0)]
+    folder = write_coco(tmp_path / "d", [{"name": "a.png", "pixels": pixels, "objects": objects}])
+    whole = open_detection_dataset(folder, size=64, scale_range=(1.0, 1.0), flip_prob=0.0)
+    novel_out = open_detection_dataset(
+        folder, size=64, scale_range=(1.0, 1.0), flip_prob=0.0, exclude_categories=[1]
+    )
+    (image, target), (image_n, target_n) = whole[0], novel_out[0]
+    assert novel_out.categories == [{"id": 2, "name": "b"}]
+    assert target_n["labels"].tolist() == [1] and target_n["boxes"].tolist() == [[40, 40, 50, 50]]
+    assert torch.equal(image_n, image) and target["labels"].tolist() == [1, 2]
+
+
+class _Regions:
+    """A region store of one 100 x 100 image: a box, a strip along its right edge, the whole image."""
+
+    def __getitem__(self, image_id):
+        return torch.tensor(
+            [[4.0, 8.0, 20.0, 40.0], [90.0, 0.0, 99.0, 100.0], [0.0, 0.0, 100.0, 100.0]]
+        ), torch.eye(3)
+
+
+@pytest.mark.parametrize("flip", [0.0, 1.0])
+def test_regions_move_with_the_image(tmp_path, flip):
+    # scale 0.5 of a 64 canvas: the image is resized to 32 px (x 0.32) at the top left, no crop
+    folder = write_coco(tmp_path / "d", [{"name": "a.png", "pixels": flat(0, 100)}])
+    data = open_detection_dataset(folder, size=64, scale_range=(0.5, 0.5), flip_prob=flip, regions=_Regions())
+    target = data[0][1]
+    boxes = torch.tensor([[4.0, 8.0, 20.0, 40.0], [90.0, 0.0, 99.0, 100.0], [0.0, 0.0, 100.0, 100.0]])
+    if flip:
+        boxes[:, [0, 2]] = 100 - boxes[:, [2, 0]]
+    assert torch.allclose(target["region_boxes"], boxes * 0.32, atol=1e-4)
+    assert torch.equal(target["region_embeddings"], torch.eye(3))
+
+
+def test_regions_are_cut_to_the_crop_and_those_it_cuts_away_dropped(tmp_path):
+    # scale 2: the image is resized to 128 px and a random 64 px window of it kept
+    folder = write_coco(tmp_path / "d", [{"name": "a.png", "pixels": flat(0, 100)}])
+    data = open_detection_dataset(folder, size=64, scale_range=(2.0, 2.0), flip_prob=0.0, regions=_Regions())
+    strip_kept = []
+    for draw in range(30):
+        target = data[(0, draw)][1]
+        boxes, embeddings = target["region_boxes"], target["region_embeddings"]
+        assert boxes[-1].tolist() == [0.0, 0.0, 64.0, 64.0] and embeddings[-1].tolist() == [0.0, 0.0, 1.0]
+        assert ((boxes[:, 2:] - boxes[:, :2]) >= 1).all()
+        strip_kept.append(bool((embeddings[:, 1] == 1).any()))
+    assert 0 < sum(strip_kept) < 30  # the strip (x 115-127 px) is in the windows that reach it only

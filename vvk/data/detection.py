@@ -54,7 +54,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from vvk.augment.jitter import jitter_image, jitter_segmentation, sample_jitter
+from vvk.augment.jitter import Jitter, jitter_image, jitter_segmentation, sample_jitter
 from vvk.augment.masks import InstanceMask
 from vvk.data.coco import CocoDataset, CocoImage, find_coco_layout, load_coco
 from vvk.data.datasets import BadFiles
@@ -111,6 +111,12 @@ class DetectionDataset(Dataset):
         masks: keep the masks in the targets (False for box-only detectors: they still decide
             the boxes and the paste).
         seed: with the sample key, seeds each sample's own generator.
+        exclude_categories: ids of categories whose annotations are left out of the targets (an
+            open-vocabulary split's novel ones: their pixels stay, their boxes go); the labels
+            number the remaining categories, in the file's order.
+        regions: boxes and teacher embeddings per image id (``vvk.methods.vild.regions.
+            RegionStore``): moved with the image into ``target["region_boxes"]`` (R, 4) and
+            ``["region_embeddings"]`` (R, D); the regions the crop cuts away are dropped.
         max_retries: replacements of a bad image (each one not tried before for this sample)
             before giving up with a ``VvkError``.
         bad_files: where skipped images are recorded (the training loop merges the records
@@ -132,6 +138,8 @@ class DetectionDataset(Dataset):
         max_paste: int = MAX_PASTED,
         masks: bool = True,
         seed: int = 0,
+        exclude_categories: Sequence[int] = (),
+        regions: Any = None,
         max_retries: int = 10,
         bad_files: BadFiles | None = None,
     ):
@@ -146,8 +154,9 @@ class DetectionDataset(Dataset):
         self.copy_paste, self.max_paste, self.masks = copy_paste, max_paste, masks
         self.seed, self.max_retries = seed, max_retries
         self.bad_files = BadFiles() if bad_files is None else bad_files
-        self.categories = categories_of(coco)
+        self.categories = [c for c in categories_of(coco) if c["id"] not in set(exclude_categories)]
         self.labels = {c["id"]: k + 1 for k, c in enumerate(self.categories)}
+        self.regions = regions
         self.image_ids = np.array(list(coco.images), dtype=np.int64)  # the file's order
 
     def __len__(self) -> int:
@@ -191,10 +200,13 @@ class DetectionDataset(Dataset):
             objects = [
                 (self.labels[a.category_id], jitter_segmentation(a.segmentation, jitter))
                 for a in self.coco.annotations[image.id]
-                if not a.iscrowd
+                if not a.iscrowd and a.category_id in self.labels
             ]
             kept = [(label, mask) for label, mask in objects if mask.area]  # the crop may cut some away
-            return tv_tensors.Image(frame), dense_target(kept, self.size, image.id)
+            target = dense_target(kept, self.size, image.id)
+            if self.regions is not None:
+                target.update(jitter_regions(*self.regions[image.id], jitter))
+            return tv_tensors.Image(frame), target
         last = skipped[-1]["path"]
         raise VvkError(f"{len(tried)} image(s) in a row could not be read, last: {last}")
 
@@ -226,6 +238,19 @@ def dense_target(objects: Sequence[tuple[int, InstanceMask]], size: int, image_i
         "masks": tv_tensors.Mask(torch.from_numpy(masks).to(torch.uint8)),
         "image_id": int(image_id),
     }
+
+
+def jitter_regions(boxes: torch.Tensor, embeddings: torch.Tensor, jitter: Jitter) -> Target:
+    """``region_boxes`` (R', 4) and ``region_embeddings`` (R', D): the (R, 4) XYXY input-image
+    ``boxes`` moved as the image is, cut to the frame's content, those left under a pixel wide
+    or high dropped with their embeddings."""
+    x, y = jitter.map_xy(boxes[:, [0, 2]].numpy(), boxes[:, [1, 3]].numpy())  # (R, 2) each
+    x.sort(axis=1)  # a flip swaps the left and right edges
+    rows, cols = jitter.content
+    moved = torch.from_numpy(np.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], axis=1)).float()  # (R, 4)
+    moved = torch.minimum(moved.clamp(min=0), torch.tensor([cols, rows, cols, rows], dtype=torch.float32))
+    keep = ((moved[:, 2:] - moved[:, :2]) >= 1).all(dim=1)
+    return {"region_boxes": moved[keep], "region_embeddings": embeddings[keep]}
 
 
 def collate_detection(samples: Sequence[tuple[torch.Tensor, Target]]) -> dict[str, Any]:

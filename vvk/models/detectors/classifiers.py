@@ -51,6 +51,14 @@ class EmbeddingClassifier(nn.Module):
     def num_classes(self) -> int:
         return self.embeddings.shape[0] + 1
 
+    def set_embeddings(self, embeddings: Tensor) -> None:
+        """Another vocabulary: (K', D) class embeddings of the same width D, normalised here."""
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.embeddings.shape[1]:
+            raise ValueError(
+                f"embeddings: expected (K, {self.embeddings.shape[1]}), got {tuple(embeddings.shape)}"
+            )
+        self.embeddings = F.normalize(embeddings.detach().float(), dim=-1).to(self.embeddings.device)
+
     def forward(self, features: Tensor) -> Tensor:
         regions = F.normalize(self.project(features), dim=-1)  # (..., D)
         background = F.normalize(self.background, dim=-1)  # (1, D)

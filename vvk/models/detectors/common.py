@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torchvision import tv_tensors
 from torchvision.models.detection import RetinaNet_ResNet50_FPN_Weights
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import box_convert
 
 from vvk.errors import VvkError
@@ -88,7 +88,12 @@ class CanvasTransform(GeneralizedRCNNTransform):
     def resize(self, image: Tensor, target: dict[str, Tensor] | None = None):
         if max(image.shape[-2:]) == self.image_size:
             return image, target
-        return super().resize(image, target)
+        resized, target = super().resize(image, target)
+        if target is not None and "region_boxes" in target:  # torchvision resizes "boxes" only
+            target["region_boxes"] = resize_boxes(
+                target["region_boxes"], image.shape[-2:], resized.shape[-2:]
+            )
+        return resized, target
 
     def batch_images(self, images: list[Tensor], size_divisible: int = 32) -> Tensor:
         height = max([self.image_size] + [img.shape[-2] for img in images])
@@ -223,6 +228,8 @@ def _plain_target(i: int, target: dict[str, Any], *, num_categories: int, masks:
         if mask.ndim != 3 or mask.shape[0] != boxes.shape[0]:
             raise VvkError(f"{where}['masks']: expected ({boxes.shape[0]}, H, W), got {tuple(mask.shape)}")
         plain["masks"] = mask.to(torch.uint8)
+    # what a method adds (ViLD's region_boxes and region_embeddings) passes as it is
+    plain.update({k: v.as_subclass(Tensor) for k, v in target.items() if k.startswith("region_")})
     return plain
 
 

@@ -29,7 +29,7 @@ ImageNet ResNet-50 from ``weights.toml`` (``resnet50.tv_in1k``) into it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -161,6 +161,7 @@ def mask_rcnn(
     score_threshold: float = 0.05,
     nms_threshold: float = 0.5,
     detections_per_image: int = 100,
+    roi_heads_type: Callable[..., ReferenceRoIHeads] = ReferenceRoIHeads,
 ) -> MaskRCNNDetector:
     """Mask R-CNN on ``backbone``: ``"torchvision:resnet50"`` (FPN P2–P6) or a registry backbone
     (its P3–P7 maps).
@@ -174,6 +175,7 @@ def mask_rcnn(
             positive (the yaml's ``roi_sampling.num_samples_per_image: 512``, ``fg_fraction 0.25``).
         norm_momentum, norm_eps: batch norm of the heads (and of ResNet-50 and its FPN), PyTorch's
             convention (TF momentum 0.99 = 0.01 here).
+        roi_heads_type: the RoI heads' class (a method's own, ViLD's), given the same arguments.
     """
     categories = check_categories(categories)
     norm = partial(nn.BatchNorm2d, momentum=norm_momentum, eps=norm_eps)
@@ -209,7 +211,7 @@ def mask_rcnn(
         (channels, 7, 7), [head_filters] * box_convs, [fc_dim] * box_fcs, norm_layer=norm
     )
     mask_classes = 1 if class_agnostic_mask else num_classes
-    roi_heads = ReferenceRoIHeads(
+    roi_heads = roi_heads_type(
         class_agnostic_box=class_agnostic_box,
         class_agnostic_mask=class_agnostic_mask,
         box_roi_pool=MultiScaleRoIAlign(names, output_size=7, sampling_ratio=2),

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference, maskrcnn_loss
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.ops import boxes as box_ops
 
 from vvk.errors import VvkError
 from vvk.models.detectors.losses import fast_rcnn_losses, rpn_losses
@@ -108,46 +109,82 @@ class ReferenceRoIHeads(RoIHeads):
 
     def forward(self, features, proposals, image_shapes, targets=None):
         if self.training:
-            proposals, matched_idxs, labels, regression_targets = self.select_training_samples(
-                proposals, targets
-            )
-        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+            return [], self.training_losses(features, proposals, image_shapes, targets)
+        pooled = self.box_roi_pool(features, proposals, image_shapes)  # (R, C, 7, 7)
+        box_features = self.box_head(pooled)  # (R, F)
         class_logits, box_regression = (
             t.float() for t in self.box_predictor(box_features)
         )  # (R, C), (R, 4C | 4)
-        if self.training:
-            loss_classifier, loss_box_reg = fast_rcnn_losses(
-                class_logits=class_logits,
-                box_regression=box_regression,
-                labels=torch.cat(labels),
-                regression_targets=torch.cat(regression_targets),
-            )
-            loss_mask = self._mask_loss(features, proposals, image_shapes, targets, labels, matched_idxs)
-            return [], {
-                "loss_classifier": loss_classifier,
-                "loss_box_reg": loss_box_reg,
-                "loss_mask": loss_mask,
-            }
-        boxes, scores, labels = self.postprocess_detections(
-            class_logits, box_regression, proposals, image_shapes
-        )
+        scores = self.category_scores(class_logits, pooled=pooled, box_features=box_features)
+        boxes, scores, labels = self.detect(scores, box_regression, proposals, image_shapes)
         result = [
             {"boxes": b, "labels": lbl, "scores": s} for b, s, lbl in zip(boxes, scores, labels, strict=True)
         ]
         return self._add_masks(features, result, image_shapes), {}
 
+    def training_losses(self, features, proposals, image_shapes, targets) -> dict[str, Tensor]:
+        """Sample RoIs against the targets; the Fast R-CNN and mask losses of the samples."""
+        proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        losses = self.box_losses(box_features, labels, regression_targets)
+        losses["loss_mask"] = self._mask_loss(
+            features, proposals, image_shapes, targets, labels, matched_idxs
+        )
+        return losses
+
+    def box_losses(self, box_features: Tensor, labels, regression_targets) -> dict[str, Tensor]:
+        """``loss_classifier`` and ``loss_box_reg`` of the sampled RoIs' (R, F) box features."""
+        class_logits, box_regression = (t.float() for t in self.box_predictor(box_features))
+        loss_classifier, loss_box_reg = fast_rcnn_losses(
+            class_logits=class_logits,
+            box_regression=box_regression,
+            labels=torch.cat(labels),
+            regression_targets=torch.cat(regression_targets),
+        )
+        return {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+
+    def category_scores(self, class_logits: Tensor, *, pooled: Tensor, box_features: Tensor) -> Tensor:
+        """(R, K) scores of the categories from the RoIs' (R, K+1) logits (and, for heads that
+        score otherwise, their pooled (R, C, h, w) and box-head (R, F) features): the softmax
+        without its background column."""
+        return class_logits.softmax(dim=-1)[:, 1:]
+
     def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):
-        num_classes = class_logits.shape[-1]
+        """torchvision's signature: detections from (R, K+1) logits (:meth:`detect`)."""
+        return self.detect(class_logits.softmax(dim=-1)[:, 1:], box_regression, proposals, image_shapes)
+
+    def detect(
+        self, scores: Tensor, box_regression: Tensor, proposals: list[Tensor], image_shapes
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Per image ``(boxes, scores, labels in 1..K)`` from (R, K) category scores of the RoIs
+        (background left out): torchvision's post-processing (decode, clip, score threshold,
+        tiny boxes out, NMS per class, the best ``detections_per_img``) for any score, so that
+        ViLD's ensemble can score boxes by more than one softmax."""
+        num_categories = scores.shape[-1]
+        boxes = self.box_coder.decode(box_regression, proposals)  # (R, 1 | K+1, 4)
         if self.class_agnostic_box:
-            # (R, 4) -> (R, 4C): the one box serves every class
-            box_regression = box_regression.repeat(1, num_classes)
-        elif box_regression.shape[-1] != 4 * num_classes:
-            boxes_for = box_regression.shape[-1] // 4
+            boxes = boxes.expand(-1, num_categories, -1)  # the one box serves every category
+        elif boxes.shape[1] != num_categories + 1:
             raise VvkError(
-                f"the classifier gives {num_classes} logits but the box regressor {boxes_for} classes; "
-                "a classifier with another vocabulary needs class_agnostic_box=True"
+                f"the classifier scores {num_categories} categories but the box regressor "
+                f"{boxes.shape[1] - 1}; a classifier with another vocabulary needs class_agnostic_box=True"
             )
-        return super().postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        else:
+            boxes = boxes[:, 1:]  # (R, K, 4) without the background's
+        labels = torch.arange(1, num_categories + 1, device=scores.device).expand_as(scores)  # (R, K)
+        per_image = [len(p) for p in proposals]
+        results: tuple[list[Tensor], list[Tensor], list[Tensor]] = ([], [], [])
+        split = (t.split(per_image) for t in (boxes, scores, labels))
+        for b, s, lbl, shape in zip(*split, image_shapes, strict=True):
+            b, s, lbl = box_ops.clip_boxes_to_image(b, shape).reshape(-1, 4), s.reshape(-1), lbl.reshape(-1)
+            keep = torch.where(s > self.score_thresh)[0]
+            b, s, lbl = b[keep], s[keep], lbl[keep]
+            keep = box_ops.remove_small_boxes(b, min_size=1e-2)
+            b, s, lbl = b[keep], s[keep], lbl[keep]
+            keep = box_ops.batched_nms(b, s, lbl, self.nms_thresh)[: self.detections_per_img]
+            for out, value in zip(results, (b[keep], s[keep], lbl[keep]), strict=True):
+                out.append(value)
+        return results
 
     def _mask_labels(self, labels: list[Tensor]) -> list[Tensor]:
         """The mask channel of each RoI: its label, or 0 (the only one) when class-agnostic."""

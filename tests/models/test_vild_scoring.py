@@ -4,8 +4,7 @@ import math
 
 import torch
 
-from vvk.methods.vild.losses import distillation_loss, valid_rois
-from vvk.methods.vild.scores import ensemble_scores
+from vvk.models.detectors.vild_scoring import distillation_loss, ensemble_scores, valid_rois
 
 
 def test_padding_rows_of_zeros_are_not_valid_rois():
