@@ -29,17 +29,26 @@ def _batch(regions: int = 2):
     for i in range(2):
         masks = torch.zeros(1, 256, 256, dtype=torch.uint8)
         masks[0, 20:90, 30:80] = 1
-        targets.append({
-            "boxes": torch.tensor([[30.0, 20.0, 80.0, 90.0]]), "labels": torch.tensor([i + 1]), "masks": masks,
-            "region_boxes": torch.tensor([[5.0, 5.0, 60.0, 50.0], [100.0, 90.0, 200.0, 230.0]])[:regions],
-            "region_embeddings": F.normalize(torch.randn(2, DIM), dim=-1)[:regions],
-        })  # fmt: skip
+        targets.append(
+            {
+                "boxes": torch.tensor([[30.0, 20.0, 80.0, 90.0]]),
+                "labels": torch.tensor([i + 1]),
+                "masks": masks,
+                "region_boxes": torch.tensor([[5.0, 5.0, 60.0, 50.0], [100.0, 90.0, 200.0, 230.0]])[:regions],
+                "region_embeddings": F.normalize(torch.randn(2, DIM), dim=-1)[:regions],
+            }
+        )
     return images, targets
 
 
 @pytest.mark.parametrize(
     "method, classifier, distill",
-    [("vild-text", True, False), ("vild-image", False, True), ("vild", True, True), ("vild-ensemble", True, True)],
+    [
+        ("vild-text", True, False),
+        ("vild-image", False, True),
+        ("vild", True, True),
+        ("vild-ensemble", True, True),
+    ],
 )
 def test_each_method_trains_its_losses(method, classifier, distill):
     losses = _model(method).train()(*_batch())
@@ -52,7 +61,9 @@ def _embeddings_of(model, images, targets, head, project):
     """The region embeddings the distillation compares, recomputed from the model's parts."""
     image_list, targets = model.transform(images, model.prepare_targets(targets, masks=True))
     features = model.backbone(image_list.tensors)
-    pooled = model.roi_heads.box_roi_pool(features, [t["region_boxes"] for t in targets], image_list.image_sizes)
+    pooled = model.roi_heads.box_roi_pool(
+        features, [t["region_boxes"] for t in targets], image_list.image_sizes
+    )
     return F.normalize(project(head(pooled)), dim=-1), torch.cat([t["region_embeddings"] for t in targets])
 
 
@@ -64,7 +75,9 @@ def test_the_ensembles_image_head_alone_learns_the_distillation():
     loss.backward()
     assert heads.image_head is not heads.box_head
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in heads.image_project.parameters())
-    assert heads.classifier.project.weight.grad is None or not heads.classifier.project.weight.grad.abs().sum()
+    assert (
+        heads.classifier.project.weight.grad is None or not heads.classifier.project.weight.grad.abs().sum()
+    )
     # the loss is the weighted L1 of the image head's embeddings (batch norm in training mode,
     # on these regions alone, as in the forward pass)
     torch.manual_seed(0)
@@ -122,8 +135,9 @@ def test_ensemble_scores_weigh_text_on_base_and_image_on_novel_categories():
     p_image = (100 * image @ heads.classifier.embeddings.t()).softmax(-1)
     assert torch.allclose(scores[:, :2], (p_text[:, :2] ** 2 * p_image[:, :2]) ** (1 / 3), atol=1e-6)
     assert torch.allclose(scores[:, 2], (p_text[:, 2] * p_image[:, 2] ** 2) ** (1 / 3), atol=1e-6)
-    assert torch.allclose(scores, ensemble_scores(logits, 100 * image @ heads.classifier.embeddings.t(),
-                                                  heads.base))  # fmt: skip
+    assert torch.allclose(
+        scores, ensemble_scores(logits, 100 * image @ heads.classifier.embeddings.t(), heads.base)
+    )
 
 
 def test_detect_matches_torchvisions_post_processing():

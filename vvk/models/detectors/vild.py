@@ -74,7 +74,7 @@ class ViLDRoIHeads(ReferenceRoIHeads):
             raise ValueError(f"method: one of {', '.join(METHODS)}, got {method!r}")
         super().__init__(**roi_heads_kwargs)
         if not (self.class_agnostic_box and self.class_agnostic_mask):
-            raise ValueError("ViLD's boxes and masks are class-agnostic: build with class_agnostic_box/_mask=True")
+            raise ValueError("ViLD's boxes and masks are class-agnostic: class_agnostic_box/_mask=True")
         self.method, self.distill_weight = method, distill_weight
         self.image_head: nn.Module | None = None
         self.image_project: nn.Module | None = None
