@@ -17,7 +17,20 @@ app = typer.Typer(help="Supervised training: detectors (RetinaNet, Mask R-CNN)."
 # The library's parameters as this command spells them (``VvkError.as_flags``).
 _FLAGS = {
     name: "--" + name.replace("_", "-")
-    for name in ("model", "data", "val", "preset", "steps", "batch_size", "out", "weights")
+    for name in (
+        "model",
+        "data",
+        "val",
+        "preset",
+        "steps",
+        "batch_size",
+        "out",
+        "weights",
+        "method",
+        "regions",
+        "novel",
+        "teacher",
+    )
 }
 _SWITCHES = {"resume": "--resume", "copy_paste": "--copy-paste"}
 
@@ -40,6 +53,21 @@ def detector(
     copy_paste: Annotated[
         bool, typer.Option("--copy-paste", help="Add Simple Copy-Paste to the input pipeline.")
     ] = False,
+    method: Annotated[
+        str | None,
+        typer.Option(help="ViLD open-vocabulary training: vild, vild-text, vild-image or vild-ensemble."),
+    ] = None,
+    regions: Annotated[
+        Path | None,
+        typer.Option(help="ViLD: the teacher's region embeddings of --data (vvk detect embed-regions)."),
+    ] = None,
+    novel: Annotated[
+        str | None,
+        typer.Option(help="ViLD: categories without boxes in training: rare, coco17, FILE or a,b,c."),
+    ] = None,
+    teacher: Annotated[
+        str | None, typer.Option(help="ViLD: stand-in, a stand-in file or a CLIP from vvk weights list.")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder (default: a new one in runs/).")] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --out, on its data, with its preset.")
@@ -60,18 +88,26 @@ def detector(
     checkpoints/ and detector.safetensors, which vvk.models.load rebuilds with the data's
     category names. --resume continues a run on its data; only train.* fields may change.
 
+    With --method, a ViLD detector (vild-*) learns open-vocabulary detection from a teacher's
+    text embeddings (the classifier) and region embeddings (--regions, distilled); --novel
+    categories lose their boxes in training and are scored apart (novel_bbox_AP50). Without
+    --data, the built-in example with three held-out digits and a stand-in teacher.
+
     EXAMPLES: vvk train detector
               vvk train detector --data coco/train --val coco/val
               vvk train detector --out runs/d1 --resume --steps 3000
+              vvk train detector --method vild --steps 400
     """
     from vvk.methods.detection.train import plan_detector, run_detector
 
     out_ = Output(json_output)
     # Everything is checked here, before anything is printed or written.
+    vild_sets = [f"vild.{key}={value}" for key, value in (("novel", novel), ("teacher", teacher)) if value]
     with as_flags(switches=_SWITCHES, **_FLAGS):
         plan = plan_detector(
-            model=model, data=data, val=val, preset=preset, overrides=list(set_ or []), steps=steps,
-            batch_size=batch_size, copy_paste=copy_paste, out=out, resume=resume,
+            model=model, data=data, val=val, preset=preset, overrides=[*vild_sets, *(set_ or [])],
+            steps=steps, batch_size=batch_size, copy_paste=copy_paste, method=method, regions=regions,
+            out=out, resume=resume,
         )  # fmt: skip
     out_.note(_first_line(plan))
     if plan.demo:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -115,19 +116,32 @@ def has_masks(model: nn.Module) -> bool:
     return bool(heads is not None and heads.has_mask())
 
 
-def score(ground_truth: Any, results: list[dict[str, Any]], image_ids: Sequence[int], *, masks: bool) -> dict:
+def score(
+    ground_truth: Any,
+    results: list[dict[str, Any]],
+    image_ids: Sequence[int],
+    *,
+    masks: bool,
+    splits: Mapping[str, Sequence[int]] | None = None,
+) -> dict:
     """``{"bbox_AP", "bbox_AP50", ..., "segm_AP", ...}`` of ``results`` on ``image_ids`` (the AP
     stats of ``vvk.eval.detection``, COCO's or LVIS's; -1 where undefined): ``ground_truth`` is what
-    ``evaluate_detections`` takes, a ``GroundTruth`` to score often against the same file."""
+    ``evaluate_detections`` takes, a ``GroundTruth`` to score often against the same file.
+    ``splits`` adds the AP over each named set of category ids: ``{"novel": [...]}`` gives
+    ``novel_bbox_AP``, ``novel_bbox_AP50``, ...."""
     from vvk.eval.detection import evaluate_detections
 
     scores: dict[str, float] = {}
     if not image_ids:  # every image failed to read: nothing was scored
         return scores
+    subsets: dict[str, Sequence[int] | None] = {"": None, **{f"{k}_": v for k, v in (splits or {}).items()}}
     for iou_type in ("bbox", "segm") if masks else ("bbox",):
-        found = evaluate_detections(ground_truth, results, iou_type=iou_type, image_ids=image_ids)
-        kept = {name: value for name, value in found.stats.items() if name.startswith("AP")}  # not AR
-        scores.update({f"{iou_type}_{name}": round(value, 6) for name, value in kept.items()})
+        for prefix, categories in subsets.items():
+            found = evaluate_detections(
+                ground_truth, results, iou_type=iou_type, image_ids=image_ids, category_ids=categories
+            )
+            kept = {name: value for name, value in found.stats.items() if name.startswith("AP")}  # not AR
+            scores.update({f"{prefix}{iou_type}_{name}": round(value, 6) for name, value in kept.items()})
     return scores
 
 
@@ -159,8 +173,11 @@ class ValEvaluation:
         max_images: int,
         num_workers: int,
         ground_truth: Any = None,
+        vocabulary: Callable[[nn.Module], AbstractContextManager] | None = None,
+        splits: Mapping[str, Sequence[int]] | None = None,
     ):
         self.coco, self.batch_size, self.precision = coco, batch_size, precision
+        self.vocabulary, self.splits = vocabulary, splits
         self.max_images, self.num_workers = max_images, num_workers
         self._warned: set[str] = set()
         self._ground_truth = ground_truth  # None: read and checked at the first evaluation
@@ -171,10 +188,11 @@ class ValEvaluation:
         distributed = dist.is_available() and dist.is_initialized()
         rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
         started = time.perf_counter()
-        part = predict_coco(
-            model, self.coco, batch_size=self.batch_size, precision=self.precision,
-            max_images=self.max_images, num_workers=self.num_workers, rank=rank, world_size=world,
-        )  # fmt: skip
+        with self.vocabulary(model) if self.vocabulary is not None else nullcontext():
+            part = predict_coco(
+                model, self.coco, batch_size=self.batch_size, precision=self.precision,
+                max_images=self.max_images, num_workers=self.num_workers, rank=rank, world_size=world,
+            )  # fmt: skip
         parts = [part]
         if distributed:
             parts = [None] * world
@@ -192,6 +210,6 @@ class ValEvaluation:
             from vvk.eval.detection import load_ground_truth
 
             self._ground_truth = load_ground_truth(self.coco)
-        scores = score(self._ground_truth, results, done, masks=has_masks(model))
+        scores = score(self._ground_truth, results, done, masks=has_masks(model), splits=self.splits)
         return {**scores, "images": len(done), "skipped_images": len(skipped),
                 "eval_seconds": round(time.perf_counter() - started, 3)}  # fmt: skip

@@ -16,8 +16,31 @@ from vvk.engine import TrainConfig
 from vvk.engine.config import check, check_ranges
 from vvk.errors import VvkError
 
-Family = Literal["retinanet", "maskrcnn"]
-FAMILIES: tuple[Family, ...] = ("retinanet", "maskrcnn")
+Family = Literal["retinanet", "maskrcnn", "vild"]
+FAMILIES: tuple[Family, ...] = ("retinanet", "maskrcnn", "vild")
+VILD_METHODS = ("vild-text", "vild-image", "vild", "vild-ensemble")  # vvk.models.detectors.vild.METHODS
+
+
+@dataclass(frozen=True)
+class ViLDSettings:
+    """What a ViLD detector (``vild-*``) trains with (``vvk.methods.vild``).
+
+    Attributes:
+        method: ``vild-text``, ``vild-image``, ``vild`` or ``vild-ensemble``.
+        teacher: the image/text embedding space (``vvk.methods.vild.teacher.load_teacher``).
+        novel: the categories never boxed in training (``vvk.methods.vild.split``): ``rare``,
+            ``coco17``, a file of names, or names separated by commas; empty: none.
+        distill_weight: weight of the distillation loss (``feat_distill_weight``: 0.5 for R50).
+    """
+
+    method: str = "vild"
+    teacher: str = "clip-vit-b-32.openai"
+    novel: str = "rare"
+    distill_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        check(self, "method", self.method in VILD_METHODS, " | ".join(VILD_METHODS))
+        check_ranges(self, {">= 0": ("distill_weight",)})
 
 
 @dataclass(frozen=True)
@@ -44,6 +67,7 @@ class DetectionPreset:
         bn_momentum: momentum of every batch norm of the detector, PyTorch's convention (TF's
             0.99 is 0.01 here; None: the model's own). A short run needs a fast one: the running
             statistics that evaluation uses must keep up with weights that change quickly.
+        vild: a ViLD detector's method, teacher and split (None for the other families).
     """
 
     model: str = "retinanet-spinenet-49"
@@ -61,6 +85,7 @@ class DetectionPreset:
     stochastic_depth: float | None = 0.2
     anchor_size: float | None = None  # the model's own: anchor.anchor_size 3.0 of the yaml
     bn_momentum: float | None = None  # the models' own: the reference's (0.997 in TF terms)
+    vild: ViLDSettings | None = None  # the ViLD presets' only
     # train.total_steps 231500 at train_batch_size 256 (the global batch: here 16 processes x
     # 16 per process; change batch_size and grad_accum for your hardware); SGD momentum 0.9
     # (base_config optimizer); learning_rate init 0.28 after 2000 linear warm-up steps (from 0
@@ -102,6 +127,8 @@ class DetectionPreset:
         )
         low, high = self.scale_range
         check(self, "scale_range", low <= high, "MIN,MAX with MIN <= MAX")
+        is_vild = self.model.startswith("vild-")
+        check(self, "vild", (self.vild is not None) == is_vild, "set for vild-* models only, and for them")
 
     @property
     def family(self) -> Family:
@@ -137,6 +164,22 @@ PAPER_MASKRCNN = DetectionPreset(
         checkpoint_every=5000,
         log_every=100,
     ),  # fmt: skip
+)
+
+
+# ViLD's recipe: tensorflow/tpu: models/official/detection/projects/vild/configs/vild_resnet.yaml
+# (reference/detection.md §2.5): Mask R-CNN R50-FPN at 1024², LSJ, CLIP ViT-B/32 teacher, LVIS
+# rare categories novel.
+PAPER_VILD = dataclasses.replace(
+    PAPER_MASKRCNN,
+    model="vild-r50-fpn",
+    copy_paste=False,  # the ViLD parser has no Copy-Paste
+    vild=ViLDSettings(),
+    # train_batch_size 256, total_steps 180000, lr 0.32 after 1000 warm-up steps, x0.1 at 162000,
+    # 171000 and 175500; SGD momentum 0.9, l2_weight_decay 4e-5, use_bfloat16.
+    train=dataclasses.replace(
+        PAPER_MASKRCNN.train, steps=180000, decay_at=(162000 / 180000, 171000 / 180000, 175500 / 180000)
+    ),
 )
 
 
@@ -177,8 +220,15 @@ PRESETS: dict[str, dict[Family, DetectionPreset]] = {
         ),
         # 0.70 s/step at batch 8 on 2 cores (docs/benchmarks.md): 820 steps fit the ten minutes
         "maskrcnn": DetectionPreset(model="maskrcnn-spinenet-tiny", **TINY, train=tiny_train(steps=820)),
+        # the built-in example's stand-in teacher; the demo holds out its last three digits
+        "vild": DetectionPreset(
+            model="vild-spinenet-tiny",
+            **TINY,
+            vild=ViLDSettings(teacher="stand-in", novel=""),
+            train=tiny_train(steps=820),
+        ),
     },
-    "paper": {"retinanet": DetectionPreset(), "maskrcnn": PAPER_MASKRCNN},
+    "paper": {"retinanet": DetectionPreset(), "maskrcnn": PAPER_MASKRCNN, "vild": PAPER_VILD},
 }
 DEFAULT_PRESET = "tiny"
 

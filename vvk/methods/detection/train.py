@@ -66,15 +66,18 @@ def resolve_detection_preset(
     steps: int | None = None,
     batch_size: int | None = None,
     copy_paste: bool = False,
+    method: str | None = None,
     base: DetectionPreset | None = None,
 ) -> DetectionPreset:
     """Preset ``preset`` of the family of the model asked for (``model``, or a ``model=``
-    override; else the preset's RetinaNet), or ``base``, with ``overrides`` and the shortcuts
-    applied at once, each field checked; a shorter run shortens the warm-up in proportion."""
-    given = [*overrides, *shortcuts(model, steps, batch_size, copy_paste)]
+    override; else ViLD's when a ViLD ``method`` is asked for, else the preset's RetinaNet), or
+    ``base``, with ``overrides`` and the shortcuts applied at once, each field checked; a shorter
+    run shortens the warm-up in proportion."""
+    given = [*overrides, *shortcuts(model, steps, batch_size, copy_paste, method)]
     if base is None:
-        asked = parse_overrides(preset_for(preset), given)  # which family: the model asked for
-        base = preset_for(preset, asked.get("model"))
+        asked = parse_overrides(preset_for(preset), [g for g in given if not g.startswith("vild.")])
+        default = PRESETS[preset]["vild"].model if method is not None and preset in PRESETS else None
+        base = preset_for(preset, asked.get("model", default))
     changes = parse_overrides(base, given)
     if "model" in changes:
         family_of(changes["model"])  # a model of no detector is refused by name
@@ -82,10 +85,12 @@ def resolve_detection_preset(
     return replace_fields(base, changes)
 
 
-def shortcuts(model: str | None, steps: int | None, batch_size: int | None, copy_paste: bool) -> list[str]:
+def shortcuts(
+    model: str | None, steps: int | None, batch_size: int | None, copy_paste: bool, method: str | None = None
+) -> list[str]:
     """The ``key=value`` overrides the shortcut arguments stand for."""
     given = {"model": model, "train.steps": steps, "train.batch_size": batch_size,
-             "copy_paste": "true" if copy_paste else None}  # fmt: skip
+             "copy_paste": "true" if copy_paste else None, "vild.method": method}  # fmt: skip
     return [f"{key}={value}" for key, value in given.items() if value is not None]
 
 
@@ -112,12 +117,15 @@ class DetectorPlan:
     train_coco: CocoDataset = field(repr=False, compare=False)
     val_coco: CocoDataset | None = field(repr=False, compare=False)
     val_truth: Any = field(default=None, repr=False, compare=False)  # vvk.eval.detection.GroundTruth
+    regions: Path | None = None
+    vild: Any = field(default=None, repr=False, compare=False)  # vvk.methods.vild.train.ViLDPlan
 
     @property
     def categories(self) -> list[dict[str, Any]]:
+        """The classes the model trains on (a ViLD split's base categories only)."""
         from vvk.data.detection import categories_of
 
-        return categories_of(self.train_coco)
+        return self.vild.base_categories if self.vild is not None else categories_of(self.train_coco)
 
     def record(self) -> dict[str, Any]:
         """What ``preset.json`` holds: enough to resume the run, and to know what it read."""
@@ -126,6 +134,7 @@ class DetectorPlan:
         return {
             "method": METHOD, "preset": self.preset, "data": str(self.data),
             "val": None if self.val is None else str(self.val), "overrides": list(self.overrides),
+            "regions": None if self.regions is None else str(self.regions),
             "categories": self.categories, "resolved": to_dict(self.config),
         }  # fmt: skip
 
@@ -140,6 +149,8 @@ def plan_detector(
     steps: int | None = None,
     batch_size: int | None = None,
     copy_paste: bool = False,
+    method: str | None = None,
+    regions: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     resume: bool = False,
 ) -> DetectorPlan:
@@ -153,13 +164,22 @@ def plan_detector(
             example set its val split).
         preset: ``tiny`` (default) or ``paper``, for the model's family; the run's own when resuming.
         copy_paste: add Simple Copy-Paste to the input pipeline (the preset field ``copy_paste``).
+        method: a ViLD method (``vild``, ``vild-text``, ``vild-image``, ``vild-ensemble``): a
+            ``vild-*`` detector (the preset's unless ``model`` names one); its teacher and split
+            are the preset's ``vild.teacher`` and ``vild.novel`` (``vvk.methods.vild.train``).
+        regions: the ``vvk detect embed-regions`` folder of ``data`` a distilling ViLD method
+            needs (without data: the built-in example's, made once).
         out: the run folder (default ``runs/detector-<time>``).
     """
     run_dir = Path(out) if out is not None else default_run_dir(METHOD)
     demo = not resume and data is None
     if demo:
         overrides = [*DEMO_OVERRIDES, *overrides]
-    given = [*overrides, *shortcuts(model, steps, batch_size, copy_paste)]
+        if method is not None or str(model or "").startswith("vild-"):
+            from vvk.methods.vild.train import DEMO_NOVEL
+
+            overrides = [f"vild.novel={DEMO_NOVEL}", *overrides]
+    given = [*overrides, *shortcuts(model, steps, batch_size, copy_paste, method)]
     if resume:
         record = recorded_run(run_dir, METHOD, PRESET_FILE, command="vvk train detector")
         preset = _recorded_preset(record, preset, run_dir)
@@ -167,28 +187,46 @@ def plan_detector(
                          what=str(run_dir / PRESET_FILE))  # fmt: skip
         config = resolve_detection_preset(
             preset, model=model, overrides=overrides, steps=steps, batch_size=batch_size,
-            copy_paste=copy_paste, base=base,
+            copy_paste=copy_paste, method=method, base=base,
         )  # fmt: skip
         check_unchanged(base, config, run_dir, allowed=())
         source = resumed_data(record["data"], data, run_dir, False, items="images")
         val_source = _resumed_val(record.get("val"), val, run_dir)
+        regions = regions if regions is not None else record.get("regions")
+        demo = record.get("regions") is None and _is_demo(source)
         given = [*record.get("overrides", []), *given]
     else:
         check_new_run_dir(run_dir)
         preset = preset or DEFAULT_PRESET
         config = resolve_detection_preset(
             preset, model=model, overrides=overrides, steps=steps, batch_size=batch_size,
-            copy_paste=copy_paste,
+            copy_paste=copy_paste, method=method,
         )  # fmt: skip
         source, val_source = _sources(data, val)
     check_device(config)
     train_coco, val_coco = _read_datasets(source, val_source)
+    vild = None
+    if config.vild is not None:
+        from vvk.methods.vild.train import plan_vild, regions_path
+
+        regions = regions_path(regions)
+        vild = plan_vild(config.vild, train_coco, regions=regions, demo=demo)
+    elif regions is not None:
+        raise VvkError(f"regions: only ViLD methods read regions, not {config.model}", params=("regions",))
     plan = DetectorPlan(
         preset=preset, config=config, data=source, val=val_source, run_dir=run_dir, resume=resume, demo=demo,
         overrides=tuple(given), train_coco=train_coco, val_coco=val_coco, val_truth=_ground_truth(val_coco),
+        regions=None if regions is None else Path(regions), vild=vild,
     )  # fmt: skip
-    _check_builds(config, plan.categories)
+    _check_builds(config, plan.categories, vild)
     return plan
+
+
+def _is_demo(source: Path) -> bool:
+    """Whether ``source`` is the built-in example's train split (a resumed demo)."""
+    from vvk.examples.digits_on_photos import detection_example_dir
+
+    return source == detection_example_dir() / "train"
 
 
 def _recorded_preset(record: dict[str, Any], preset: str | None, run_dir: Path) -> str:
@@ -255,8 +293,10 @@ def _ground_truth(val_coco: CocoDataset | None):
         raise
 
 
-def build_detector(config: DetectionPreset, categories: list[dict[str, Any]]):
-    """The preset's model, knowing the data's categories (recorded in its checkpoints)."""
+def build_detector(config: DetectionPreset, categories: list[dict[str, Any]], vild=None):
+    """The preset's model, knowing the data's categories (recorded in its checkpoints); a ViLD
+    model also its method, teacher width and the base categories' text embeddings (``vild``, a
+    ``vvk.methods.vild.train.ViLDPlan``)."""
     from torch import nn
 
     from vvk.models import build
@@ -266,7 +306,11 @@ def build_detector(config: DetectionPreset, categories: list[dict[str, Any]]):
         options["anchor_size"] = config.anchor_size
     if config.stochastic_depth is not None:
         options["backbone_options"] = {"stochastic_depth_rate": config.stochastic_depth}
+    if vild is not None:
+        options.update(vild.build_options())
     model = build(config.model, **options)
+    if vild is not None:
+        vild.train_vocabulary(model)
     if config.bn_momentum is not None:  # a training setting, not the architecture's: not recorded
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -274,12 +318,12 @@ def build_detector(config: DetectionPreset, categories: list[dict[str, Any]]):
     return model
 
 
-def _check_builds(config: DetectionPreset, categories: list[dict[str, Any]]) -> None:
+def _check_builds(config: DetectionPreset, categories: list[dict[str, Any]], vild=None) -> None:
     """Build the model on the meta device: a bad name or option fails here, for free."""
     import torch
 
     with torch.device("meta"):
-        build_detector(config, categories)
+        build_detector(config, categories, vild)
 
 
 @dataclass(frozen=True)
@@ -320,13 +364,14 @@ def run_detector(plan: DetectorPlan, *, progress: bool = True) -> DetectorResult
         dataset = DetectionDataset(
             plan.train_coco, size=config.image_size, scale_range=config.scale_range,
             flip_prob=config.flip_prob, copy_paste=config.copy_paste, max_paste=config.max_paste,
-            masks=config.family == "maskrcnn", seed=config.train.seed,
+            masks=config.family != "retinanet", seed=config.train.seed,
+            **(plan.vild.dataset_options() if plan.vild is not None else {}),
         )  # fmt: skip
         run_dir.mkdir(parents=True, exist_ok=True)
         record = plan.record()
         atomic_write_text(run_dir / PRESET_FILE, json.dumps(record, indent=2) + "\n")
         seed_all(config.train.seed)  # the initial weights follow the preset's seed too
-        model = build_detector(config, plan.categories)
+        model = build_detector(config, plan.categories, plan.vild)
     except BaseException:
         if created:  # nothing trained: leave no half-made run folder that blocks the next out=
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -336,6 +381,8 @@ def run_detector(plan: DetectorPlan, *, progress: bool = True) -> DetectorResult
         evaluate = ValEvaluation(
             plan.val_coco, batch_size=config.eval_batch_size, precision=config.train.precision,
             max_images=config.eval_images, num_workers=0, ground_truth=plan.val_truth,
+            vocabulary=None if plan.vild is None else plan.vild.evaluating,
+            splits=None if plan.vild is None else plan.vild.splits(),
         )  # fmt: skip
         every.append(Every(steps=config.eval_every, fn=evaluate, name=HOOK))
     train_config = dataclasses.replace(config.train, progress=progress and config.train.progress)
@@ -345,6 +392,8 @@ def run_detector(plan: DetectorPlan, *, progress: bool = True) -> DetectorResult
     )  # fmt: skip
     evaluation = result.hooks.get(HOOK) or last_evaluation(run_dir)
     metrics = {k: v for k, v in (evaluation or {}).items() if isinstance(v, int | float)}
+    if plan.vild is not None:  # exported with every category, so that it detects the novel ones
+        plan.vild.full_vocabulary(model)
     detector_path = save(model, run_dir / DETECTOR_FILE, step=result.step, metrics=metrics)
     return DetectorResult(
         run_dir=run_dir, detector_path=detector_path, status=result.status, step=result.step,

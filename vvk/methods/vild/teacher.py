@@ -173,8 +173,11 @@ def load_stand_in(path: str | os.PathLike) -> StandInTeacher:
         header["names"], dim=header["dim"], image_size=header["image_size"], width=header["width"]
     )
     from vvk.models.checkpoint import load_strictly
+    from vvk.weights import sha256_file
 
     load_strictly(path, lambda: teacher.load_state_dict(state, strict=False))
+    # named by its file's contents: embeddings made by one stand-in never pass for another's
+    teacher.name = f"{STAND_IN}-{sha256_file(path)[:12]}"
     return teacher.eval().requires_grad_(False)
 
 

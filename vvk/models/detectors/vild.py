@@ -222,7 +222,7 @@ def set_vocabulary(
             f"vocabulary: embeddings {tuple(embeddings.shape)} for {len(categories)} categories of width "
             f"{classifier.embeddings.shape[1]}"
         )
-    base = torch.ones(len(categories), dtype=torch.bool) if base is None else base.bool()
+    base = torch.ones(len(categories), dtype=torch.bool, device="cpu") if base is None else base.bool().cpu()
     classifier.set_embeddings(embeddings)
     heads.set_text_classifier(classifier, base)
     model.categories = categories
