@@ -62,8 +62,29 @@ def root(
     log_to_stderr()  # the library warns through logging; here each record is one stderr line
 
 
+class CommandWithSubcommands(typer.core.TyperCommand):
+    """A command whose first argument may name a subcommand instead: ``vvk detect IMAGES...``
+    runs ``detect``, ``vvk detect embed-regions ...`` the subcommand (a click group cannot take
+    positional arguments of its own)."""
+
+    subcommands: dict[str, click.Command] = {}
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        if args and args[0] in self.subcommands:
+            name = args[0]
+            return self.subcommands[name].make_context(
+                f"{info_name} {name}", args[1:], parent=parent, **extra
+            )
+        return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx: click.Context):
+        return ctx.command.invoke(ctx) if ctx.command is not self else super().invoke(ctx)
+
+
 app.command("info")(info.info)
-app.command("detect")(detect.detect)
+app.command("detect", cls=CommandWithSubcommands)(detect.detect)
+_embed_regions_app = typer.Typer(context_settings={"help_option_names": ["-h", "--help"]})
+_embed_regions_app.command("embed-regions")(detect.embed_regions)
 app.add_typer(models.app, name="models")
 app.add_typer(weights.app, name="weights")
 app.add_typer(augment.app, name="augment")
@@ -112,6 +133,7 @@ def _reflow(text: str) -> str:
 def _command() -> click.Command:
     """The click command tree of ``app``, its help texts reflowed."""
     root = typer.main.get_command(app)
+    root.commands["detect"].subcommands = {"embed-regions": typer.main.get_command(_embed_regions_app)}
     todo = [root]
     while todo:
         command = todo.pop()
@@ -119,6 +141,7 @@ def _command() -> click.Command:
             command.help = _reflow(command.help)
         if isinstance(command, click.Group):
             todo.extend(command.commands.values())
+        todo.extend(getattr(command, "subcommands", {}).values())
     return root
 
 

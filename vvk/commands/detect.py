@@ -46,9 +46,10 @@ def detect(
     vocab: Annotated[
         str | None,
         typer.Option(
-            metavar="coco|FILE",
+            metavar="coco|FILE|NAMES",
             help="Category names: coco, or a file (a name per line, or JSON [{id, name}]); "
-            "default: the detector's.",
+            "a ViLD detector also takes new names, 'red mug,stapler' (a file line: synonyms "
+            "after commas). Default: the detector's.",
         ),
     ] = None,
     min_score: Annotated[
@@ -82,7 +83,7 @@ def detect(
     ] = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Detect objects in images with a trained RetinaNet or Mask R-CNN.
+    """Detect objects in images with a trained RetinaNet, Mask R-CNN or ViLD detector.
 
     Each detection is a record {"image", "category", "category_id", "score", "bbox"} (bbox: x, y,
     width, height), plus "segmentation" (COCO RLE) for mask models, in the pixels of the image as it is shown
@@ -99,7 +100,12 @@ def detect(
     outputs, refused before any image is read), after writing the records of the images that
     were read. A usage error exits 2, Ctrl-C 130.
 
+    A ViLD detector (vvk train detector --method vild) detects whatever --vocab names: each name
+    is embedded by its teacher. `vvk detect embed-regions` makes ViLD's distillation targets
+    (see vvk detect embed-regions --help).
+
     EXAMPLES: vvk detect photos/ --weights runs/d1 --draw drawn/
+              vvk detect photos/ --weights runs/vild --vocab "7,8,9"
               ls *.jpg | vvk detect - --weights runs/d1 --json | jq .category
               vvk detect val2017/ --weights runs/d1 --out dt.json --format coco-results
     """
@@ -159,3 +165,71 @@ def _summarize(out: Output, summary: dict[str, Any]) -> None:
     for what in ("out", "draw"):
         if summary[what]:
             out.note(f"{'records' if what == 'out' else 'drawings'}: {summary[what]}")
+
+
+def embed_regions(
+    data: Annotated[
+        Path, typer.Option(help="COCO dataset (folder or instances_*.json) whose images to embed.")
+    ],
+    teacher: Annotated[
+        str, typer.Option(help="stand-in, a stand-in .safetensors file, or a CLIP from `vvk weights list`.")
+    ],
+    proposals: Annotated[
+        str,
+        typer.Option(
+            metavar="RUN|CHECKPOINT|RESULTS_JSON",
+            help="A Mask R-CNN or ViLD run (its RPN proposes), or COCO results with the boxes.",
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option(metavar="REGIONS_DIR", help="Folder of the shards (continued if there).")
+    ],
+    max_regions: Annotated[int, typer.Option(min=1, help="Proposals per image, best first.")] = 300,
+    device: Annotated[
+        str,
+        typer.Option(click_type=click.Choice(["auto", "cpu", "cuda"]), help="auto: the GPU if there is one."),
+    ] = "auto",
+    json_output: JsonOpt = False,
+) -> None:
+    """Embed the proposals of every image with a teacher: ViLD's distillation targets.
+
+    Each proposal is cropped at 1x and 1.5x its box; the teacher's embeddings of both crops are
+    summed and normalised. The folder holds safetensors shards keyed by image id and a
+    regions.json that records the teacher, the proposals and the dataset's images, so that
+    `vvk train detector --regions` refuses embeddings made for other data or by another teacher.
+    Shards are written whole: after Ctrl-C, the same command continues after the last one.
+
+    EXAMPLES: vvk detect embed-regions --data coco/train --teacher clip-vit-b-32.openai \\
+                  --proposals runs/base-rpn --out regions/
+    """
+    import torch
+
+    from vvk.data.detection import open_coco
+    from vvk.methods.vild.regions import embed_regions as embed
+    from vvk.methods.vild.regions import proposals_from
+    from vvk.methods.vild.teacher import load_teacher
+
+    human = Output(json_output)
+    where = (
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
+    with as_flags(**_FLAGS, teacher="--teacher", proposals="--proposals", data="--data", regions="--out"):
+        coco = open_coco(data, what="data")
+        model = load_teacher(teacher, device=where)
+        boxes = proposals_from(proposals, device=where)
+        with ProgressBar(human, "embed", show=not json_output) as progress:
+            result = embed(coco, boxes, model, out, proposals_name=str(proposals), max_regions=max_regions,
+                           progress=progress)  # fmt: skip
+    record = {"out": str(result.out), "images": result.images, "regions": result.regions,
+              "skipped": result.skipped, "resumed_from": result.resumed_from,
+              "seconds": round(result.seconds, 2), "images_per_s": round(result.images_per_second, 2),
+              "regions_per_s": round(result.regions_per_second, 1), "device": where}  # fmt: skip
+    if json_output:
+        human.record(record)
+        return
+    resumed = f" (continued after {result.resumed_from})" if result.resumed_from else ""
+    human.note(
+        f"{result.images} image(s){resumed}, {result.regions} region(s) in {result.seconds:.1f} s: "
+        f"{result.images_per_second:.2f} images/s, {result.regions_per_second:.1f} regions/s on {where}; "
+        f"{result.skipped} unreadable; regions: {result.out}"
+    )

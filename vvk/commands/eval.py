@@ -154,6 +154,13 @@ def detections(
         str,
         typer.Option("--iou-type", click_type=click.Choice(["bbox", "segm"]), help="Score boxes or masks."),
     ] = "bbox",
+    novel: Annotated[
+        str | None,
+        typer.Option(
+            metavar="rare|coco17|FILE|NAMES",
+            help="Also score the base and the novel categories of an open-vocabulary split apart.",
+        ),
+    ] = None,
     json_output: JsonOpt = False,
 ) -> None:
     """COCO box or mask AP of a results file (pycocotools' COCOeval: AP, AP50, AP75, APs/m/l,
@@ -167,18 +174,38 @@ def detections(
     category id, a string id, a box of negative or NaN size, a missing field is an error naming
     the record.
 
+    With --novel (LVIS's rare categories, COCO's open-vocabulary 17, a file of names or names
+    separated by commas), the stats are also given over the novel categories (novel_AP, ...) and
+    over the others (base_AP, ...), as ViLD reports them.
+
     EXAMPLES: vvk eval detections --gt annotations/instances_val2017.json --dt results.json
               vvk eval detections --gt lvis_v1_val.json --dt results.json --iou-type segm --json
+              vvk eval detections --gt instances_val2017.json --dt results.json --novel coco17
     """
-    from vvk.eval.detection import evaluate_detections
+    from vvk.eval.detection import evaluate_detections, load_ground_truth
 
     if dt == "-":
         results, name = _read_stdin_json(), "<stdin>"
     else:
         results, name = dt, None
-    scores = evaluate_detections(gt, results, iou_type=iou_type, results_name=name)
-    record = {"protocol": "detections", "gt": gt, "dt": dt, **scores.as_dict()}
-    _print(Output(json_output), record, list(scores.stats))
+    with as_flags(novel="--novel"):
+        truth = load_ground_truth(gt)
+        scores = evaluate_detections(truth, results, iou_type=iou_type, results_name=name)
+        record = {"protocol": "detections", "gt": gt, "dt": dt, **scores.as_dict()}
+        metrics = list(scores.stats)
+        if novel is not None:
+            from vvk.methods.vild.split import novel_categories
+
+            categories = [truth.api.cats[i] for i in sorted(truth.category_ids)]
+            novel_ids = novel_categories(novel, categories)
+            splits = {"base": [c["id"] for c in categories if c["id"] not in novel_ids], "novel": novel_ids}
+            for split, ids in splits.items():
+                part = evaluate_detections(
+                    truth, results, iou_type=iou_type, results_name=name, category_ids=ids
+                )
+                record.update({f"{split}_{k}": v for k, v in part.stats.items()})
+                metrics += [f"{split}_{k}" for k in part.stats]
+    _print(Output(json_output), record, metrics)
 
 
 def _read_stdin_json():

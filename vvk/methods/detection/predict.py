@@ -506,7 +506,12 @@ def detect_images(
     ids = image_ids_for(images, gt=gt) if format == "coco-results" or gt is not None else None
     where = pick_device(device)
     model = load_detector(weights, device=where)
-    categories = resolve_vocabulary(vocab, categories=model.categories)
+    if vocab is not None and getattr(model, "teacher", None) is not None:  # ViLD: any names, embedded
+        from vvk.methods.vild.open_vocabulary import apply_vocabulary
+
+        categories = apply_vocabulary(model, os.fspath(vocab))
+    else:
+        categories = resolve_vocabulary(vocab, categories=model.categories)
     summary = {"images": len(images), "failed": 0, "detections": 0}
     started = time.monotonic()
     with results_file(out, format=format) if out is not None else _discard() as write:

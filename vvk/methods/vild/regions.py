@@ -53,7 +53,8 @@ def region_embeddings(teacher: Teacher, image: Tensor, boxes: Tensor, *, batch: 
     of the 1x and 1.5x crops, summed, renormalised."""
     if boxes.numel() == 0:
         return image.new_zeros((0, teacher.dim))
-    crops = crop_regions(image, boxes, teacher.image_size)  # (2, R, 3, S, S)
+    device = next(teacher.parameters()).device  # crops are cut where the teacher runs
+    crops = crop_regions(image.to(device), boxes.to(device), teacher.image_size)  # (2, R, 3, S, S)
     flat = crops.flatten(0, 1)  # (2R, 3, S, S)
     embedded = torch.cat([teacher.embed_images(flat[i : i + batch]) for i in range(0, len(flat), batch)])
     return F.normalize(embedded.view(len(CROP_SCALES), len(boxes), -1).sum(dim=0), dim=-1)  # (R, D)
@@ -203,8 +204,8 @@ def embed_regions(
             embedding = (
                 torch.zeros((0, teacher.dim)) if pixels is None else region_embeddings(teacher, pixels, boxes)
             )
-            tensors[f"boxes/{image_id}"] = boxes.contiguous()
-            tensors[f"embeddings/{image_id}"] = embedding.half().contiguous()
+            tensors[f"boxes/{image_id}"] = boxes.cpu().contiguous()
+            tensors[f"embeddings/{image_id}"] = embedding.half().cpu().contiguous()
             embedded, regions = embedded + 1, regions + len(boxes)
             if progress is not None:
                 progress(first + ids.index(image_id) + 1, len(images))
@@ -338,3 +339,24 @@ def detector_proposals(model, *, device: str | torch.device = "cpu") -> Proposal
         ].cpu()
 
     return boxes
+
+
+def proposals_from(spec: str | os.PathLike, *, device: str | torch.device = "cpu") -> Proposals:
+    """``--proposals``: a COCO results file (``.json``), or a trained two-stage detector (a
+    ``vvk train detector`` run folder or checkpoint of a Mask R-CNN or ViLD model) whose RPN
+    proposes."""
+    path = Path(spec)
+    if path.suffix.lower() == ".json":
+        if not path.is_file():
+            raise VvkError(f"proposals={spec}: no such file", params=("proposals",))
+        return file_proposals(path)
+    from vvk.methods.detection.train import detector_file
+    from vvk.models import load
+
+    model = load(detector_file(spec), tasks={"detection"})
+    if not hasattr(model, "rpn"):
+        raise VvkError(
+            f"proposals={spec}: a {type(model).__name__} has no RPN; give a Mask R-CNN or ViLD run",
+            params=("proposals",),
+        )
+    return detector_proposals(model, device=device)

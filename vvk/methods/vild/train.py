@@ -70,7 +70,7 @@ class ViLDPlan:
 
     def build_options(self) -> dict[str, Any]:
         return {"method": self.settings.method, "embedding_dim": self.teacher.dim,
-                "distill_weight": self.settings.distill_weight}  # fmt: skip
+                "distill_weight": self.settings.distill_weight, "teacher": self.settings.teacher}  # fmt: skip
 
     def dataset_options(self) -> dict[str, Any]:
         return {"exclude_categories": self.novel_ids, "regions": self.regions}

@@ -162,6 +162,7 @@ def vild(
     base: list[bool] | None = None,
     embedding_dim: int = CLIP_DIM,
     distill_weight: float = DISTILL_WEIGHT,
+    teacher: str | None = None,
     **mask_rcnn_options: Any,
 ) -> MaskRCNNDetector:
     """ViLD on the Mask R-CNN variant ``detector`` (a ``maskrcnn-*`` registry name).
@@ -172,6 +173,8 @@ def vild(
         base: (K,) True for the categories trained with boxes (None: all); the ensemble weighs
             its two heads by it.
         embedding_dim: the teacher's embedding width D.
+        teacher: the teacher whose text embeddings the classifier holds (``--teacher``), kept as
+            ``model.teacher`` so that a new vocabulary is embedded by the same one.
         mask_rcnn_options: the variant's options to change (``image_size``, ``anchor_size``, ...).
     """
     if method not in METHODS:
@@ -199,6 +202,7 @@ def vild(
         embeddings=torch.zeros(len(categories), embedding_dim), in_features=features
     )
     model.roi_heads.set_text_classifier(classifier, base_mask)
+    model.teacher = teacher
     return model
 
 
