@@ -343,9 +343,15 @@ class DetectorResult:
 
 def detection_step(model, batch: dict[str, Any]):
     """One training step: the detector's dict of (already weighted) losses, summed by the loop."""
+    import torch
+
     device = batch["images"].device
     images = list(batch["images"])  # (B, 3, S, S) -> B x (3, S, S), as detectors take them
-    targets = [{k: t[k].to(device) for k in ("boxes", "labels", "masks") if k in t} for t in batch["targets"]]
+    # every tensor of a target: boxes, labels, masks, and what a method adds (ViLD's regions)
+    targets = [
+        {key: value.to(device) for key, value in target.items() if isinstance(value, torch.Tensor)}
+        for target in batch["targets"]
+    ]
     return model(images, targets)
 
 
