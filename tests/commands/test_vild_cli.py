@@ -118,3 +118,25 @@ def test_vild_refuses_regions_of_other_images_or_teachers_and_distilling_without
         assert result.code == 1 and message in result.stderr, (extra, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_without_data_the_whole_pipeline_runs_on_the_built_in_example(cli, tmp_path, monkeypatch):
+    """Stand-in teacher trained, base-only proposal network trained, regions embedded, ViLD
+    trained and scored on base and novel digits: every stage real, each cut short."""
+    from vvk.methods.vild import demo, stand_in
+    from vvk.paths import cache_dir
+
+    monkeypatch.setattr(stand_in, "RECIPE", stand_in.StandInRecipe(steps=3, draws=1, batch_size=16))
+    monkeypatch.setattr(demo, "PROPOSAL_STEPS", 1)
+    monkeypatch.setattr(demo, "REGIONS_PER_IMAGE", 2)
+    run = tmp_path / "run"
+    result = cli("train", "detector", "--method", "vild", "--steps", "1", "--out", str(run), "--json",
+                 "--set", "eval_images=8", *FAST)  # fmt: skip
+    assert result.code == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["preset"]["vild"]["novel"] == "7,8,9" and record["preset"]["vild"]["teacher"] == "stand-in"
+    assert "loss_distill" in record["losses"] and "novel_bbox_AP50" in record["evaluation"]
+    manifests = [
+        json.loads(p.read_text()) for p in (cache_dir() / "vild").glob("demo-*/regions/regions.json")
+    ]
+    assert [m["max_regions"] for m in manifests if m["proposals"] == "built-in vild-text RPN"] == [2]

@@ -15,19 +15,21 @@ import logging
 import shutil
 from pathlib import Path
 
-from vvk.methods.vild.regions import RegionStore, detector_proposals, embed_regions
+from vvk.methods.vild.regions import MAX_REGIONS, RegionStore, detector_proposals, embed_regions
 from vvk.methods.vild.teacher import Teacher
 
 logger = logging.getLogger("vvk.vild")
 
 PROPOSAL_STEPS = 400  # the RPN's objectness and boxes are learned long before the classes are
+REGIONS_PER_IMAGE = MAX_REGIONS
 
 
 def demo_dir(teacher: Teacher, novel_spec: str) -> Path:
     from vvk.examples.digits_on_photos import DetectionExampleSpec
     from vvk.paths import cache_dir
 
-    key = hashlib.sha256(f"{teacher.name}|{novel_spec}|{PROPOSAL_STEPS}".encode()).hexdigest()[:10]
+    record = f"{teacher.name}|{novel_spec}|{PROPOSAL_STEPS}|{REGIONS_PER_IMAGE}"
+    key = hashlib.sha256(record.encode()).hexdigest()[:10]
     return cache_dir() / "vild" / f"demo-{DetectionExampleSpec().key()}-{key}"
 
 
@@ -47,9 +49,8 @@ def demo_regions(teacher: Teacher, *, teacher_spec: str, novel_spec: str) -> Reg
     proposer = _proposal_detector(root, teacher_spec, novel_spec)
     logger.info("vild: embedding the built-in example's proposals with the %s teacher (once)", teacher.name)
     train = open_coco(detection_example_dir() / "train")
-    embed_regions(
-        train, detector_proposals(proposer), teacher, regions, proposals_name="built-in vild-text RPN"
-    )
+    embed_regions(train, detector_proposals(proposer), teacher, regions,
+                  proposals_name="built-in vild-text RPN", max_regions=REGIONS_PER_IMAGE)  # fmt: skip
     return RegionStore(regions)
 
 

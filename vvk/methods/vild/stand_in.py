@@ -128,9 +128,14 @@ def train_stand_in_teacher(train: CocoDataset, recipe: StandInRecipe = StandInRe
     return teacher.eval().requires_grad_(False)
 
 
-def built_in_stand_in(recipe: StandInRecipe = StandInRecipe()) -> StandInTeacher:
-    """The stand-in teacher of the built-in example set: trained on its train split on first use
-    (about a minute on a CPU), cached under the example's and the recipe's keys."""
+RECIPE = StandInRecipe()  # the built-in stand-in's
+
+
+def built_in_stand_in(recipe: StandInRecipe | None = None) -> StandInTeacher:
+    """The stand-in teacher of the built-in example set (``RECIPE`` unless ``recipe`` is given):
+    trained on its train split on first use (about a minute on a CPU), cached under the
+    example's and the recipe's keys."""
+    recipe = recipe or RECIPE
     from vvk.data.detection import open_coco
     from vvk.examples.digits_on_photos import DetectionExampleSpec, detection_example_dir
     from vvk.paths import cache_dir
