@@ -11,9 +11,8 @@ from pathlib import Path
 
 import click
 import pytest
-from typer.main import get_command
 
-from vvk.cli import app
+from vvk.cli import _command
 
 README = Path(__file__).parents[1] / "README.md"
 SHARED = "../shared/data"
@@ -50,12 +49,16 @@ def test_the_readme_has_the_examples_this_test_runs():
     assert set(RUNNABLE) <= set(_examples())
 
 
+def _children(command: click.Command) -> dict[str, click.Command]:
+    return {**getattr(command, "commands", {}), **getattr(command, "subcommands", {})}
+
+
 @pytest.mark.parametrize("example", _examples())
 def test_every_example_names_a_command_and_its_options(example):
-    command: click.Command = get_command(app)
+    command: click.Command = _command()
     words = shlex.split(example)[1:]
-    while isinstance(command, click.Group) and words and words[0] in command.commands:
-        command, words = command.commands[words[0]], words[1:]
+    while words and words[0] in _children(command):  # groups' commands, `vvk detect`'s subcommands
+        command, words = _children(command)[words[0]], words[1:]
     assert not isinstance(command, click.Group), f"{example}: not a command"
     options = {name for param in command.params for name in param.opts + param.secondary_opts}
     used = {word.split("=")[0] for word in words if word.startswith("-") and word != "-"}
