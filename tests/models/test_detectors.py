@@ -391,6 +391,18 @@ def test_embedding_classifier_is_cosine_times_temperature_with_background_first(
     assert "embeddings" not in dict(clf.named_parameters())  # fixed, never trained
 
 
+def test_a_new_vocabulary_keeps_the_projection_and_background_and_is_normalised():
+    torch.manual_seed(0)
+    clf = EmbeddingClassifier(embeddings=torch.randn(5, 8), in_features=12)
+    project, background = clf.project.weight.clone(), clf.background.detach().clone()
+    clf.set_embeddings(3 * torch.eye(8)[:2])
+    assert torch.equal(clf.embeddings, torch.eye(8)[:2]) and clf.num_classes == 3
+    assert torch.equal(clf.project.weight, project) and torch.equal(clf.background, background)
+    assert background.std().item() == pytest.approx(0.01, rel=0.5)  # N(0, 0.01) as the reference's
+    with pytest.raises(ValueError, match=r"expected \(K, 8\), got \(2, 4\)"):
+        clf.set_embeddings(torch.randn(2, 4))
+
+
 def test_retinanet_with_a_text_embedding_classifier_over_a_new_vocabulary():
     model = build("retinanet-spinenet-tiny", categories=CATS3)
     vocab = [{"id": i, "name": f"word{i}"} for i in range(1, 6)]
