@@ -211,12 +211,12 @@ TINY: dict[str, Any] = dict(
 
 PRESETS: dict[str, dict[Family, DetectionPreset]] = {
     "tiny": {
-        # Batch 4 at 0.29 s/step on 2 cores: twice the updates of batch 8 in the same time; on the
-        # weakest seed, box AP50 0.53 at 2,000 steps against 0.44 for batch 8 at 1,350 (docs/results.md)
+        # Batch 4 at 0.29 s/step on 2 cores: twice the updates of batch 8 in the same time (on seed
+        # 2, box AP50 0.53 at step 2,000 against 0.44 for batch 8 at 1,350 steps; docs/results.md)
         "retinanet": DetectionPreset(
             model="retinanet-spinenet-mobile-tiny",
             **TINY,
-            train=tiny_train(steps=2000, batch_size=4, lr=6e-3, warmup_steps=200),
+            train=tiny_train(steps=2000, batch_size=4, warmup_steps=200),
         ),
         # 0.70 s/step at batch 8 on 2 cores (docs/benchmarks.md): 820 steps fit the ten minutes
         "maskrcnn": DetectionPreset(model="maskrcnn-spinenet-tiny", **TINY, train=tiny_train(steps=820)),
