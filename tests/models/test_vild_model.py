@@ -169,6 +169,14 @@ def test_a_new_vocabulary_detects_its_categories_and_survives_save_and_load(tmp_
     assert torch.equal(again["scores"], out["scores"]) and torch.equal(again["labels"], out["labels"])
 
 
+def test_distilling_without_regions_in_the_targets_is_an_error():
+    images, targets = _batch()
+    for t in targets:
+        del t["region_boxes"], t["region_embeddings"]
+    with pytest.raises(VvkError, match="vild distils region embeddings: targets need region_boxes"):
+        _model("vild").train()(images, targets)
+
+
 def test_bad_vocabularies_and_methods_are_errors():
     model = _model("vild")
     with pytest.raises(VvkError, match=r"embeddings \(2, 8\) for 3 categories"):

@@ -188,7 +188,7 @@ def tiny_train(**changes: Any) -> TrainConfig:
     far more steps at this size) at a high rate (with the demo's no-flip rule, 8e-3 doubled
     the box AP50 of 2e-3 at 1,500 steps: docs/results.md), a short warm-up then cosine, small
     batches at 256², one loader worker beside the training process on 2 cores. Each family
-    sets as many steps as fit ten minutes of a 2-core machine (benchmarks/detection_learning.py)."""
+    sets the steps that take about ten minutes on a 2-core machine (benchmarks/detection_learning.py)."""
     recipe: dict[str, Any] = dict(
         steps=1000, batch_size=8, lr=8e-3, optimizer="adamw", momentum=0.9, weight_decay=1e-4,
         warmup_steps=100, schedule="cosine", min_lr_ratio=0.05, grad_clip=10.0, checkpoint_every=500,
@@ -211,14 +211,14 @@ TINY: dict[str, Any] = dict(
 
 PRESETS: dict[str, dict[Family, DetectionPreset]] = {
     "tiny": {
-        # Batch 4 at 0.29 s/step on 2 cores: twice the updates of batch 8 in the same time (on seed
-        # 2, box AP50 0.53 at step 2,000 against 0.44 for batch 8 at 1,350 steps; docs/results.md)
+        # Batch 4 at 0.29–0.34 s/step on 2 cores: twice the updates of batch 8 in the same time (on
+        # seed 2, box AP50 0.53 at step 2,000 against 0.44 for batch 8 at 1,350; docs/results.md)
         "retinanet": DetectionPreset(
             model="retinanet-spinenet-mobile-tiny",
             **TINY,
             train=tiny_train(steps=2000, batch_size=4, warmup_steps=200),
         ),
-        # 0.70 s/step at batch 8 on 2 cores (docs/benchmarks.md): 820 steps fit the ten minutes
+        # 0.70–0.79 s/step at batch 8 on 2 cores (docs/benchmarks.md): 820 steps, about ten minutes
         "maskrcnn": DetectionPreset(model="maskrcnn-spinenet-tiny", **TINY, train=tiny_train(steps=820)),
         # the built-in example's stand-in teacher; the demo holds out its last three digits
         "vild": DetectionPreset(

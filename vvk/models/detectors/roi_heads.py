@@ -161,7 +161,9 @@ class ReferenceRoIHeads(RoIHeads):
         tiny boxes out, NMS per class, the best ``detections_per_img``) for any score, so that
         ViLD's ensemble can score boxes by more than one softmax."""
         num_categories = scores.shape[-1]
-        boxes = self.box_coder.decode(box_regression, proposals)  # (R, 1 | K+1, 4)
+        # (R, 1 | K+1, 4); reshaped here, as torchvision leaves it flat when there is no RoI
+        per_roi = box_regression.shape[-1] // 4
+        boxes = self.box_coder.decode(box_regression, proposals).reshape(len(box_regression), per_roi, 4)
         if self.class_agnostic_box:
             boxes = boxes.expand(-1, num_categories, -1)  # the one box serves every category
         elif boxes.shape[1] != num_categories + 1:

@@ -129,6 +129,9 @@ class ViLDRoIHeads(ReferenceRoIHeads):
                 embeddings = self._image_embeddings(pooled[is_region], box_features[is_region])
             else:
                 embeddings = self._image_embeddings(self.box_roi_pool(features, regions, image_shapes))
+            if not all("region_embeddings" in t for t in targets):
+                raise VvkError(f"{self.method} distils region embeddings: targets need region_boxes and "
+                               "region_embeddings")  # fmt: skip
             teacher = torch.cat([t["region_embeddings"] for t in targets]).to(embeddings)  # (M, D)
             # every region is valid: those a crop cut away left the targets with their embeddings
             valid = torch.ones(len(teacher), dtype=torch.bool, device=teacher.device)
