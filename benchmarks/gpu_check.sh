@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU test of vvk's kernels, the GPU kernel benchmarks, the pretraining throughput, the
-# training loop's overhead, detection inference and training steps, in about 7 minutes, with the
+# training loop's overhead, detection inference and training steps, ViLD's embedding throughput, in about 7 minutes, with the
 # results as JSON in $OUT (default benchmarks/results/gpu). For a lent GPU machine, after benchmarks/gpu_wheels.sh here (PyAV and
 # kornia, which its image lacks) and, for the loop's before/after figure, an export of the loop
 # to compare with (the machine has no git history; the folder travels as an untracked one):
@@ -10,7 +10,7 @@
 #     rm -r .loop_baseline
 #
 # A failing or timed-out step is recorded and the next steps still run. Steps and time limits
-# (their sum, 540 s, bounds the run):
+# (their sum, 585 s, bounds the run):
 #   deps     10 s  install the wheels in .whl/ (when present) into /tmp/site
 #   env      10 s  card, driver, torch / triton / nvcc versions
 #   build   120 s  the two CUDA extensions, compiled in parallel
@@ -26,6 +26,8 @@
 #   dtrain   60 s  benchmarks/detection_train_step.py --device cuda --dtype bf16: the paper
 #                  presets' training step (RetinaNet SpineNet-49 640² x16, Mask R-CNN R50-FPN
 #                  1024² x8) -> detection_train_step_paper_cuda_bf16.json
+#   vild     45 s  benchmarks/vild_embed_regions.py --device cuda: regions/s of ViLD's distillation
+#                  targets, CLIP ViT-B/32 and the stand-in teacher -> in gpu_check.json
 # Logs go to $OUT/logs/STEP.log, packed into $OUT/logs.tar.gz at the end (the device tool
 # brings back at most 8 files). Summary: $OUT/gpu_check.json (steps with exit codes and
 # seconds, the benchmark figures, the tail of every log). A failed build turns the cuda backend
@@ -83,6 +85,8 @@ LOOP_BASELINE=none
 step loop 60 "$PY" benchmarks/loop_overhead.py --device cuda --baseline "$LOOP_BASELINE" --rounds 2 --out "$OUT"
 step detect 60 "$PY" benchmarks/detection_inference.py --device cuda --dtype bf16 --batch-size 8 --out "$OUT"
 step dtrain 60 "$PY" benchmarks/detection_train_step.py --device cuda --dtype bf16 --out "$OUT"
+step vild 45 "$PY" benchmarks/vild_embed_regions.py --device cuda --images 8 --regions 300 \
+    --out "$OUT/vild_embed_regions_cuda.json"
 
 "$PY" - "$OUT" <<'EOF' || echo '{"error": "could not write the summary"}' >"$OUT/gpu_check.json"
 import json, os, sys
@@ -100,9 +104,12 @@ summary = {
 for key, name in (("benchmarks", "kernels_gpu.json"), ("pretrain_throughput", "pretrain_throughput.json"),
                   ("loop_overhead", "loop_overhead_gpu.json"),
                   ("detection_inference", "detection_inference_cuda_bf16.json"),
-                  ("detection_train_step", "detection_train_step_paper_cuda_bf16.json")):
+                  ("detection_train_step", "detection_train_step_paper_cuda_bf16.json"),
+                  ("vild_embed_regions", "vild_embed_regions_cuda.json")):
     if os.path.exists(os.path.join(out, name)):
         summary[key] = json.load(open(os.path.join(out, name)))
+if os.path.exists(os.path.join(out, "vild_embed_regions_cuda.json")):  # in the summary: 8 files at most
+    os.remove(os.path.join(out, "vild_embed_regions_cuda.json"))
 json.dump(summary, open(os.path.join(out, "gpu_check.json"), "w"), indent=2)
 os.remove(os.path.join(out, "steps.jsonl"))  # in the summary now; at most 8 files come back from $OUT
 print(json.dumps({"ok": summary["ok"], "steps": steps}, indent=2))
