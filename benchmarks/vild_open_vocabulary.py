@@ -68,13 +68,12 @@ def split_scores(detector: Path) -> dict:
     from vvk.data.detection import open_coco
     from vvk.examples.digits_on_photos import detection_example_dir
     from vvk.methods.detection.evaluate import predict_coco, score
-    from vvk.methods.vild.split import novel_categories
+    from vvk.methods.vild.split import base_and_novel, novel_categories
     from vvk.methods.vild.train import DEMO_NOVEL
     from vvk.models import load
 
     val = open_coco(detection_example_dir() / "val", what="val")
-    novel = novel_categories(DEMO_NOVEL, val.categories)
-    splits = {"novel": novel, "base": [c["id"] for c in val.categories if c["id"] not in novel]}
+    splits = base_and_novel(val.categories, novel_categories(DEMO_NOVEL, val.categories))
     results, done, _ = predict_coco(load(detector), val, batch_size=16)
     return score(val, results, done, masks=True, splits=splits)
 

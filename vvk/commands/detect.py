@@ -202,18 +202,15 @@ def embed_regions(
     EXAMPLES: vvk detect embed-regions --data coco/train --teacher clip-vit-b-32.openai \\
                   --proposals runs/base-rpn --out regions/
     """
-    import torch
-
     from vvk.data.detection import open_coco
+    from vvk.methods.detection.predict import pick_device
     from vvk.methods.vild.regions import embed_regions as embed
     from vvk.methods.vild.regions import proposals_from
     from vvk.methods.vild.teacher import load_teacher
 
     human = Output(json_output)
-    where = (
-        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-    )
-    with as_flags(**_FLAGS, teacher="--teacher", proposals="--proposals", data="--data", regions="--out"):
+    with as_flags(**_FLAGS, teacher="--teacher", proposals="--proposals", data="--data"):
+        where = pick_device(device)
         coco = open_coco(data, what="data")
         model = load_teacher(teacher, device=where)
         boxes = proposals_from(proposals, device=where)
@@ -223,7 +220,7 @@ def embed_regions(
     record = {"out": str(result.out), "images": result.images, "regions": result.regions,
               "skipped": result.skipped, "resumed_from": result.resumed_from,
               "seconds": round(result.seconds, 2), "images_per_s": round(result.images_per_second, 2),
-              "regions_per_s": round(result.regions_per_second, 1), "device": where}  # fmt: skip
+              "regions_per_s": round(result.regions_per_second, 1), "device": str(where)}  # fmt: skip
     if json_output:
         human.record(record)
         return

@@ -194,12 +194,10 @@ def detections(
         record = {"protocol": "detections", "gt": gt, "dt": dt, **scores.as_dict()}
         metrics = list(scores.stats)
         if novel is not None:
-            from vvk.methods.vild.split import novel_categories
+            from vvk.methods.vild.split import base_and_novel, novel_categories
 
             categories = [truth.api.cats[i] for i in sorted(truth.category_ids)]
-            novel_ids = novel_categories(novel, categories)
-            splits = {"base": [c["id"] for c in categories if c["id"] not in novel_ids], "novel": novel_ids}
-            for split, ids in splits.items():
+            for split, ids in base_and_novel(categories, novel_categories(novel, categories)).items():
                 part = evaluate_detections(
                     truth, results, iou_type=iou_type, results_name=name, category_ids=ids
                 )

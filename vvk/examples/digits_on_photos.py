@@ -112,9 +112,14 @@ class DetectionExampleSpec:
         return max(1, round(self.train_images * self.low_data_fraction))
 
 
+def detection_example_path(spec: DetectionExampleSpec = DetectionExampleSpec()) -> Path:
+    """Where the example set of ``spec`` lives in the cache, made or not."""
+    return cache_dir() / "examples" / f"{NAME}-{spec.key()}"
+
+
 def detection_example_dir(spec: DetectionExampleSpec = DetectionExampleSpec()) -> Path:
     """The root holding ``train/``, ``train10/`` and ``val/`` for ``spec``, generated on first use."""
-    dest = cache_dir() / "examples" / f"{NAME}-{spec.key()}"
+    dest = detection_example_path(spec)
     if not (dest / "manifest.json").is_file():
         generate_detection_example(dest, spec)
     return dest

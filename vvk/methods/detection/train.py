@@ -223,10 +223,11 @@ def plan_detector(
 
 
 def _is_demo(source: Path) -> bool:
-    """Whether ``source`` is the built-in example's train split (a resumed demo)."""
-    from vvk.examples.digits_on_photos import detection_example_dir
+    """Whether ``source`` is the built-in example's train split (a resumed demo); nothing is
+    generated to find out."""
+    from vvk.examples.digits_on_photos import detection_example_path
 
-    return source == detection_example_dir() / "train"
+    return source == detection_example_path() / "train"
 
 
 def _recorded_preset(record: dict[str, Any], preset: str | None, run_dir: Path) -> str:

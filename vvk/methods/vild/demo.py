@@ -15,6 +15,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from vvk.errors import VvkError
 from vvk.methods.vild.regions import MAX_REGIONS, RegionStore, detector_proposals, embed_regions
 from vvk.methods.vild.teacher import Teacher
 
@@ -44,7 +45,7 @@ def demo_regions(teacher: Teacher, *, teacher_spec: str, novel_spec: str) -> Reg
     if (regions / "regions.json").is_file():
         try:
             return RegionStore(regions)
-        except Exception:  # incomplete: continue it below
+        except VvkError:  # incomplete: continued below
             pass
     proposer = _proposal_detector(root, teacher_spec, novel_spec)
     logger.info("vild: embedding the built-in example's proposals with the %s teacher (once)", teacher.name)

@@ -23,10 +23,11 @@ images and by the teacher the run asks for.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ from vvk.data.coco import CocoDataset
 from vvk.errors import VvkError
 from vvk.methods.vild.crops import CROP_SCALES, crop_regions
 from vvk.methods.vild.teacher import Teacher
+
+logger = logging.getLogger("vvk.vild")
 
 MANIFEST = "regions.json"
 FORMAT = 1
@@ -89,14 +92,7 @@ class RegionSettings:
     shard_images: int = SHARD_IMAGES
 
     def record(self) -> dict[str, Any]:
-        return {
-            "teacher": self.teacher,
-            "dim": self.dim,
-            "proposals": self.proposals,
-            "max_regions": self.max_regions,
-            "scales": list(self.scales),
-            "shard_images": self.shard_images,
-        }
+        return {**asdict(self), "scales": list(self.scales)}  # as JSON reads it back
 
 
 @dataclass(frozen=True)
@@ -171,44 +167,38 @@ def embed_regions(
         proposals_name: where the proposals come from, recorded (a run folder or a file).
         progress: called with (images done, images in all) after each image.
     """
-    from vvk.data.detection import BadImage, read_image
+    from vvk.data.detection import DetectionImages
 
     out = Path(out)
-    settings = RegionSettings(
-        teacher=teacher.name,
-        dim=teacher.dim,
-        proposals=proposals_name,
-        max_regions=max_regions,
-        shard_images=shard_images,
-    )
+    settings = RegionSettings(teacher=teacher.name, dim=teacher.dim, proposals=proposals_name,
+                              max_regions=max_regions, shard_images=shard_images)  # fmt: skip
     images = _images_record(coco)
     manifest = _start(out, settings, images)
     out.mkdir(parents=True, exist_ok=True)
     done = sum(len(shard["image_ids"]) for shard in manifest["shards"])
     started, embedded, regions, skipped = time.monotonic(), 0, 0, 0
+    readable = DetectionImages(coco)  # the dataset's order, as ``images``
     teacher.eval()
     for first in range(done, len(images), shard_images):
         tensors: dict[str, Tensor] = {}
         ids = [row[0] for row in images[first : first + shard_images]]
-        for image_id in ids:
-            try:
-                pixels = (
-                    torch.from_numpy(read_image(coco, coco.images[image_id])).permute(2, 0, 1).float() / 255
+        for position in range(first, first + len(ids)):
+            pixels, info = readable[position]  # (3, H, W) in 0..1, or None: recorded with no region
+            for record in info["skipped"]:
+                logger.warning(
+                    "%s: %s; no regions for it", record["path"], record["detail"] or record["problem"]
                 )
-            except BadImage:
+            if pixels is None:
                 skipped += 1
-                pixels = None
-            boxes = (
-                torch.zeros((0, 4)) if pixels is None else proposals(image_id, pixels)[:max_regions].float()
-            )
-            embedding = (
-                torch.zeros((0, teacher.dim)) if pixels is None else region_embeddings(teacher, pixels, boxes)
-            )
-            tensors[f"boxes/{image_id}"] = boxes.cpu().contiguous()
-            tensors[f"embeddings/{image_id}"] = embedding.half().cpu().contiguous()
+                boxes, embedding = torch.zeros((0, 4)), torch.zeros((0, teacher.dim))
+            else:
+                boxes = proposals(info["image_id"], pixels)[:max_regions].float()
+                embedding = region_embeddings(teacher, pixels, boxes)
+            tensors[f"boxes/{info['image_id']}"] = boxes.cpu().contiguous()
+            tensors[f"embeddings/{info['image_id']}"] = embedding.half().cpu().contiguous()
             embedded, regions = embedded + 1, regions + len(boxes)
             if progress is not None:
-                progress(first + ids.index(image_id) + 1, len(images))
+                progress(position + 1, len(images))
         _write_shard(out, len(manifest["shards"]), tensors)
         manifest["shards"].append({"file": _shard_name(len(manifest["shards"])), "image_ids": ids})
         manifest["complete"] = first + len(ids) == len(images)

@@ -69,3 +69,11 @@ def novel_categories(spec: str, categories: Sequence[dict[str, Any]]) -> list[in
         raise VvkError(f"novel={spec}: every category would be novel; nothing is left to train on",
                        params=("novel",))  # fmt: skip
     return ids
+
+
+def base_and_novel(categories: Sequence[dict[str, Any]], novel_ids: Sequence[int]) -> dict[str, list[int]]:
+    """The category ids to score apart: ``{"base": [...], "novel": [...]}`` ({} when none is
+    novel: the whole vocabulary is the only split)."""
+    if not novel_ids:
+        return {}
+    return {"base": [int(c["id"]) for c in categories if c["id"] not in novel_ids], "novel": list(novel_ids)}

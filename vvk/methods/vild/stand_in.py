@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from torch import Tensor
 
 from vvk.data.coco import CocoDataset
 from vvk.methods.vild.crops import CROP_SCALES, crop_regions
+from vvk.methods.vild.regions import region_embeddings
 from vvk.methods.vild.teacher import StandInTeacher, load_stand_in, save_stand_in
 
 logger = logging.getLogger("vvk.vild")
@@ -46,30 +48,22 @@ class StandInRecipe:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
 
 
-def object_boxes(coco: CocoDataset) -> tuple[list[int], list[Tensor], list[Tensor]]:
-    """Per image with objects: its id, its (N, 4) XYXY boxes and (N,) labels in 0..K-1 (the
-    categories' file order)."""
+def labelled_images(coco: CocoDataset) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Each readable image with objects: its (3, H, W) pixels in 0..1, (N, 4) XYXY boxes and (N,)
+    labels in 0..K-1 (the categories' file order)."""
     from vvk.augment.jitter import source_box
+    from vvk.data.detection import DetectionImages
 
     index = {c["id"]: k for k, c in enumerate(coco.categories)}
-    ids, boxes, labels = [], [], []
-    for image_id, image in coco.images.items():
-        objects = [a for a in coco.annotations.get(image_id, ()) if not a.iscrowd]
-        if objects:
-            ids.append(image_id)
-            boxes.append(
-                torch.tensor([source_box(a.segmentation, image.height, image.width) for a in objects])
-            )
-            labels.append(torch.tensor([index[a.category_id] for a in objects]))
-    return ids, boxes, labels
-
-
-def _image(coco: CocoDataset, image_id: int) -> Tensor:
-    from vvk.data.detection import read_image
-
-    return (
-        torch.from_numpy(read_image(coco, coco.images[image_id])).permute(2, 0, 1).float() / 255
-    )  # (3, H, W)
+    images = DetectionImages(coco)
+    for position in range(len(images)):
+        pixels, info = images[position]
+        image = coco.images[info["image_id"]]
+        objects = [a for a in coco.annotations.get(image.id, ()) if not a.iscrowd]
+        if pixels is None or not objects:
+            continue
+        boxes = [source_box(a.segmentation, image.height, image.width) for a in objects]
+        yield pixels, torch.tensor(boxes), torch.tensor([index[a.category_id] for a in objects])
 
 
 def training_crops(coco: CocoDataset, recipe: StandInRecipe) -> tuple[Tensor, Tensor]:
@@ -77,8 +71,7 @@ def training_crops(coco: CocoDataset, recipe: StandInRecipe) -> tuple[Tensor, Te
     their (M,) labels."""
     rng = np.random.default_rng(recipe.seed)
     crops, labels = [], []
-    for image_id, boxes, objects in zip(*object_boxes(coco), strict=True):
-        image = _image(coco, image_id)
+    for image, boxes, objects in labelled_images(coco):
         for _ in range(recipe.draws):
             size = boxes[:, 2:] - boxes[:, :2]  # (N, 2)
             shift = torch.from_numpy(rng.uniform(-0.1, 0.1, size.shape)).float() * size
@@ -95,11 +88,8 @@ def region_accuracy(teacher: StandInTeacher, coco: CocoDataset) -> float:
     embedded as ViLD embeds a proposal (1x and 1.5x crops summed, renormalised)."""
     classes = teacher.embed_vocabulary([[c["name"]] for c in coco.categories])  # (K, D)
     correct = total = 0
-    for image_id, boxes, labels in zip(*object_boxes(coco), strict=True):
-        crops = crop_regions(_image(coco, image_id), boxes, teacher.image_size)  # (2, N, 3, S, S)
-        embeddings = F.normalize(
-            teacher.embed_images(crops.flatten(0, 1)).view(*crops.shape[:2], -1).sum(0), dim=-1
-        )
+    for image, boxes, labels in labelled_images(coco):
+        embeddings = region_embeddings(teacher, image, boxes)  # (N, D)
         correct += int(((embeddings @ classes.t()).argmax(dim=1) == labels).sum())
         total += len(labels)
     return correct / max(total, 1)

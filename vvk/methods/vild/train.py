@@ -29,7 +29,7 @@ from vvk.data.coco import CocoDataset
 from vvk.errors import VvkError
 from vvk.methods.detection.preset import ViLDSettings
 from vvk.methods.vild.regions import RegionStore
-from vvk.methods.vild.split import novel_categories
+from vvk.methods.vild.split import base_and_novel, novel_categories
 from vvk.methods.vild.teacher import Teacher, load_teacher
 from vvk.methods.vild.vocabulary import category_synonyms, vocabulary_embeddings
 
@@ -64,9 +64,7 @@ class ViLDPlan:
 
     def splits(self) -> dict[str, list[int]]:
         """Category ids to score apart: ``base`` and ``novel`` (when the split has novel ones)."""
-        novel = list(self.novel_ids)
-        base = [c["id"] for c in self.base_categories]
-        return {"base": base, "novel": novel} if novel else {}
+        return base_and_novel(self.categories, self.novel_ids)
 
     def build_options(self) -> dict[str, Any]:
         return {"method": self.settings.method, "embedding_dim": self.teacher.dim,
