@@ -45,6 +45,23 @@ def test_crops_come_at_every_scale_and_none_for_no_boxes():
     assert crop_regions(image, torch.zeros(0, 4), size=4).shape == (2, 0, 3, 4, 4)
 
 
+def test_background_crops_stay_clear_of_the_objects_and_inside_the_image():
+    import numpy as np
+    from torchvision.ops import box_iou
+
+    from vvk.methods.vild.stand_in import MAX_BACKGROUND_IOU, background_boxes
+
+    objects = torch.tensor([[20.0, 20.0, 60.0, 60.0], [100.0, 30.0, 120.0, 90.0]])  # sides 20..60
+    drawn = background_boxes(objects, 128, 160, 50, np.random.default_rng(0))
+    sides = drawn[:, 2:] - drawn[:, :2]
+    assert len(drawn) == 50
+    assert box_iou(drawn, objects).max() < MAX_BACKGROUND_IOU
+    assert (drawn[:, :2] >= 0).all() and (drawn[:, 2] <= 160).all() and (drawn[:, 3] <= 128).all()
+    assert sides.min() >= 20 and sides.max() <= 120
+    # an image that is all object has no background to give
+    assert len(background_boxes(torch.tensor([[0.0, 0.0, 64.0, 64.0]]), 64, 64, 5, np.random.default_rng(0))) == 0
+
+
 def _stand_in(**kw) -> StandInTeacher:
     torch.manual_seed(0)
     return StandInTeacher(["Zero", "one", "two"], dim=8, image_size=16, width=4, **kw).eval()

@@ -468,6 +468,21 @@ def test_feature_modulation_sees_the_features_before_the_heads(name):
     assert silenced != plain and losses() == pytest.approx(plain)
 
 
+def test_backbone_runs_channels_last_with_the_contiguous_features():
+    model = build("retinanet-spinenet-mobile-tiny", categories=CATS3).eval()
+    layouts = []
+    model.backbone.body.register_forward_pre_hook(
+        lambda _, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    x = torch.randn(2, 3, 128, 128)  # (B, 3, H, W), contiguous
+    with torch.no_grad():
+        fast = model.backbone(x)
+        plain = model.backbone.body(x)  # the body alone keeps the caller's layout
+    assert layouts == [True, False]
+    for level, features in fast.items():
+        torch.testing.assert_close(features, plain[level], rtol=1e-4, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------
 # Checkpoints and initialisation
 

@@ -211,15 +211,16 @@ TINY: dict[str, Any] = dict(
 
 PRESETS: dict[str, dict[Family, DetectionPreset]] = {
     "tiny": {
-        # Batch 4 at 0.31–0.34 s/step on 2 cores: twice the updates of batch 8 in the same time (on
-        # seed 2, box AP50 0.53 at step 2,000 against 0.44 for batch 8 at 1,350; docs/results.md)
+        # Batch 4: twice the updates of batch 8 in the same time (on seed 2, box AP50 0.53 at step
+        # 2,000 against 0.44 for batch 8 at 1,350; docs/results.md). About 0.18 s/step on the
+        # 2-core AMD EPYC of docs/benchmarks.md: 3,000 steps, about ten minutes
         "retinanet": DetectionPreset(
             model="retinanet-spinenet-mobile-tiny",
             **TINY,
-            train=tiny_train(steps=2000, batch_size=4, warmup_steps=200),
+            train=tiny_train(steps=3000, batch_size=4, warmup_steps=200),
         ),
-        # 0.73–0.79 s/step at batch 8 on 2 cores (docs/benchmarks.md): 820 steps, about ten minutes
-        "maskrcnn": DetectionPreset(model="maskrcnn-spinenet-tiny", **TINY, train=tiny_train(steps=820)),
+        # batch 8, about 0.5 s/step on the same machine: 1,100 steps
+        "maskrcnn": DetectionPreset(model="maskrcnn-spinenet-tiny", **TINY, train=tiny_train(steps=1100)),
         # the built-in example's stand-in teacher; the demo holds out its last three digits
         "vild": DetectionPreset(
             model="vild-spinenet-tiny",

@@ -2,10 +2,15 @@
 
 The teacher sees crops of every object of the example's train split, all 10 categories, each
 crop drawn at a random enlargement in [1, 1.5] of its box (the range ViLD's 1x and 1.5x crops
-span) and shifted by up to a tenth of its size, and learns CLIP's image-to-class objective:
-softmax cross-entropy of the scaled cosines between a crop's embedding and the K rows of the
-class table. It is scored on the val split's objects, embedded as ViLD embeds proposals (1x and
-1.5x crops summed). ``built_in_stand_in()`` trains it once and caches it.
+span) and shifted by up to a tenth of its size, and crops of the photographs around them, which
+it learns as one more class, ``background``. CLIP knows what a patch of sky or wall is, and it
+is not a digit; a teacher that knew only digits would embed the many background proposals ViLD
+distils next to some digit's row, and teach the detector to find that digit everywhere. The
+objective is CLIP's image-to-class one: softmax cross-entropy of the scaled cosines between a
+crop's embedding and the K + 1 rows of the class table. It is scored on the val split's objects
+(top-1 over the K categories) and background crops (closer to ``background`` than to every
+category), embedded as ViLD embeds proposals (1x and 1.5x crops summed). ``built_in_stand_in()``
+trains it once and caches it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from torchvision.ops import box_iou
 
 from vvk.data.coco import CocoDataset
 from vvk.methods.vild.crops import CROP_SCALES, crop_regions
@@ -38,6 +45,7 @@ class StandInRecipe:
     image_size: int = 32
     width: int = 32
     draws: int = 4  # random crops per training object
+    background_draws: int = 8  # background crops per training image
     steps: int = 600
     batch_size: int = 256
     lr: float = 3e-3
@@ -66,12 +74,34 @@ def labelled_images(coco: CocoDataset) -> Iterator[tuple[Tensor, Tensor, Tensor]
         yield pixels, torch.tensor(boxes), torch.tensor([index[a.category_id] for a in objects])
 
 
+BACKGROUND = "background"  # the table's last row: what the background crops learn
+MAX_BACKGROUND_IOU = 0.3  # a crop overlapping an object less than this is background
+
+
+def background_boxes(boxes: Tensor, height: int, width: int, count: int, rng: np.random.Generator) -> Tensor:
+    """Up to ``count`` (C, 4) XYXY boxes of the image that overlap none of its (N, 4) object
+    ``boxes`` by ``MAX_BACKGROUND_IOU`` or more, their sides drawn from the objects' range (1x to
+    2x), as an RPN's background proposals would be."""
+    sides = (boxes[:, 2:] - boxes[:, :2]).flatten()  # (2N,)
+    low, high = float(sides.min()), 2 * float(sides.max())
+    tries = 8 * count  # candidates drawn at once; the ones on an object are dropped
+    size = torch.from_numpy(rng.uniform(low, min(high, height, width), (tries, 2))).float()  # (T, 2)
+    corner = torch.from_numpy(rng.uniform(0, 1, (tries, 2))).float() * (torch.tensor([width, height]) - size)
+    drawn = torch.cat([corner, corner + size], dim=1)  # (T, 4)
+    clear = box_iou(drawn, boxes.float()).amax(dim=1) < MAX_BACKGROUND_IOU  # (T,)
+    return drawn[clear][:count]
+
+
 def training_crops(coco: CocoDataset, recipe: StandInRecipe) -> tuple[Tensor, Tensor]:
     """(M, 3, S, S) randomly enlarged and shifted crops of every object, ``draws`` each, and
-    their (M,) labels."""
+    ``background_draws`` background crops per image; their (M,) labels, K for background."""
     rng = np.random.default_rng(recipe.seed)
     crops, labels = [], []
+    background = len(coco.categories)
     for image, boxes, objects in labelled_images(coco):
+        drawn = background_boxes(boxes, *image.shape[1:], recipe.background_draws, rng)
+        crops.append(crop_regions(image, drawn, recipe.image_size, scales=(1.0,))[0])
+        labels.append(torch.full((len(drawn),), background))
         for _ in range(recipe.draws):
             size = boxes[:, 2:] - boxes[:, :2]  # (N, 2)
             shift = torch.from_numpy(rng.uniform(-0.1, 0.1, size.shape)).float() * size
@@ -83,16 +113,25 @@ def training_crops(coco: CocoDataset, recipe: StandInRecipe) -> tuple[Tensor, Te
     return torch.cat(crops), torch.cat(labels)
 
 
-def region_accuracy(teacher: StandInTeacher, coco: CocoDataset) -> float:
-    """Top-1 accuracy of the teacher's zero-shot classification of ``coco``'s objects, each
-    embedded as ViLD embeds a proposal (1x and 1.5x crops summed, renormalised)."""
-    classes = teacher.embed_vocabulary([[c["name"]] for c in coco.categories])  # (K, D)
-    correct = total = 0
+def region_accuracy(teacher: StandInTeacher, coco: CocoDataset, *, seed: int = 0) -> dict[str, float]:
+    """How well the teacher tells ``coco``'s objects and background apart, each region embedded
+    as ViLD embeds a proposal (1x and 1.5x crops summed, renormalised): ``objects``, the top-1
+    accuracy of its zero-shot classification over the K categories; ``background``, the share of
+    background crops (:func:`background_boxes`, 8 per image) closer to its ``background`` row
+    than to every category's."""
+    names = [[c["name"]] for c in coco.categories]
+    classes = teacher.embed_vocabulary(names)  # (K, D)
+    rows = teacher.embed_vocabulary([*names, [BACKGROUND]])  # (K + 1, D)
+    rng = np.random.default_rng(seed)
+    correct, total, rejected, drawn = 0, 0, 0, 0
     for image, boxes, labels in labelled_images(coco):
         embeddings = region_embeddings(teacher, image, boxes)  # (N, D)
         correct += int(((embeddings @ classes.t()).argmax(dim=1) == labels).sum())
         total += len(labels)
-    return correct / max(total, 1)
+        background = region_embeddings(teacher, image, background_boxes(boxes, *image.shape[1:], 8, rng))
+        rejected += int(((background @ rows.t()).argmax(dim=1) == len(names)).sum())
+        drawn += len(background)
+    return {"objects": correct / max(total, 1), "background": rejected / max(drawn, 1)}
 
 
 def train_stand_in_teacher(train: CocoDataset, recipe: StandInRecipe = StandInRecipe()) -> StandInTeacher:
@@ -101,7 +140,7 @@ def train_stand_in_teacher(train: CocoDataset, recipe: StandInRecipe = StandInRe
     torch.manual_seed(recipe.seed)
     crops, labels = training_crops(train, recipe)
     teacher = StandInTeacher(
-        [c["name"] for c in train.categories],
+        [*(c["name"] for c in train.categories), BACKGROUND],
         dim=recipe.dim,
         image_size=recipe.image_size,
         width=recipe.width,
@@ -137,5 +176,7 @@ def built_in_stand_in(recipe: StandInRecipe | None = None) -> StandInTeacher:
     logger.info("vild: training the stand-in teacher on the built-in example set (once)")
     teacher = train_stand_in_teacher(open_coco(root / "train"), recipe)
     accuracy = region_accuracy(teacher, open_coco(root / "val", what="val"))
-    save_stand_in(teacher, Path(path), metadata={"recipe": asdict(recipe), "val_region_accuracy": accuracy})
+    metadata = {"recipe": asdict(recipe), "val_region_accuracy": accuracy["objects"],
+                "val_background_accuracy": accuracy["background"]}  # fmt: skip
+    save_stand_in(teacher, Path(path), metadata=metadata)
     return load_stand_in(path)
