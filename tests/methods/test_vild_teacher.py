@@ -59,7 +59,8 @@ def test_background_crops_stay_clear_of_the_objects_and_inside_the_image():
     assert (drawn[:, :2] >= 0).all() and (drawn[:, 2] <= 160).all() and (drawn[:, 3] <= 128).all()
     assert sides.min() >= 20 and sides.max() <= 120
     # an image that is all object has no background to give
-    assert len(background_boxes(torch.tensor([[0.0, 0.0, 64.0, 64.0]]), 64, 64, 5, np.random.default_rng(0))) == 0
+    whole = torch.tensor([[0.0, 0.0, 64.0, 64.0]])
+    assert len(background_boxes(whole, 64, 64, 5, np.random.default_rng(0))) == 0
 
 
 def _stand_in(**kw) -> StandInTeacher:

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
 from torchvision.ops import box_iou
 
 from vvk.data.coco import CocoDataset
