@@ -57,6 +57,34 @@ def test_each_method_trains_its_losses(method, classifier, distill):
     assert all(torch.isfinite(v) for v in losses.values())
 
 
+def test_absent_novel_categories_stay_in_the_class_softmax_as_zero_logits():
+    # the reference's mask_rare: rare logits x 0, softmax over all 1 + K + A columns
+    model = _model("vild-text")
+    set_vocabulary(model, torch.randn(3, DIM), categories=CATS, absent=2)
+    heads = model.roi_heads
+    heads.classifier.temperature = 1.0  # logits in [-1, 1]: the zeros' share is not negligible
+    features = torch.randn(4, heads.box_predictor.cls_score.project.in_features)
+    labels, targets = [torch.tensor([0, 1, 3, 2])], [torch.zeros(4, 4)]
+    logits = heads.box_predictor(features)[0]  # (4, 1 + 3)
+    by_hand = (
+        sum(
+            -logits[r, y] + torch.log(logits[r].exp().sum() + 2 * torch.exp(torch.tensor(0.0)))
+            for r, y in enumerate(labels[0])
+        )
+        / 4
+    )
+    loss = heads.box_losses(features, labels, targets)["loss_classifier"]
+    assert torch.allclose(loss, by_hand, atol=1e-5)
+    assert loss > F.cross_entropy(logits, labels[0]) + 0.1  # the zeros take probability from the rest
+    # the classifier's offset is frozen at 0, as the reference's whole class-predict layer
+    assert not heads.classifier.bias.requires_grad and heads.classifier.bias == 0
+    set_vocabulary(model, torch.randn(5, DIM), categories=[*CATS, *CATS_NOVEL])  # evaluation: none absent
+    assert heads.absent_categories == 0
+
+
+CATS_NOVEL = [{"id": i, "name": f"c{i}"} for i in (4, 5)]
+
+
 def _embeddings_of(model, images, targets, head, project):
     """The region embeddings the distillation compares, recomputed from the model's parts."""
     image_list, targets = model.transform(images, model.prepare_targets(targets, masks=True))

@@ -74,10 +74,13 @@ class ViLDPlan:
         return {"exclude_categories": self.novel_ids, "regions": self.regions}
 
     def train_vocabulary(self, model: nn.Module) -> None:
-        """The training classes: the base categories' embeddings."""
+        """The training classes: the base categories' embeddings; the novel ones absent."""
         from vvk.models.detectors.vild import set_vocabulary
 
-        set_vocabulary(model, self.embeddings[self.base_mask], categories=self.base_categories)
+        base = self.base_mask
+        set_vocabulary(
+            model, self.embeddings[base], categories=self.base_categories, absent=int((~base).sum())
+        )
 
     def full_vocabulary(self, model: nn.Module) -> None:
         """Every category, the novel ones marked (what evaluation and the exported model use)."""

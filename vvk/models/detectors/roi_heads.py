@@ -136,12 +136,16 @@ class ReferenceRoIHeads(RoIHeads):
         """``loss_classifier`` and ``loss_box_reg`` of the sampled RoIs' (R, F) box features."""
         class_logits, box_regression = (t.float() for t in self.box_predictor(box_features))
         loss_classifier, loss_box_reg = fast_rcnn_losses(
-            class_logits=class_logits,
+            class_logits=self.training_logits(class_logits),
             box_regression=box_regression,
             labels=torch.cat(labels),
             regression_targets=torch.cat(regression_targets),
         )
         return {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+
+    def training_logits(self, class_logits: Tensor) -> Tensor:
+        """The (R, C') logits the class loss sees, from the (R, C) of the predictor: the same."""
+        return class_logits
 
     def category_scores(self, class_logits: Tensor, *, pooled: Tensor, box_features: Tensor) -> Tensor:
         """(R, K) scores of the categories from the RoIs' (R, K+1) logits (and, for heads that

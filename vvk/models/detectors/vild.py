@@ -7,7 +7,8 @@ As tensorflow/tpu: models/official/detection/projects/vild does it (``modeling/v
 - the box head's features are projected to the teacher's width and normalised: the *region
   embedding*; the classifier is an :class:`~vvk.models.detectors.classifiers.EmbeddingClassifier`
   (cosines with the frozen text embeddings and a learned background, x 100);
-- ``vild-text``: softmax cross-entropy over background + the training categories;
+- ``vild-text``: softmax cross-entropy over background + the training categories, with a logit
+  of 0 for each novel category left out of them (the reference's ``mask_rare``);
 - ``vild-image``: no classification loss; the embeddings of the teacher's proposals are pulled to
   the teacher's (:func:`~vvk.models.detectors.vild_scoring.distillation_loss`, x
   ``distill_weight``);
@@ -76,6 +77,7 @@ class ViLDRoIHeads(ReferenceRoIHeads):
         if not (self.class_agnostic_box and self.class_agnostic_mask):
             raise ValueError("ViLD's boxes and masks are class-agnostic: class_agnostic_box/_mask=True")
         self.method, self.distill_weight = method, distill_weight
+        self.absent_categories = 0  # set_vocabulary's ``absent``: see training_logits
         self.image_head: nn.Module | None = None
         self.image_project: nn.Module | None = None
         self.register_buffer("base", torch.ones(0, dtype=torch.bool))  # (K,) set with the classifier
@@ -92,6 +94,14 @@ class ViLDRoIHeads(ReferenceRoIHeads):
         if self.method == "vild-ensemble" and self.image_head is None:
             self.image_head = fresh_copy(self.box_head)
             self.image_project = fresh_copy(classifier.project)
+
+    def training_logits(self, class_logits: Tensor) -> Tensor:
+        """(R, 1 + K) -> (R, 1 + K + A): the ``absent_categories`` A (the novel ones, left out of
+        the training vocabulary) stay in the softmax with logit 0, as the reference's
+        ``mask_rare`` multiplies their logits by 0 (``modeling/vild_losses.py``,
+        ``FastrcnnClassLoss``): the background and base logits must rise above 0, not only above
+        each other. Labels never point at them; the columns' order does not change the loss."""
+        return F.pad(class_logits, (0, self.absent_categories))
 
     @property
     def distills(self) -> bool:
@@ -204,6 +214,9 @@ def vild(
     classifier = EmbeddingClassifier(
         embeddings=torch.zeros(len(categories), embedding_dim), in_features=features
     )
+    # the reference's class-predict layer is frozen whole (train.frozen_variable_prefix), its bias
+    # at 0; a learned offset would lift every trained logit above the absent categories' zeros
+    classifier.bias.requires_grad_(False)
     model.roi_heads.set_text_classifier(classifier, base_mask)
     model.teacher = teacher
     return model
@@ -215,10 +228,12 @@ def set_vocabulary(
     *,
     categories: list[dict[str, Any]],
     base: Tensor | None = None,
+    absent: int = 0,
 ) -> None:
     """Give a ViLD ``model`` the (K, D) text embeddings of ``categories`` and their (K,) ``base``
     mask (None: all base), keeping its projection and background; the recorded architecture
-    follows, so that a saved checkpoint rebuilds with this vocabulary."""
+    follows, so that a saved checkpoint rebuilds with this vocabulary. ``absent``: how many
+    categories of the data this (training) vocabulary leaves out (``ViLDRoIHeads.training_logits``)."""
     heads = model.roi_heads
     if not isinstance(heads, ViLDRoIHeads):
         raise VvkError("set_vocabulary: not a ViLD model (vvk models list 'vild-*')")
@@ -232,6 +247,7 @@ def set_vocabulary(
     base = torch.ones(len(categories), dtype=torch.bool, device="cpu") if base is None else base.bool().cpu()
     classifier.set_embeddings(embeddings)
     heads.set_text_classifier(classifier, base)
+    heads.absent_categories = absent
     model.categories = categories
     arch = getattr(model, ARCH_ATTR, None)
     if arch is not None:
