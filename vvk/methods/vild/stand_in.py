@@ -6,8 +6,10 @@ span) and shifted by up to a tenth of its size, and crops of the photographs aro
 it learns as one more class, ``background``. CLIP knows what a patch of sky or wall is, and it
 is not a digit; a teacher that knew only digits would embed the many background proposals ViLD
 distils next to some digit's row, and teach the detector to find that digit everywhere. The
-objective is CLIP's image-to-class one: softmax cross-entropy of the scaled cosines between a
-crop's embedding and the K + 1 rows of the class table. It is scored on the val split's objects
+objective is CLIP's image-to-class one: softmax cross-entropy of the cosines between a crop's
+embedding and the K + 1 rows of the class table, times CLIP's trained scale, 100 (the one ViLD's
+classifier copies: a teacher that settled at a softer scale would leave the detector margins
+that x 100 turns into certainties). It is scored on the val split's objects
 (top-1 over the K categories) and background crops (closer to ``background`` than to every
 category), embedded as ViLD embeds proposals (1x and 1.5x crops summed). ``built_in_stand_in()``
 trains it once and caches it.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,6 +52,10 @@ class StandInRecipe:
     batch_size: int = 256
     lr: float = 3e-3
     weight_decay: float = 1e-4
+    # the cosine scale of its objective, fixed at CLIP's trained one (logit_scale.exp() = 100,
+    # the ceiling CLIP clips it to), which ViLD's classifier copies (temperature 100);
+    # 0: learned from CLIP's initial 1/0.07
+    logit_scale: float = 100.0
     seed: int = 0
 
     def key(self) -> str:
@@ -144,7 +151,11 @@ def train_stand_in_teacher(train: CocoDataset, recipe: StandInRecipe = StandInRe
         image_size=recipe.image_size,
         width=recipe.width,
     ).train()
-    optimizer = torch.optim.AdamW(teacher.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    if recipe.logit_scale:
+        teacher.logit_scale.data.fill_(math.log(recipe.logit_scale))
+        teacher.logit_scale.requires_grad_(False)
+    trained = [p for p in teacher.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=recipe.lr, weight_decay=recipe.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=recipe.steps)
     for _ in range(recipe.steps):
         batch = torch.randint(len(crops), (recipe.batch_size,), generator=generator)
