@@ -219,7 +219,7 @@ PRESETS: dict[str, dict[Family, DetectionPreset]] = {
             **TINY,
             train=tiny_train(steps=3000, batch_size=4, warmup_steps=200),
         ),
-        # batch 8, 0.50–0.54 s/step on the same machine: 1,000 steps (1,100 ran 558–604 s)
+        # batch 8, 0.46–0.50 s/step on the same machine: 1,000 steps in 465–507 s (1,100 ran up to 604)
         "maskrcnn": DetectionPreset(model="maskrcnn-spinenet-tiny", **TINY, train=tiny_train(steps=1000)),
         # the built-in example's stand-in teacher; the demo holds out its last three digits
         "vild": DetectionPreset(
