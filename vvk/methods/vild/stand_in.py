@@ -126,8 +126,8 @@ def region_accuracy(teacher: StandInTeacher, coco: CocoDataset, *, seed: int = 0
     background crops (:func:`background_boxes`, 8 per image) closer to its ``background`` row
     than to every category's."""
     names = [[c["name"]] for c in coco.categories]
-    classes = teacher.embed_vocabulary(names)  # (K, D)
-    rows = teacher.embed_vocabulary([*names, [BACKGROUND]])  # (K + 1, D)
+    rows = teacher.embed_vocabulary([*names, [BACKGROUND]])  # (K + 1, D), unit rows
+    classes = rows[:-1]  # (K, D)
     rng = np.random.default_rng(seed)
     correct, total, rejected, drawn = 0, 0, 0, 0
     for image, boxes, labels in labelled_images(coco):
