@@ -1,7 +1,7 @@
 """Does ViLD detect categories it never saw boxed? Novel and base AP50 on the built-in example.
 
     python benchmarks/vild_open_vocabulary.py [--methods vild-text vild-image vild vild-ensemble
-        supervised] [--seeds 0 1 2] [--steps N] [--label NAME]
+        supervised] [--seeds 0 1 2] [--steps N] [--label NAME] [--jobs N]
 
 The built-in example (10 digit classes) with three digits held out as novel (``7,8,9``: their
 boxes leave the training targets, their pixels stay). The teacher is the stand-in
@@ -13,19 +13,25 @@ same detector trained on all ten digits with boxes (``--method vild-text`` witho
 categories). Each run is scored on the val split over the novel and the base digits apart.
 
 Writes benchmarks/results/vild_open_vocabulary.json: per method and seed the final
-``novel_bbox_AP50`` / ``base_bbox_AP50`` (and AP, masks) and how many confident novel detections
-per image are mistakes (``split_scores``), then per method the mean and spread
+``novel_bbox_AP50`` / ``base_bbox_AP50`` (and AP, masks), how many confident novel detections
+per image are mistakes (``split_scores``) and how closely the image branch follows the teacher
+on its training regions (``teacher_agreement``), then per method the mean and spread
 over seeds and the issue's targets (ViLD's novel AP50 >= 3x ViLD-text's; ensemble >= ViLD).
+``--jobs N`` trains N seeds at once, each in its own process on one thread (their seconds then
+count a shared machine).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
@@ -58,7 +64,33 @@ def run_one(method: str, seed: int, work: Path, args) -> dict:
     result = train_detector(method=method, steps=args.steps, overrides=overrides, out=out, progress=False)
     seconds = time.monotonic() - started
     final = split_scores(result.detector_path)
-    return {"seed": seed, "steps": result.step, "seconds": round(seconds, 1), **final}
+    agreement = teacher_agreement(result.detector_path, result.preset["vild"]["max_regions"])
+    return {"seed": seed, "steps": result.step, "seconds": round(seconds, 1), **final, **agreement}
+
+
+def run_seed(seed: int, work: Path, args) -> list[tuple[str, dict]]:
+    """Every method of ``args`` on one seed, in order."""
+    records = []
+    for method in args.methods:
+        records.append((method, run_one(method, seed, work, args)))
+        print(json.dumps({"method": method, **records[-1][1]}), flush=True)
+    return records
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def seed_results(work: Path, args):
+    """Each seed's records as it finishes: in this process, or ``args.jobs`` at a time."""
+    if args.jobs == 1:
+        yield from (run_seed(seed, work, args) for seed in args.seeds)
+        return
+    os.environ["OMP_NUM_THREADS"] = "1"  # read by the spawned workers' libraries when they start
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.jobs, mp_context=spawn, initializer=_one_thread) as pool:
+        futures = [pool.submit(run_seed, seed, work, args) for seed in args.seeds]
+        yield from (future.result() for future in as_completed(futures))
 
 
 def split_scores(detector: Path, confident: float = 0.5) -> dict:
@@ -92,11 +124,43 @@ def split_scores(detector: Path, confident: float = 0.5) -> dict:
     return {**{k: final.get(k) for k in KEYS}, "confident_novel_mistakes": round(mistakes / len(done), 3)}
 
 
+@torch.no_grad()
+def teacher_agreement(detector: Path, max_regions: int, images: int = 40) -> dict:
+    """How closely the image branch (the ensemble's own head; the text head's projection
+    otherwise) follows the teacher on the distilled regions of the first ``images`` training
+    images: the mean cosine of the two embeddings, and the share of regions whose nearest
+    category embedding is the teacher's."""
+    from vvk.data.detection import open_coco, read_image
+    from vvk.examples.digits_on_photos import detection_example_dir
+    from vvk.methods.vild.demo import demo_regions
+    from vvk.methods.vild.teacher import load_teacher
+    from vvk.methods.vild.train import DEMO_NOVEL
+    from vvk.models import load
+
+    model = load(detector).eval()
+    heads, store = model.roi_heads, demo_regions(load_teacher(model.teacher), teacher_spec=model.teacher,
+                                                 novel_spec=DEMO_NOVEL, max_regions=max_regions)  # fmt: skip
+    train = open_coco(detection_example_dir() / "train")
+    classes = heads.classifier.embeddings  # (K, D)
+    cosine, agree, count = 0.0, 0, 0
+    for image_id in list(store)[:images]:
+        boxes, teacher = store[image_id]  # (R, 4) in the image's pixels, (R, D)
+        pixels = torch.from_numpy(read_image(train, train.images[image_id])).permute(2, 0, 1).float() / 255
+        canvas, _ = model.transform([pixels])
+        scale = (torch.tensor(canvas.image_sizes[0]) / torch.tensor(pixels.shape[1:])).flip(0).repeat(2)
+        pooled = heads.box_roi_pool(model.backbone(canvas.tensors), [boxes * scale], canvas.image_sizes)
+        student = heads._image_embeddings(pooled, heads.box_head(pooled))  # (R, D)
+        cosine += float((student * teacher).sum())
+        agree += int(((student @ classes.t()).argmax(1) == (teacher @ classes.t()).argmax(1)).sum())
+        count += len(boxes)
+    return {"teacher_cosine": round(cosine / count, 3), "teacher_class_agreement": round(agree / count, 3)}
+
+
 def summarise(runs: dict[str, list[dict]]) -> dict:
     summary = {
         method: {
             key: spread([r[key] for r in rows if r.get(key) is not None])
-            for key in (*KEYS[:2], "confident_novel_mistakes")
+            for key in (*KEYS[:2], "confident_novel_mistakes", "teacher_class_agreement")
         }
         for method, rows in runs.items()
     }
@@ -118,15 +182,14 @@ def main() -> None:
     )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="preset override")
     parser.add_argument("--label", default="default", help="results key")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds trained at once, one thread each")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vvk-vild-bench-"))
     runs: dict[str, list[dict]] = {m: [] for m in args.methods}
     try:
-        for seed in args.seeds:  # seed-major: a stopped run still has every method of its seeds
-            for method in args.methods:
-                record = run_one(method, seed, work, args)
+        for records in seed_results(work, args):  # seed-major: a stopped run keeps its whole seeds
+            for method, record in records:
                 runs[method].append(record)
-                print(json.dumps({"method": method, **record}), flush=True)
             entry = {"steps": args.steps, "overrides": args.set, "runs": runs, "summary": summarise(runs),
                      "machine": machine_info()}  # fmt: skip
             save_records(RESULTS, {"results": {args.label: entry}}, "results")

@@ -71,6 +71,8 @@ def test_the_store_holds_each_images_best_proposals_and_their_embeddings(tmp_pat
     assert torch.equal(boxes, torch.tensor([[4.0, 2.0, 25.0, 32.0], [8.0, 4.0, 30.0, 34.0]]))  # 0.9, 0.5
     expected = region_embeddings(teacher, _image(coco, image_id), boxes)
     assert torch.allclose(embeddings, expected, atol=2e-3)  # stored as float16
+    best_boxes, best_embeddings = RegionStore(tmp_path / "r", max_regions=1)[image_id]  # max_num_rois
+    assert torch.equal(best_boxes, boxes[:1]) and torch.equal(best_embeddings, embeddings[:1])
 
 
 def test_a_killed_run_keeps_its_whole_shards_and_a_second_run_continues(tmp_path, coco):

@@ -34,9 +34,11 @@ def demo_dir(teacher: Teacher, novel_spec: str) -> Path:
     return cache_dir() / "vild" / f"demo-{DetectionExampleSpec().key()}-{key}"
 
 
-def demo_regions(teacher: Teacher, *, teacher_spec: str, novel_spec: str) -> RegionStore:
+def demo_regions(
+    teacher: Teacher, *, teacher_spec: str, novel_spec: str, max_regions: int | None = None
+) -> RegionStore:
     """The built-in example's regions for ``teacher`` (named ``teacher_spec`` on the command
-    line) and the split ``novel_spec``."""
+    line) and the split ``novel_spec``, the first ``max_regions`` of each image's."""
     from vvk.data.detection import open_coco
     from vvk.examples.digits_on_photos import detection_example_dir
 
@@ -44,7 +46,7 @@ def demo_regions(teacher: Teacher, *, teacher_spec: str, novel_spec: str) -> Reg
     regions = root / "regions"
     if (regions / "regions.json").is_file():
         try:
-            return RegionStore(regions)
+            return RegionStore(regions, max_regions=max_regions)
         except VvkError:  # incomplete: continued below
             pass
     proposer = _proposal_detector(root, teacher_spec, novel_spec)
@@ -52,7 +54,7 @@ def demo_regions(teacher: Teacher, *, teacher_spec: str, novel_spec: str) -> Reg
     train = open_coco(detection_example_dir() / "train")
     embed_regions(train, detector_proposals(proposer), teacher, regions,
                   proposals_name="built-in vild-text RPN", max_regions=REGIONS_PER_IMAGE)  # fmt: skip
-    return RegionStore(regions)
+    return RegionStore(regions, max_regions=max_regions)
 
 
 def _proposal_detector(root: Path, teacher_spec: str, novel_spec: str):

@@ -225,13 +225,14 @@ def _write_shard(out: Path, index: int, tensors: dict[str, Tensor]) -> None:
 
 class RegionStore:
     """The regions of a finished ``embed-regions`` folder, by image id: ``store[image_id]`` is
-    ``(boxes (R, 4) float32, embeddings (R, D) float32)``; an image it does not hold is a KeyError.
+    ``(boxes (R, 4) float32, embeddings (R, D) float32)``, the first ``max_regions`` (best first;
+    None: all) of what the folder holds; an image it does not hold is a KeyError.
 
     ``check(coco, teacher=...)`` refuses a folder made from other images or by another teacher.
     """
 
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
+    def __init__(self, root: str | os.PathLike, *, max_regions: int | None = None):
+        self.root, self.max_regions = Path(root), max_regions
         manifest = _read_manifest(self.root)
         if manifest is None:
             raise VvkError(
@@ -280,7 +281,9 @@ class RegionStore:
         if name not in self._files:
             self._files[name] = safe_open(str(self.root / name), "pt")
         shard = self._files[name]
-        return shard.get_tensor(f"boxes/{image_id}"), shard.get_tensor(f"embeddings/{image_id}").float()
+        kept = slice(self.max_regions)
+        boxes, embeddings = shard.get_tensor(f"boxes/{image_id}"), shard.get_tensor(f"embeddings/{image_id}")
+        return boxes[kept], embeddings[kept].float()
 
     def __getstate__(self) -> dict[str, Any]:  # loader workers open their own file handles
         return {**self.__dict__, "_files": {}}

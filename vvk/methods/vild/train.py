@@ -119,12 +119,13 @@ def plan_vild(
     distills = settings.method != "vild-text"
     store = None
     if regions is not None:
-        store = RegionStore(regions)
+        store = RegionStore(regions, max_regions=settings.max_regions)
         store.check(train, teacher=teacher.name)
     elif distills and demo:
         from vvk.methods.vild.demo import demo_regions
 
-        store = demo_regions(teacher, teacher_spec=settings.teacher, novel_spec=settings.novel)
+        store = demo_regions(teacher, teacher_spec=settings.teacher, novel_spec=settings.novel,
+                             max_regions=settings.max_regions)  # fmt: skip
     elif distills:
         raise VvkError(
             f"method={settings.method}: distils the teacher's region embeddings, and no regions were given",
