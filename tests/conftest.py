@@ -64,6 +64,16 @@ def cli(capsys, monkeypatch):
     return run
 
 
+@pytest.fixture(scope="session")
+def small_detection_example() -> Path:
+    """The folder of a small built-in detection example: 10 train and 4 val images of 96²."""
+    from vvk.examples.digits_on_photos import DetectionExampleSpec, detection_example_dir
+
+    return detection_example_dir(
+        DetectionExampleSpec(train_images=10, val_images=4, size=96, min_scale=12, max_scale=40)
+    )
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
     """Tests write caches (decoded frames, indexes) under a temporary folder, never the user's;

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 
 from vvk.data.detection import open_coco, read_image
 from vvk.errors import VvkError
-from vvk.examples.digits_on_photos import DetectionExampleSpec, detection_example_dir
 from vvk.methods.vild.crops import crop_regions
 from vvk.methods.vild.regions import (
     MANIFEST,
@@ -21,12 +20,10 @@ from vvk.methods.vild.regions import (
 )
 from vvk.methods.vild.teacher import StandInTeacher
 
-SMALL = DetectionExampleSpec(train_images=10, val_images=4, size=96, min_scale=12, max_scale=40)
-
 
 @pytest.fixture(scope="module")
-def coco():
-    return open_coco(detection_example_dir(SMALL) / "train")
+def coco(small_detection_example):
+    return open_coco(small_detection_example / "train")
 
 
 def _teacher(seed: int = 0) -> StandInTeacher:
@@ -98,7 +95,7 @@ def test_a_killed_run_keeps_its_whole_shards_and_a_second_run_continues(tmp_path
         assert all(torch.equal(a, b) for a, b in zip(resumed[image_id], whole[image_id], strict=True))
 
 
-def test_a_folder_made_otherwise_is_refused(tmp_path, coco):
+def test_a_folder_made_otherwise_is_refused(tmp_path, coco, small_detection_example):
     proposals = file_proposals(_proposals_file(tmp_path, coco))
     embed_regions(coco, proposals, _teacher(), tmp_path / "r", proposals_name="p", shard_images=4)
     with pytest.raises(VvkError, match="made with max_regions=300, this run has 5"):
@@ -108,7 +105,7 @@ def test_a_folder_made_otherwise_is_refused(tmp_path, coco):
     store = RegionStore(tmp_path / "r")
     with pytest.raises(VvkError, match="embedded by teacher stand-in, this run uses clip-vit-b-32.openai"):
         store.check(coco, teacher="clip-vit-b-32.openai")
-    other = open_coco(detection_example_dir(SMALL) / "val", what="val")
+    other = open_coco(small_detection_example / "val", what="val")
     with pytest.raises(VvkError, match="made from another dataset") as info:
         store.check(other)
     assert "\n" not in str(info.value) and info.value.params == ("regions",)

@@ -460,7 +460,8 @@ def test_feature_modulation_sees_the_features_before_the_heads(name):
         return {k: v.item() for k, v in model([image], [target]).items()}
 
     plain = losses()
-    model.set_feature_modulation(silence)
+    model.set_feature_modulation(torch.nn.Identity())  # a module first: registered as a child
+    model.set_feature_modulation(silence)  # then a plain function takes its place
     silenced = losses()
     model.set_feature_modulation(None)
     assert [list(s) for s in seen] == [["P3", "P4", "P5", "P6", "P7"]]

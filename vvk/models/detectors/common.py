@@ -186,6 +186,8 @@ class DetectorHooks:
         self, modulation: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None
     ) -> None:
         """Apply ``modulation`` to the backbone's feature dict before every head (None: remove it)."""
+        # a module set earlier is registered as a child, which would refuse a plain function
+        del self.backbone.feature_modulation
         self.backbone.feature_modulation = modulation
 
     @property
