@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ENV_VAR = "VVK_TEST_DATA"
+# `vvk train detector` arguments that keep a test's run short (tiny batches and canvas, no workers)
+SHORT_DETECTOR_RUN = ("--batch-size", "2", "--set", "image_size=128", "--set", "train.num_workers=0",
+                      "--set", "train.warmup_steps=0", "--set", "eval_batch_size=4")  # fmt: skip
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -6,21 +6,11 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
 from vvk.data.coco import read_json
-from vvk.examples.digits_on_photos import DetectionExampleSpec, generate_detection_example
 from vvk.methods.vild.teacher import StandInTeacher, save_stand_in
-
-SMALL = DetectionExampleSpec(train_images=8, val_images=4, size=96, min_scale=16, max_scale=48)
-FAST = ["--batch-size", "2", "--set", "image_size=128", "--set", "train.num_workers=0",
-        "--set", "train.warmup_steps=0", "--set", "eval_batch_size=4"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def example(tmp_path_factory):
-    return generate_detection_example(tmp_path_factory.mktemp("vild") / "example", SMALL)
+from vvk.testing import SHORT_DETECTOR_RUN as FAST
 
 
 def _teacher(path, seed=0):

@@ -204,11 +204,14 @@ MASK_RCNN_LOSSES = {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "l
 
 @pytest.mark.parametrize("name", TINY)
 def test_tiny_detectors_train_and_predict(name):
-    # a ViLD model's supervised method (its distilling ones need regions: tests/models/test_vild_model.py)
-    model = build(name, categories=CATS3, **({"method": "vild-text"} if name.startswith("vild") else {}))
-    image, target = _image_and_target(masks=not name.startswith("retinanet"))
+    # a ViLD model's supervised method (its distilling ones need regions: tests/models/test_vild_model.py);
+    # a QMD model multitask, so that it also detects without queries (its queries: tests/models/test_qmd.py)
+    options = {"vild": {"method": "vild-text"}, "qmd": {"multitask": True}}.get(name.split("-")[0], {})
+    model = build(name, categories=CATS3, **options)
+    one_stage = name.startswith(("retinanet", "qmd"))
+    image, target = _image_and_target(masks=not one_stage)
     losses = model([image, image.flip(-1)], [target, target])
-    assert set(losses) == (RETINANET_LOSSES if name.startswith("retinanet") else MASK_RCNN_LOSSES)
+    assert set(losses) == (RETINANET_LOSSES if one_stage else MASK_RCNN_LOSSES)
     assert all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     assert all(p.grad is not None for p in model.backbone.parameters())

@@ -32,7 +32,7 @@ _FLAGS = {
         "teacher",
     )
 }
-_SWITCHES = {"resume": "--resume", "copy_paste": "--copy-paste"}
+_SWITCHES = {"resume": "--resume", "copy_paste": "--copy-paste", "multitask": "--multitask"}
 
 
 @app.command("detector")
@@ -55,8 +55,14 @@ def detector(
     ] = False,
     method: Annotated[
         str | None,
-        typer.Option(help="ViLD open-vocabulary training: vild, vild-text, vild-image or vild-ensemble."),
+        typer.Option(
+            help="ViLD open-vocabulary training: vild, vild-text, vild-image or vild-ensemble; "
+            "qmd: query-modulated detection."
+        ),
     ] = None,
+    multitask: Annotated[
+        bool, typer.Option("--multitask", help="QMD: also detect every category without a query.")
+    ] = False,
     regions: Annotated[
         Path | None,
         typer.Option(help="ViLD: the teacher's region embeddings of --data (vvk detect embed-regions)."),
@@ -93,10 +99,16 @@ def detector(
     categories lose their boxes in training and are scored apart (novel_bbox_AP50). Without
     --data, the built-in example with three held-out digits and a stand-in teacher.
 
+    With --method qmd, a query-modulated detector (qmd-*) learns to find the category a query
+    names: each training image asks for a category it holds or one it lacks (qmd.*_ratio);
+    val is scored as query-conditioned AP (query_AP50: every image asked for each category it
+    holds and one it lacks), and with --multitask also as box AP without queries.
+
     EXAMPLES: vvk train detector
               vvk train detector --data coco/train --val coco/val
               vvk train detector --out runs/d1 --resume --steps 3000
               vvk train detector --method vild --steps 400
+              vvk train detector --method qmd --set qmd.modulation=product
     """
     from vvk.methods.detection.train import plan_detector, run_detector
 
@@ -106,8 +118,8 @@ def detector(
     with as_flags(switches=_SWITCHES, **_FLAGS):
         plan = plan_detector(
             model=model, data=data, val=val, preset=preset, overrides=[*vild_sets, *(set_ or [])],
-            steps=steps, batch_size=batch_size, copy_paste=copy_paste, method=method, regions=regions,
-            out=out, resume=resume,
+            steps=steps, batch_size=batch_size, copy_paste=copy_paste, method=method, multitask=multitask,
+            regions=regions, out=out, resume=resume,
         )  # fmt: skip
     out_.note(_first_line(plan))
     if plan.demo:
@@ -150,7 +162,7 @@ def _summary(result) -> str:
     scores = result.evaluation
     if not scores:
         return f"detector: {done} (no --val: not scored)"
-    kinds = [("box", "bbox"), ("mask", "segm")]
+    kinds = [("box", "bbox"), ("mask", "segm"), ("query", "query")]
     parts = [
         f"{name} AP {scores[f'{key}_AP']:.3f}, AP50 {scores[f'{key}_AP50']:.3f}"
         for name, key in kinds

@@ -116,6 +116,32 @@ def has_masks(model: nn.Module) -> bool:
     return bool(heads is not None and heads.has_mask())
 
 
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the world size (0, 1 without a process group)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_on_rank_zero(part: Any) -> list[Any] | None:
+    """Every rank's ``part`` on rank 0, in rank order; None on the others. Without a process
+    group: ``[part]``."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [part]
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, part)
+    return parts if dist.get_rank() == 0 else None
+
+
+def merge_parts(parts: Sequence[tuple[list, list, list]]) -> tuple[list, list, list]:
+    """The ranks' ``(results, image ids, skipped records)`` of ``predict_coco`` as one."""
+    return tuple([item for part in parts for item in part[k]] for k in range(3))  # type: ignore[return-value]
+
+
 def score(
     ground_truth: Any,
     results: list[dict[str, Any]],
@@ -183,25 +209,17 @@ class ValEvaluation:
         self._ground_truth = ground_truth  # None: read and checked at the first evaluation
 
     def __call__(self, model: nn.Module, step: int) -> dict[str, Any] | None:
-        import torch.distributed as dist
-
-        distributed = dist.is_available() and dist.is_initialized()
-        rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+        rank, world = rank_and_world()
         started = time.perf_counter()
         with self.vocabulary(model) if self.vocabulary is not None else nullcontext():
             part = predict_coco(
                 model, self.coco, batch_size=self.batch_size, precision=self.precision,
                 max_images=self.max_images, num_workers=self.num_workers, rank=rank, world_size=world,
             )  # fmt: skip
-        parts = [part]
-        if distributed:
-            parts = [None] * world
-            dist.all_gather_object(parts, part)
-        if rank != 0:
+        parts = gather_on_rank_zero(part)
+        if parts is None:
             return None
-        results = [r for p in parts for r in p[0]]
-        done = [i for p in parts for i in p[1]]
-        skipped = [s for p in parts for s in p[2]]
+        results, done, skipped = merge_parts(parts)
         for record in skipped:
             if record["path"] not in self._warned:  # once per file, not at every evaluation
                 self._warned.add(record["path"])

@@ -16,9 +16,13 @@ from vvk.engine import TrainConfig
 from vvk.engine.config import check, check_ranges
 from vvk.errors import VvkError
 
-Family = Literal["retinanet", "maskrcnn", "vild"]
-FAMILIES: tuple[Family, ...] = ("retinanet", "maskrcnn", "vild")
+Family = Literal["retinanet", "maskrcnn", "vild", "qmd"]
+FAMILIES: tuple[Family, ...] = ("retinanet", "maskrcnn", "vild", "qmd")
+# The families whose detectors train with settings of their own: the preset field of that name.
+METHOD_FAMILIES: tuple[Family, ...] = ("vild", "qmd")
 VILD_METHODS = ("vild-text", "vild-image", "vild", "vild-ensemble")  # vvk.models.detectors.vild.METHODS
+QMD_METHOD = "qmd"
+MODULATIONS = ("film", "product")  # vvk.models.detectors.query_modulation.MODULATIONS
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,43 @@ class ViLDSettings:
 
 
 @dataclass(frozen=True)
+class QMDSettings:
+    """What a query-modulated detector (``qmd-*``) trains with (``vvk.methods.qmd``).
+
+    Attributes:
+        modulation: ``film`` or ``product`` (FindIt's), the fusion of query and features.
+        multitask: also a standard detector for images without a query (trained on the
+            ``none_ratio`` share of the images, and scored for box AP without queries).
+        positive_ratio, negative_ratio, none_ratio: the proportions of training images asked
+            for a category they hold, one they lack, and nothing (``vvk.data.queries.QueryMix``:
+            vvk's starting point, the paper's ratios are not verified).
+    """
+
+    modulation: str = "film"
+    multitask: bool = False
+    positive_ratio: float = 0.7
+    negative_ratio: float = 0.3
+    none_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        check(self, "modulation", self.modulation in MODULATIONS, " | ".join(MODULATIONS))
+        check_ranges(self, {">= 0": ("positive_ratio", "negative_ratio", "none_ratio")})
+        total = self.positive_ratio + self.negative_ratio + self.none_ratio
+        check(self, "positive_ratio", total > 0, "> 0 when the other ratios are 0")
+        check(self, "none_ratio", self.multitask or self.none_ratio == 0, "0 unless multitask")
+
+    def mix(self):
+        from vvk.data.queries import QueryMix
+
+        return QueryMix(positive=self.positive_ratio, negative=self.negative_ratio, none=self.none_ratio)
+
+    def build_options(self) -> dict[str, Any]:
+        """The ``qmd-*`` builder's arguments these settings stand for: its label query encoder
+        (the text one needs a teacher's width at build time, not wired into training yet)."""
+        return {"modulation": self.modulation, "query_encoder": "label", "multitask": self.multitask}
+
+
+@dataclass(frozen=True)
 class DetectionPreset:
     """How to train a detector. The defaults are the ``paper`` RetinaNet preset: SpineNet-49
     RetinaNet at 640², ``tensorflow/tpu: models/official/detection/configs/spinenet/
@@ -71,6 +112,7 @@ class DetectionPreset:
             0.99 is 0.01 here; None: the model's own). A short run needs a fast one: the running
             statistics that evaluation uses must keep up with weights that change quickly.
         vild: a ViLD detector's method, teacher and split (None for the other families).
+        qmd: a query-modulated detector's fusion, encoder and query mix (None for the others).
     """
 
     model: str = "retinanet-spinenet-49"
@@ -89,6 +131,7 @@ class DetectionPreset:
     anchor_size: float | None = None  # the model's own: anchor.anchor_size 3.0 of the yaml
     bn_momentum: float | None = None  # the models' own: the reference's (0.997 in TF terms)
     vild: ViLDSettings | None = None  # the ViLD presets' only
+    qmd: QMDSettings | None = None  # the QMD presets' only
     # train.total_steps 231500 at train_batch_size 256 (the global batch: here 16 processes x
     # 16 per process; change batch_size and grad_accum for your hardware); SGD momentum 0.9
     # (base_config optimizer); learning_rate init 0.28 after 2000 linear warm-up steps (from 0
@@ -130,8 +173,10 @@ class DetectionPreset:
         )
         low, high = self.scale_range
         check(self, "scale_range", low <= high, "MIN,MAX with MIN <= MAX")
-        is_vild = self.model.startswith("vild-")
-        check(self, "vild", (self.vild is not None) == is_vild, "set for vild-* models only, and for them")
+        for family in METHOD_FAMILIES:
+            ours = self.model.startswith(f"{family}-")
+            given = getattr(self, family) is not None
+            check(self, family, given == ours, f"set for {family}-* models only, and for them")
 
     @property
     def family(self) -> Family:
@@ -237,7 +282,16 @@ PRESETS: dict[str, dict[Family, DetectionPreset]] = {
     },
     "paper": {"retinanet": DetectionPreset(), "maskrcnn": PAPER_MASKRCNN, "vild": PAPER_VILD},
 }
+# Query-modulated detection is a RetinaNet's: each preset's RetinaNet recipe on its qmd-* variant.
+for _name, _model in (("tiny", "qmd-spinenet-mobile-tiny"), ("paper", "qmd-spinenet-mobile-49")):
+    PRESETS[_name]["qmd"] = dataclasses.replace(PRESETS[_name]["retinanet"], model=_model, qmd=QMDSettings())
 DEFAULT_PRESET = "tiny"
+
+
+def method_family(method: str) -> Family:
+    """The family a training ``method`` belongs to: ``qmd``, else ViLD's (whose settings check
+    the method's name)."""
+    return "qmd" if method == QMD_METHOD else "vild"
 
 
 def family_of(model: str) -> Family:

@@ -36,7 +36,16 @@ from typing import Any
 from vvk.atomic import atomic_write_text
 from vvk.data.coco import CocoDataset
 from vvk.errors import VvkError
-from vvk.methods.detection.preset import DEFAULT_PRESET, PRESETS, DetectionPreset, family_of, preset_for
+from vvk.methods.detection.preset import (
+    DEFAULT_PRESET,
+    METHOD_FAMILIES,
+    PRESETS,
+    QMD_METHOD,
+    DetectionPreset,
+    family_of,
+    method_family,
+    preset_for,
+)
 from vvk.methods.overrides import from_dict, parse_overrides, replace_fields
 from vvk.methods.runs import (
     absolute,
@@ -67,17 +76,24 @@ def resolve_detection_preset(
     batch_size: int | None = None,
     copy_paste: bool = False,
     method: str | None = None,
+    multitask: bool = False,
     base: DetectionPreset | None = None,
 ) -> DetectionPreset:
     """Preset ``preset`` of the family of the model asked for (``model``, or a ``model=``
-    override; else ViLD's when a ViLD ``method`` is asked for, else the preset's RetinaNet), or
+    override; else the ``method``'s family, ViLD's or QMD's, else the preset's RetinaNet), or
     ``base``, with ``overrides`` and the shortcuts applied at once, each field checked; a shorter
     run shortens the warm-up in proportion."""
-    given = [*overrides, *shortcuts(model, steps, batch_size, copy_paste, method)]
+    given = [*overrides, *shortcuts(model, steps, batch_size, copy_paste, method, multitask)]
     if base is None:
-        asked = parse_overrides(preset_for(preset), [g for g in given if not g.startswith("vild.")])
-        default = PRESETS[preset]["vild"].model if method is not None and preset in PRESETS else None
+        # the RetinaNet preset has no method settings to parse those overrides against
+        plain = [g for g in given if not g.startswith(tuple(f"{f}." for f in METHOD_FAMILIES))]
+        asked = parse_overrides(preset_for(preset), plain)
+        default = (
+            PRESETS[preset][method_family(method)].model if method is not None and preset in PRESETS else None
+        )
         base = preset_for(preset, asked.get("model", default))
+    if method == QMD_METHOD and base.qmd is None:
+        raise VvkError(f"method=qmd: trains a qmd-* detector, not {base.model}", params=("method", "model"))
     changes = parse_overrides(base, given)
     if "model" in changes:
         family_of(changes["model"])  # a model of no detector is refused by name
@@ -86,11 +102,19 @@ def resolve_detection_preset(
 
 
 def shortcuts(
-    model: str | None, steps: int | None, batch_size: int | None, copy_paste: bool, method: str | None = None
+    model: str | None,
+    steps: int | None,
+    batch_size: int | None,
+    copy_paste: bool,
+    method: str | None = None,
+    multitask: bool = False,
 ) -> list[str]:
-    """The ``key=value`` overrides the shortcut arguments stand for."""
+    """The ``key=value`` overrides the shortcut arguments stand for (``method=qmd`` only picks
+    the family: QMD has one method)."""
+    vild_method = method if method is not None and method_family(method) == "vild" else None
     given = {"model": model, "train.steps": steps, "train.batch_size": batch_size,
-             "copy_paste": "true" if copy_paste else None, "vild.method": method}  # fmt: skip
+             "copy_paste": "true" if copy_paste else None, "vild.method": vild_method,
+             "qmd.multitask": "true" if multitask else None}  # fmt: skip
     return [f"{key}={value}" for key, value in given.items() if value is not None]
 
 
@@ -150,6 +174,7 @@ def plan_detector(
     batch_size: int | None = None,
     copy_paste: bool = False,
     method: str | None = None,
+    multitask: bool = False,
     regions: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     resume: bool = False,
@@ -166,7 +191,10 @@ def plan_detector(
         copy_paste: add Simple Copy-Paste to the input pipeline (the preset field ``copy_paste``).
         method: a ViLD method (``vild``, ``vild-text``, ``vild-image``, ``vild-ensemble``): a
             ``vild-*`` detector (the preset's unless ``model`` names one); its teacher and split
-            are the preset's ``vild.teacher`` and ``vild.novel`` (``vvk.methods.vild.train``).
+            are the preset's ``vild.teacher`` and ``vild.novel`` (``vvk.methods.vild.train``);
+            or ``qmd``: a query-modulated ``qmd-*`` detector trained on queries synthesised from
+            the annotations (the preset's ``qmd.*``; ``vvk.methods.qmd``).
+        multitask: a QMD detector that also detects without a query (``qmd.multitask``).
         regions: the ``vvk detect embed-regions`` folder of ``data`` a distilling ViLD method
             needs (without data: the built-in example's, made once).
         out: the run folder (default ``runs/detector-<time>``).
@@ -175,11 +203,14 @@ def plan_detector(
     demo = not resume and data is None
     if demo:
         overrides = [*DEMO_OVERRIDES, *overrides]
-        if method is not None or str(model or "").startswith("vild-"):
+        is_vild = (
+            method_family(method) == "vild" if method is not None else str(model or "").startswith("vild-")
+        )
+        if is_vild:
             from vvk.methods.vild.train import DEMO_NOVEL
 
             overrides = [f"vild.novel={DEMO_NOVEL}", *overrides]
-    given = [*overrides, *shortcuts(model, steps, batch_size, copy_paste, method)]
+    given = [*overrides, *shortcuts(model, steps, batch_size, copy_paste, method, multitask)]
     if resume:
         record = recorded_run(run_dir, METHOD, PRESET_FILE, command="vvk train detector")
         preset = _recorded_preset(record, preset, run_dir)
@@ -187,7 +218,7 @@ def plan_detector(
                          what=str(run_dir / PRESET_FILE))  # fmt: skip
         config = resolve_detection_preset(
             preset, model=model, overrides=overrides, steps=steps, batch_size=batch_size,
-            copy_paste=copy_paste, method=method, base=base,
+            copy_paste=copy_paste, method=method, multitask=multitask, base=base,
         )  # fmt: skip
         check_unchanged(base, config, run_dir, allowed=())
         source = resumed_data(record["data"], data, run_dir, False, items="images")
@@ -200,7 +231,7 @@ def plan_detector(
         preset = preset or DEFAULT_PRESET
         config = resolve_detection_preset(
             preset, model=model, overrides=overrides, steps=steps, batch_size=batch_size,
-            copy_paste=copy_paste, method=method,
+            copy_paste=copy_paste, method=method, multitask=multitask,
         )  # fmt: skip
         source, val_source = _sources(data, val)
     check_device(config)
@@ -309,6 +340,8 @@ def build_detector(config: DetectionPreset, categories: list[dict[str, Any]], vi
         options["backbone_options"] = {"stochastic_depth_rate": config.stochastic_depth}
     if vild is not None:
         options.update(vild.build_options())
+    if config.qmd is not None:
+        options.update(config.qmd.build_options())
     model = build(config.model, **options)
     if vild is not None:
         vild.train_vocabulary(model)
@@ -343,7 +376,8 @@ class DetectorResult:
 
 
 def detection_step(model, batch: dict[str, Any]):
-    """One training step: the detector's dict of (already weighted) losses, summed by the loop."""
+    """One training step: the detector's dict of (already weighted) losses, summed by the loop;
+    a query-modulated detector's batch carries its images' queries (``vvk.methods.qmd``)."""
     import torch
 
     device = batch["images"].device
@@ -353,6 +387,8 @@ def detection_step(model, batch: dict[str, Any]):
         {key: value.to(device) for key, value in target.items() if isinstance(value, torch.Tensor)}
         for target in batch["targets"]
     ]
+    if "queries" in batch:
+        return model(images, targets, queries=batch["queries"])
     return model(images, targets)
 
 
@@ -361,7 +397,6 @@ def run_detector(plan: DetectorPlan, *, progress: bool = True) -> DetectorResult
     from vvk.data.detection import DetectionDataset, collate_detection
     from vvk.engine import Every, train
     from vvk.engine.state import seed_all
-    from vvk.methods.detection.evaluate import ValEvaluation
     from vvk.models import save
 
     config, run_dir = plan.config, plan.run_dir
@@ -374,6 +409,13 @@ def run_detector(plan: DetectorPlan, *, progress: bool = True) -> DetectorResult
             masks=config.family != "retinanet", seed=config.train.seed,
             **(plan.vild.dataset_options() if plan.vild is not None else {}),
         )  # fmt: skip
+        collate_fn = collate_detection
+        if config.qmd is not None:
+            from vvk.methods.qmd.train import query_training_data
+
+            dataset, collate_fn = query_training_data(
+                dataset, plan.train_coco, config.qmd, seed=config.train.seed
+            )
         run_dir.mkdir(parents=True, exist_ok=True)
         record = plan.record()
         atomic_write_text(run_dir / PRESET_FILE, json.dumps(record, indent=2) + "\n")
@@ -385,17 +427,11 @@ def run_detector(plan: DetectorPlan, *, progress: bool = True) -> DetectorResult
         raise
     every = []
     if plan.val_coco is not None:
-        evaluate = ValEvaluation(
-            plan.val_coco, batch_size=config.eval_batch_size, precision=config.train.precision,
-            max_images=config.eval_images, num_workers=0, ground_truth=plan.val_truth,
-            vocabulary=None if plan.vild is None else plan.vild.evaluating,
-            splits=None if plan.vild is None else plan.vild.splits(),
-        )  # fmt: skip
-        every.append(Every(steps=config.eval_every, fn=evaluate, name=HOOK))
+        every.append(Every(steps=config.eval_every, fn=_val_evaluation(plan), name=HOOK))
     train_config = dataclasses.replace(config.train, progress=progress and config.train.progress)
     result = train(
         model=model, step_fn=detection_step, data=dataset, config=train_config, run_dir=run_dir,
-        method=METHOD, resume=plan.resume, collate_fn=collate_detection, every=every,
+        method=METHOD, resume=plan.resume, collate_fn=collate_fn, every=every,
     )  # fmt: skip
     evaluation = result.hooks.get(HOOK) or last_evaluation(run_dir)
     metrics = {k: v for k, v in (evaluation or {}).items() if isinstance(v, int | float)}
@@ -407,6 +443,29 @@ def run_detector(plan: DetectorPlan, *, progress: bool = True) -> DetectorResult
         losses=result.losses, evaluation=evaluation, summary=result.summary, preset=record["resolved"],
         data=record["data"], val=record["val"], seconds=time.monotonic() - started,
     )  # fmt: skip
+
+
+def _val_evaluation(plan: DetectorPlan):
+    """The in-training evaluation on ``plan.val_coco``: box (and mask) AP, ViLD's over its
+    vocabulary with base and novel apart; a QMD detector's query-conditioned AP, with the box AP
+    without queries when it is multitask too."""
+    from vvk.methods.detection.evaluate import ValEvaluation
+
+    config = plan.config
+    options = dict(batch_size=config.eval_batch_size, precision=config.train.precision,
+                   max_images=config.eval_images, ground_truth=plan.val_truth)  # fmt: skip
+    standard = None
+    if config.qmd is None or config.qmd.multitask:
+        standard = ValEvaluation(
+            plan.val_coco, num_workers=0, **options,
+            vocabulary=None if plan.vild is None else plan.vild.evaluating,
+            splits=None if plan.vild is None else plan.vild.splits(),
+        )  # fmt: skip
+    if config.qmd is None:
+        return standard
+    from vvk.methods.detection.query_eval import QueryValEvaluation
+
+    return QueryValEvaluation(plan.val_coco, standard=standard, **options)
 
 
 def train_detector(*, progress: bool = True, **options: Any) -> DetectorResult:

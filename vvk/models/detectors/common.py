@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -244,3 +244,33 @@ def to_image_list(images: Tensor | Sequence[Tensor]) -> list[Tensor]:
             return [images]
         return list(images.unbind(0))
     return list(images)
+
+
+def register_variants(
+    variants: Mapping[str, str],
+    build: Callable[..., nn.Module],
+    *,
+    image_size: Callable[[str], int],
+    source: str,
+) -> None:
+    """Register each ``name: detector`` of ``variants`` (a method on a registered detector) as
+    ``build(detector=detector, **overrides)``, at the detector's ``image_size``; ``source`` names
+    the reference, the detector's name appended."""
+    from vvk.models.registry import register
+
+    for name, detector in variants.items():
+        size = image_size(detector)
+        builder = _variant_builder(build, detector)
+        builder.__name__ = name.replace("-", "_")
+        note = "; tiny test variant" if name.endswith("-tiny") else ""
+        register(name, task="detection", default_input=(3, size, size), source=source + detector + note)(
+            builder
+        )
+
+
+def _variant_builder(build: Callable[..., nn.Module], detector: str) -> Callable[..., nn.Module]:
+    def builder(**overrides: Any) -> nn.Module:
+        return build(detector=detector, **overrides)
+
+    builder.__module__ = build.__module__  # the registry names the builder's module in its errors
+    return builder

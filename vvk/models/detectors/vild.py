@@ -44,11 +44,11 @@ from torch import Tensor, nn
 
 from vvk.errors import VvkError
 from vvk.models.detectors.classifiers import EmbeddingClassifier
-from vvk.models.detectors.common import check_categories
+from vvk.models.detectors.common import check_categories, register_variants
 from vvk.models.detectors.mask_rcnn import VARIANTS, MaskRCNNDetector, mask_rcnn
 from vvk.models.detectors.roi_heads import ReferenceRoIHeads
 from vvk.models.detectors.vild_scoring import distillation_loss, ensemble_scores
-from vvk.models.registry import ARCH_ATTR, register
+from vvk.models.registry import ARCH_ATTR
 
 Method = Literal["vild-text", "vild-image", "vild", "vild-ensemble"]
 METHODS: tuple[Method, ...] = ("vild-text", "vild-image", "vild", "vild-ensemble")
@@ -258,16 +258,4 @@ _VARIANTS = {"vild-r50-fpn": "maskrcnn-r50-fpn", "vild-spinenet-tiny": "maskrcnn
 _SOURCE = "tensorflow/tpu models/official/detection/projects/vild (configs/vild_resnet.yaml) on "
 
 
-def _register(name: str, detector: str) -> None:
-    size = VARIANTS[detector][1]
-
-    def builder(**overrides: Any) -> MaskRCNNDetector:
-        return vild(detector=detector, **overrides)
-
-    builder.__name__ = name.replace("-", "_")
-    note = "; tiny test variant" if name.endswith("-tiny") else ""
-    register(name, task="detection", default_input=(3, size, size), source=_SOURCE + detector + note)(builder)
-
-
-for _name, _detector in _VARIANTS.items():
-    _register(_name, _detector)
+register_variants(_VARIANTS, vild, image_size=lambda detector: VARIANTS[detector][1], source=_SOURCE)
