@@ -25,13 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
-import os
 import shutil
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
@@ -40,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _machine import machine_info  # noqa: E402
 from _records import save_records, spread  # noqa: E402
+from _seeds import seed_results  # noqa: E402
 
 from vvk.methods.detection.train import train_detector  # noqa: E402
 
@@ -66,31 +64,6 @@ def run_one(method: str, seed: int, work: Path, args) -> dict:
     final = split_scores(result.detector_path)
     image_branch = image_branch_scores(result.detector_path, result.preset["vild"]["max_regions"])
     return {"seed": seed, "steps": result.step, "seconds": round(seconds, 1), **final, **image_branch}
-
-
-def run_seed(seed: int, work: Path, args) -> list[tuple[str, dict]]:
-    """Every method of ``args`` on one seed, in order."""
-    records = []
-    for method in args.methods:
-        records.append((method, run_one(method, seed, work, args)))
-        print(json.dumps({"method": method, **records[-1][1]}), flush=True)
-    return records
-
-
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
-def seed_results(work: Path, args):
-    """Each seed's records as it finishes: in this process, or ``args.jobs`` at a time."""
-    if args.jobs == 1:
-        yield from (run_seed(seed, work, args) for seed in args.seeds)
-        return
-    os.environ["OMP_NUM_THREADS"] = "1"  # read by the spawned workers' libraries when they start
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(args.jobs, mp_context=spawn, initializer=_one_thread) as pool:
-        futures = [pool.submit(run_seed, seed, work, args) for seed in args.seeds]
-        yield from (future.result() for future in as_completed(futures))
 
 
 def split_scores(detector: Path, confident: float = 0.5) -> dict:
@@ -192,7 +165,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="vvk-vild-bench-"))
     runs: dict[str, list[dict]] = {m: [] for m in args.methods}
     try:
-        for records in seed_results(work, args):  # seed-major: a stopped run keeps its whole seeds
+        for records in seed_results(
+            run_one, args.methods, args.seeds, work, args, key="method", jobs=args.jobs
+        ):  # seed-major: a stopped run keeps its whole seeds
             for method, record in records:
                 runs[method].append(record)
             entry = {"steps": args.steps, "overrides": args.set, "runs": runs, "summary": summarise(runs),

@@ -46,17 +46,19 @@ def test_qmd_trains_on_queries_and_reports_query_ap(cli, example, tmp_path, monk
 
 
 def test_multitask_qmd_is_also_scored_without_queries(cli, example, tmp_path):
-    result = _train(cli, example, tmp_path / "run", "--multitask", "--set", "qmd.none_ratio=0.5")
+    result = _train(cli, example, tmp_path / "run", "--multitask")
     assert result.code == 0, result.stderr
     record = json.loads(result.stdout)
-    assert record["preset"]["qmd"]["multitask"] is True
+    # its standard head learns from the unqueried images only: --multitask leaves some
+    assert record["preset"]["qmd"]["multitask"] is True and record["preset"]["qmd"]["none_ratio"] == 0.3
     assert {"query_AP50", "bbox_AP50", "bbox_AP"} <= record["evaluation"].keys()
 
 
 def test_qmd_refusals_are_one_line_and_write_nothing(cli, example, tmp_path):
     cases = [
         (["--set", "qmd.modulation=sum"], "qmd.modulation"),
-        (["--set", "qmd.none_ratio=0.2"], "0 unless multitask"),
+        (["--set", "qmd.none_ratio=0.2"], "> 0 with multitask"),
+        (["--multitask", "--set", "qmd.none_ratio=0"], "> 0 with multitask"),
         (["--set", "qmd.negative_ratio=-1"], "qmd.negative_ratio"),
         (["--model", "retinanet-spinenet-mobile-tiny"], "trains a qmd-* detector"),
     ]

@@ -21,8 +21,11 @@ _FLAGS = {
         for name in ("batch_size", "device", "draw", "out", "format", "gt")
     },
     "images": "IMAGES",
+    "queries": "--query",
+    "queries_file": "--queries",
 }
 _COLUMNS = [("image", "image"), ("category", "category"), ("score", "score"), ("bbox", "box x,y,w,h")]
+_QUERY_COLUMNS = [("image", "image"), ("query", "query"), *_COLUMNS[2:]]
 
 
 def detect(
@@ -51,6 +54,20 @@ def detect(
             "a ViLD detector also takes new names, 'red mug,stapler' (a file line: synonyms "
             "after commas). Default: the detector's.",
         ),
+    ] = None,
+    query: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--query",
+            metavar="QUERY",
+            show_default=False,
+            help="Ask a qmd detector for this (a category name); repeat for several. Each image "
+            "is run once per query.",
+        ),
+    ] = None,
+    queries_file: Annotated[
+        Path | None,
+        typer.Option("--queries", metavar="FILE", help="More queries: one a line, blank lines ignored."),
     ] = None,
     min_score: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Drop detections below this score.")
@@ -104,7 +121,14 @@ def detect(
     is embedded by its teacher. `vvk detect embed-regions` makes ViLD's distillation targets
     (see vvk detect embed-regions --help).
 
+    A query-modulated detector (vvk train detector --method qmd) is asked each --query (and each
+    line of --queries) about every image: its records carry "query", its drawings label boxes
+    with the query, and a pair (image, query) answered with nothing is still one record, with
+    null category, score and bbox, so every pair asked is in the output (a --format coco-results
+    file of them is what `vvk eval detections --queries` scores).
+
     EXAMPLES: vvk detect photos/ --weights runs/d1 --draw drawn/
+              vvk detect photos/ --weights runs/qmd --query mug --query cat --json
               vvk detect photos/ --weights runs/vild --vocab "7,8,9"
               ls *.jpg | vvk detect - --weights runs/d1 --json | jq .category
               vvk detect val2017/ --weights runs/d1 --out dt.json --format coco-results
@@ -115,18 +139,19 @@ def detect(
     rows: list[dict[str, Any]] = []
     with as_flags(**_FLAGS):
         arguments, listed = _inputs(sources)
+        queries = _queries(query, queries_file)
         images = find_images(arguments, listed=listed)
         with ProgressBar(human, "detect", show=not json_output and len(images) > 1) as progress:
             summary = detect_images(
                 images, weights=weights, vocab=vocab, min_score=min_score, max_dets=max_dets,
                 batch_size=batch_size, device=device, num_workers=workers, draw=draw, out=out,
-                format=format_, gt=gt, progress=progress,
+                format=format_, gt=gt, queries=queries, progress=progress,
                 on_records=lambda records: _show(human, rows, records),
                 on_problem=lambda image, problem: human.stderr.print(
                     f"bad image: {image.path}: {problem}", markup=False, highlight=False
                 ),
             )  # fmt: skip
-    human.table(rows, _COLUMNS)
+    human.table(rows, _QUERY_COLUMNS if queries else _COLUMNS)
     _summarize(human, summary)
     if summary["failed"]:
         raise typer.Exit(1)
@@ -142,17 +167,26 @@ def _inputs(sources: list[str]) -> tuple[list[str], list[str]]:
     return [s for s in sources if s != "-"], listed
 
 
+def _queries(given: list[str] | None, path: Path | None) -> list[str] | None:
+    """--query values, then --queries FILE's lines; None when neither is given."""
+    from vvk.methods.detection.query_detect import read_queries
+
+    queries = [*(given or []), *(read_queries(path) if path is not None else [])]
+    return queries or None
+
+
 def _show(out: Output, rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> None:
     """--json: each record at once on stdout (a pipeline sees them as they come); else a table
-    row, printed at the end."""
+    row, printed at the end (a pair answered with nothing has no row)."""
     if out.json_mode:
         for record in records:
             out.record(record)
         return
     for r in records:
-        rows.append(
-            {"image": r["image"], "category": r["category"], "score": f"{r['score']:.3f}", "bbox": r["bbox"]}
-        )
+        if r["score"] is None:
+            continue
+        rows.append({"image": r["image"], "query": r.get("query"), "category": r["category"],
+                     "score": f"{r['score']:.3f}", "bbox": r["bbox"]})  # fmt: skip
 
 
 def _summarize(out: Output, summary: dict[str, Any]) -> None:

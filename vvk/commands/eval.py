@@ -161,6 +161,15 @@ def detections(
             help="Also score the base and the novel categories of an open-vocabulary split apart.",
         ),
     ] = None,
+    queries: Annotated[
+        bool,
+        typer.Option(
+            "--queries",
+            help='Query-conditioned AP (query_AP, query_AP50) of records that carry "query" (a '
+            "category name): the pairs scored are exactly the (image_id, query) pairs the file "
+            "answers, each pair's ground truth that category's boxes in that image.",
+        ),
+    ] = False,
     json_output: JsonOpt = False,
 ) -> None:
     """COCO box or mask AP of a results file (pycocotools' COCOeval: AP, AP50, AP75, APs/m/l,
@@ -178,9 +187,16 @@ def detections(
     separated by commas), the stats are also given over the novel categories (novel_AP, ...) and
     over the others (base_AP, ...), as ViLD reports them.
 
+    With --queries, the file holds a query detector's answers (`vvk detect --query ... --format
+    coco-results`): each (image_id, query) pair it answers is a pseudo-image of one category,
+    "the queried thing", and one COCO evaluation pools them all (a box answered for a category
+    the image lacks is a false positive). A record with a null bbox answers its pair with
+    nothing. Only the pairs in the file are scored: a pair never asked counts for nothing.
+
     EXAMPLES: vvk eval detections --gt annotations/instances_val2017.json --dt results.json
               vvk eval detections --gt lvis_v1_val.json --dt results.json --iou-type segm --json
               vvk eval detections --gt instances_val2017.json --dt results.json --novel coco17
+              vvk eval detections --gt instances_val2017.json --dt answers.json --queries
     """
     from vvk.eval.detection import evaluate_detections, load_ground_truth
 
@@ -190,6 +206,9 @@ def detections(
         results, name = dt, None
     with as_flags(novel="--novel"):
         truth = load_ground_truth(gt)
+        if queries:
+            _print(Output(json_output), *_query_scores(truth, gt, dt, results, name, novel=novel))
+            return
         scores = evaluate_detections(truth, results, iou_type=iou_type, results_name=name)
         record = {"protocol": "detections", "gt": gt, "dt": dt, **scores.as_dict()}
         metrics = list(scores.stats)
@@ -204,6 +223,20 @@ def detections(
                 record.update({f"{split}_{k}": v for k, v in part.stats.items()})
                 metrics += [f"{split}_{k}" for k in part.stats]
     _print(Output(json_output), record, metrics)
+
+
+def _query_scores(truth, gt: str, dt: str, results, name: str | None, *, novel: str | None):
+    """(record, metrics) of --queries: query-conditioned AP of the pairs the results answer."""
+    from vvk.data.coco import read_json
+    from vvk.methods.detection.query_eval import score_answered_pairs
+
+    if novel is not None:
+        raise VvkError("--novel: not with --queries (query AP pools every category)")
+    records = read_json(results) if name is None else results
+    if not isinstance(records, list):
+        raise VvkError(f"{dt}: expected a JSON list of result records")
+    scores = score_answered_pairs(truth, records, name=name or dt)
+    return {"protocol": "query-detections", "gt": gt, "dt": dt, **scores}, ["query_AP", "query_AP50"]
 
 
 def _read_stdin_json():

@@ -26,8 +26,9 @@ FORMATS = ("jsonl", "coco-results")
 
 
 def coco_result(record: dict[str, Any]) -> dict[str, Any]:
-    """A record as a COCO result (``image_id`` required): what pycocotools' ``loadRes`` reads."""
-    keys = ("image_id", "category_id", "bbox", "score", "segmentation")
+    """A record as a COCO result (``image_id`` required): what pycocotools' ``loadRes`` reads;
+    plus a query detector's ``query`` (``vvk eval detections --queries`` scores those files)."""
+    keys = ("image_id", "query", "category_id", "bbox", "score", "segmentation")
     return {k: record[k] for k in keys if k in record}
 
 

@@ -82,6 +82,7 @@ class Prediction:
     labels: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))  # (N,) in 1..K
     masks: Tensor | None = None  # (N, H, W) bool, mask models only
     pixels: Tensor | None = None  # (3, H, W) uint8, when asked for (drawing)
+    query: str | None = None  # what a query-modulated detector was asked (labels: its index + 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,6 +317,7 @@ def predict_images(
     max_dets: int = 100,
     num_workers: int = 0,
     keep_pixels: bool = False,
+    queries: Sequence[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Iterator[Prediction]:
     """One ``Prediction`` per image, in order, ``batch_size`` images per forward pass on the
@@ -325,26 +327,44 @@ def predict_images(
         min_score, max_dets: applied after the detector's post-processing (see ``set_thresholds``).
         num_workers: processes decoding images (0: this one).
         keep_pixels: set each prediction's ``pixels`` (for ``write_drawing``).
+        queries: ask a query-modulated detector each of these about every image: one
+            ``Prediction`` per (image, query), an image's queries in a row, answers to query ``j``
+            labelled ``j + 1``; a bad file yields one ``Prediction``, its problem.
         progress: called with (images done, images) after each batch.
     """
     check_limits(min_score=min_score, max_dets=max_dets, batch_size=batch_size)
     set_thresholds(model, min_score=min_score, max_dets=max_dets)
     model.eval()
     device = next(model.parameters()).device
+    asked: list[str | None] = list(queries) if queries else [None]
     loader = DataLoader(_ImageReader(images), batch_size=batch_size, num_workers=num_workers, collate_fn=list)
     done = 0
     for batch in loader:
         good = [(i, pixels) for i, pixels, _ in batch if pixels is not None]
         inputs = [pixels.to(device).float().div_(255) for _, pixels in good]  # (3, H, W) in 0..1
-        outputs = dict(zip([i for i, _ in good], model(inputs) if inputs else [], strict=True))
+        answers = [_detect(model, [i for i, _ in good], inputs, query) for query in asked]
         for i, pixels, problem in batch:
             if problem is not None:
                 yield Prediction(images[i], problem=problem)
                 continue
-            yield _prediction(images[i], pixels, outputs[i], min_score, max_dets, keep_pixels)
+            for j, (query, outputs) in enumerate(zip(asked, answers, strict=True)):
+                prediction = _prediction(images[i], pixels, outputs[i], min_score, max_dets, keep_pixels)
+                if query is not None:
+                    # the model labels every answer 1, "the queried thing": j + 1 names query j
+                    prediction.labels = torch.full_like(prediction.labels, j + 1)
+                    prediction.query = query
+                yield prediction
         done += len(batch)
         if progress is not None:
             progress(done, len(images))
+
+
+def _detect(model: nn.Module, index: list[int], inputs: list[Tensor], query: str | None) -> dict[int, dict]:
+    """``{image index: detections}`` of one forward pass (asking ``query`` of every image)."""
+    if not inputs:
+        return {}
+    options = {} if query is None else {"queries": [query] * len(inputs)}
+    return dict(zip(index, model(inputs, **options), strict=True))
 
 
 def _prediction(
@@ -388,6 +408,8 @@ def records_of(
         record: dict[str, Any] = {"image": prediction.image.path}
         if image_id is not None:
             record["image_id"] = image_id
+        if prediction.query is not None:
+            record["query"] = prediction.query
         record.update(category=category["name"], category_id=category["id"], score=score, bbox=box)
         if rle is not None:
             record["segmentation"] = rle
@@ -484,6 +506,7 @@ def detect_images(
     out: str | os.PathLike | None = None,
     format: str = "jsonl",
     gt: str | os.PathLike | None = None,
+    queries: Sequence[str] | None = None,
     on_records: Callable[[list[dict[str, Any]]], None] | None = None,
     on_problem: Callable[[ImageFile, str], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -496,6 +519,9 @@ def detect_images(
     (``format``: ``jsonl`` or ``coco-results``; written atomically when all is done), its drawing
     into ``draw``; a file that cannot be read goes to ``on_problem`` and counts as failed.
     ``images_per_s`` counts the images read over the time from the first read to the last record.
+    ``queries`` (a query-modulated detector's): each image is asked each one, records carry
+    ``"query"``, a pair answered with nothing is one record of nulls (``query_detect``), not
+    counted in ``detections``; an image's drawing shows the answers to all its queries.
     """
     check_limits(min_score=min_score, max_dets=max_dets, batch_size=batch_size)
     if format not in FORMATS:
@@ -506,32 +532,37 @@ def detect_images(
     ids = image_ids_for(images, gt=gt) if format == "coco-results" or gt is not None else None
     where = pick_device(device)
     model = load_detector(weights, device=where)
-    if vocab is not None and getattr(model, "teacher", None) is not None:  # ViLD: any names, embedded
-        from vvk.methods.vild.open_vocabulary import apply_vocabulary
-
-        categories = apply_vocabulary(model, os.fspath(vocab))
-    else:
-        categories = resolve_vocabulary(vocab, categories=model.categories)
+    categories = _categories(model, vocab=vocab, queries=queries, weights=os.fspath(weights))
     summary = {"images": len(images), "failed": 0, "detections": 0}
     started = time.monotonic()
     with results_file(out, format=format) if out is not None else _discard() as write:
         predictions = predict_images(
             model, images, batch_size=batch_size, min_score=min_score, max_dets=max_dets,
-            num_workers=num_workers, keep_pixels=draw is not None, progress=progress,
+            num_workers=num_workers, keep_pixels=draw is not None, queries=queries, progress=progress,
         )  # fmt: skip
-        for index, prediction in enumerate(predictions):
+        index, asked = -1, max(1, len(queries or ()))
+        parts: list[Prediction] = []  # the current image's predictions, one per query
+        for prediction in predictions:
             if prediction.problem is not None:
+                index += 1
                 summary["failed"] += 1
                 if on_problem is not None:
                     on_problem(prediction.image, prediction.problem)
                 continue
-            records = records_of(prediction, categories, image_id=ids[index] if ids else None)
+            index += not parts
+            parts.append(prediction)
+            image_id = ids[index] if ids else None
+            records = records_of(prediction, categories, image_id=image_id)
             summary["detections"] += len(records)
+            if not records and prediction.query is not None:
+                records = [_unanswered(prediction, image_id)]  # every pair asked is seen
             write(records)
             if on_records is not None:
                 on_records(records)
-            if draw is not None:
-                write_drawing(prediction, categories, draw)
+            if len(parts) == asked:
+                if draw is not None:
+                    write_drawing(_one_prediction(parts), categories, draw)
+                parts = []
     seconds = time.monotonic() - started
     speed = round((summary["images"] - summary["failed"]) / seconds, 3) if seconds else None
     return {
@@ -539,6 +570,38 @@ def detect_images(
         "device": str(where), "out": os.fspath(out) if out is not None else None,
         "draw": os.fspath(draw) if draw is not None else None,
     }  # fmt: skip
+
+
+def _categories(
+    model: nn.Module, *, vocab: str | os.PathLike | None, queries: Sequence[str] | None, weights: str
+) -> Categories:
+    """What the labels of ``model``'s detections name: the queries asked (checked), the names a
+    ViLD detector is given (embedded), or its own categories renamed by ``vocab``."""
+    from vvk.methods.detection.query_detect import check_queries, check_unqueried, query_categories
+
+    if queries:
+        if vocab is not None:
+            raise VvkError("vocab: not with queries (they name what is found)", params=("vocab", "queries"))
+        return query_categories(model, check_queries(model, queries, weights=weights))
+    check_unqueried(model)
+    if vocab is not None and getattr(model, "teacher", None) is not None:  # ViLD: any names, embedded
+        from vvk.methods.vild.open_vocabulary import apply_vocabulary
+
+        return apply_vocabulary(model, os.fspath(vocab))
+    return resolve_vocabulary(vocab, categories=model.categories)
+
+
+def _one_prediction(parts: list[Prediction]) -> Prediction:
+    """An image's predictions (one per query) as one, for its one drawing."""
+    from vvk.methods.detection.query_detect import merged
+
+    return merged(parts) if len(parts) > 1 else parts[0]
+
+
+def _unanswered(prediction: Prediction, image_id: int | None) -> dict[str, Any]:
+    from vvk.methods.detection.query_detect import unanswered_record
+
+    return unanswered_record(prediction.image.path, prediction.query, image_id=image_id)
 
 
 @contextmanager

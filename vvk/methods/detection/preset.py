@@ -50,6 +50,9 @@ class ViLDSettings:
         check_ranges(self, {">= 0": ("distill_weight",), ">= 1": ("max_regions",)})
 
 
+MULTITASK_NONE_RATIO = 0.3  # about a third of the images left unqueried: vvk's choice, not the paper's
+
+
 @dataclass(frozen=True)
 class QMDSettings:
     """What a query-modulated detector (``qmd-*``) trains with (``vvk.methods.qmd``).
@@ -60,7 +63,9 @@ class QMDSettings:
             ``none_ratio`` share of the images, and scored for box AP without queries).
         positive_ratio, negative_ratio, none_ratio: the proportions of training images asked
             for a category they hold, one they lack, and nothing (``vvk.data.queries.QueryMix``:
-            vvk's starting point, the paper's ratios are not verified).
+            vvk's starting point, the paper's ratios are not verified). ``none_ratio`` is > 0
+            exactly for a multitask model, whose standard head learns from those images only
+            (``--multitask`` sets ``MULTITASK_NONE_RATIO`` unless ``--set`` gives one).
     """
 
     modulation: str = "film"
@@ -74,7 +79,8 @@ class QMDSettings:
         check_ranges(self, {">= 0": ("positive_ratio", "negative_ratio", "none_ratio")})
         total = self.positive_ratio + self.negative_ratio + self.none_ratio
         check(self, "positive_ratio", total > 0, "> 0 when the other ratios are 0")
-        check(self, "none_ratio", self.multitask or self.none_ratio == 0, "0 unless multitask")
+        check(self, "none_ratio", (self.none_ratio > 0) == self.multitask,
+              "> 0 with multitask (its standard head learns from those images only), else 0")  # fmt: skip
 
     def mix(self):
         from vvk.data.queries import QueryMix

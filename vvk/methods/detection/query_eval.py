@@ -245,3 +245,49 @@ class QueryValEvaluation:
         # a multitask model's standard figures keep their names; the query pass adds its own time
         return {"images": images, "skipped_images": len(skipped), **scores, **queried,
                 "query_eval_seconds": seconds}  # fmt: skip
+
+
+def score_answered_pairs(
+    ground_truth: Any, records: Sequence[Any], *, name: str = "results"
+) -> dict[str, Any]:
+    """Query-conditioned AP of a results list whose records carry ``"query"`` (a category name of
+    ``ground_truth``), as ``vvk detect --query ... --format coco-results`` writes it. The pairs
+    scored are exactly the (image_id, query) pairs the records answer, in order of first answer;
+    a pair's ground truth is the queried category's boxes in that image (none: a negative pair).
+    A record with a null bbox (a pair answered with nothing) adds its pair and no detection."""
+    from vvk.errors import VvkError
+
+    ids = {ground_truth.api.cats[c]["name"]: c for c in sorted(ground_truth.category_ids)}
+    objects, _ = _categories_by_image(ground_truth)
+    index: dict[tuple[int, int], int] = {}
+    results = []
+    for i, record in enumerate(records):
+        image_id, category_id = _answered_pair(record, i, ids, ground_truth.image_sizes, name=name)
+        pair = index.setdefault((image_id, category_id), len(index))
+        if record.get("bbox") is not None:
+            results.append({"image_id": pair, "category_id": QUERIED["id"], "bbox": record["bbox"],
+                            "score": record.get("score")})  # fmt: skip
+    if not index:
+        raise VvkError(f"{name}: no records, so no (image, query) pair to score")
+    pairs = [QueryPair(image, c, c in objects.get(image, ())) for image, c in index]
+    return score_queries(ground_truth, pairs, results, range(len(pairs)))
+
+
+def _answered_pair(
+    record: Any, i: int, ids: dict[str, int], image_sizes: dict[int, Any], *, name: str
+) -> tuple[int, int]:
+    """``(image_id, category_id)`` of one results record, or a one-line error naming it."""
+    import difflib
+
+    from vvk.errors import VvkError
+
+    if not isinstance(record, dict) or not isinstance(record.get("query"), str):
+        raise VvkError(f"{name}[{i}]: no 'query' (a category name), as `vvk detect --query` writes")
+    query, image_id = record["query"], record.get("image_id")
+    if query not in ids:
+        close = difflib.get_close_matches(query, list(ids))
+        raise VvkError(f"{name}[{i}].query: {query!r} is no category of the ground truth",
+                       hint=f"close: {', '.join(close)}" if close else None)  # fmt: skip
+    if not isinstance(image_id, int) or isinstance(image_id, bool) or image_id not in image_sizes:
+        raise VvkError(f"{name}[{i}].image_id: {image_id!r} is no image of the ground truth")
+    return image_id, ids[query]

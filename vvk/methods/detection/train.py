@@ -39,6 +39,7 @@ from vvk.errors import VvkError
 from vvk.methods.detection.preset import (
     DEFAULT_PRESET,
     METHOD_FAMILIES,
+    MULTITASK_NONE_RATIO,
     PRESETS,
     QMD_METHOD,
     DetectionPreset,
@@ -83,7 +84,11 @@ def resolve_detection_preset(
     override; else the ``method``'s family, ViLD's or QMD's, else the preset's RetinaNet), or
     ``base``, with ``overrides`` and the shortcuts applied at once, each field checked; a shorter
     run shortens the warm-up in proportion."""
-    given = [*overrides, *shortcuts(model, steps, batch_size, copy_paste, method, multitask)]
+    given = [
+        *implied(multitask),
+        *overrides,
+        *shortcuts(model, steps, batch_size, copy_paste, method, multitask),
+    ]
     if base is None:
         # the RetinaNet preset has no method settings to parse those overrides against
         plain = [g for g in given if not g.startswith(tuple(f"{f}." for f in METHOD_FAMILIES))]
@@ -99,6 +104,11 @@ def resolve_detection_preset(
         family_of(changes["model"])  # a model of no detector is refused by name
     fit_warmup(base.train, changes)
     return replace_fields(base, changes)
+
+
+def implied(multitask: bool) -> list[str]:
+    """The overrides a shortcut implies unless ``--set`` says otherwise (they come first)."""
+    return [f"qmd.none_ratio={MULTITASK_NONE_RATIO}"] if multitask else []
 
 
 def shortcuts(
@@ -210,7 +220,11 @@ def plan_detector(
             from vvk.methods.vild.train import DEMO_NOVEL
 
             overrides = [f"vild.novel={DEMO_NOVEL}", *overrides]
-    given = [*overrides, *shortcuts(model, steps, batch_size, copy_paste, method, multitask)]
+    given = [
+        *implied(multitask),
+        *overrides,
+        *shortcuts(model, steps, batch_size, copy_paste, method, multitask),
+    ]
     if resume:
         record = recorded_run(run_dir, METHOD, PRESET_FILE, command="vvk train detector")
         preset = _recorded_preset(record, preset, run_dir)
