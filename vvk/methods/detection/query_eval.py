@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from vvk.data.coco import CocoDataset
 from vvk.data.detection import DetectionImages
 from vvk.engine import autocast
+from vvk.errors import VvkError
 from vvk.methods.detection.evaluate import gather_on_rank_zero, merge_parts, rank_and_world, to_coco_results
 
 QueryDetector = Callable[[list[Tensor], list[str]], list[dict[str, Tensor]]]
@@ -255,8 +256,6 @@ def score_answered_pairs(
     scored are exactly the (image_id, query) pairs the records answer, in order of first answer;
     a pair's ground truth is the queried category's boxes in that image (none: a negative pair).
     A record with a null bbox (a pair answered with nothing) adds its pair and no detection."""
-    from vvk.errors import VvkError
-
     ids = {ground_truth.api.cats[c]["name"]: c for c in sorted(ground_truth.category_ids)}
     objects, _ = _categories_by_image(ground_truth)
     index: dict[tuple[int, int], int] = {}
@@ -278,8 +277,6 @@ def _answered_pair(
 ) -> tuple[int, int]:
     """``(image_id, category_id)`` of one results record, or a one-line error naming it."""
     import difflib
-
-    from vvk.errors import VvkError
 
     if not isinstance(record, dict) or not isinstance(record.get("query"), str):
         raise VvkError(f"{name}[{i}]: no 'query' (a category name), as `vvk detect --query` writes")
