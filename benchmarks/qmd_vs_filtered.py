@@ -71,9 +71,11 @@ MODELS: dict[str, dict] = {
     "retinanet": {"model": STANDARD},
     "qmd-film": {"method": "qmd"},
     "qmd-product": {"method": "qmd", "overrides": ["qmd.modulation=product"]},
+    "qmd-film-tower": {"method": "qmd", "overrides": ["qmd.modulate=class_tower"]},
+    "qmd-film-both": {"method": "qmd", "overrides": ["qmd.modulate=both"]},
     "qmd-multitask": {"method": "qmd", "multitask": True},
 }
-QMD_MODELS = ("qmd-film", "qmd-product", "qmd-multitask")
+QMD_MODELS = ("qmd-film", "qmd-product", "qmd-film-tower", "qmd-film-both", "qmd-multitask")
 KEYS = ("query_AP50", "query_AP", "bbox_AP50", "bbox_AP", "train_query_AP50")
 LATENCY_SIZE = 384
 

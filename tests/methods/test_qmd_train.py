@@ -8,7 +8,7 @@ import pytest
 from vvk.data.detection import DetectionDataset, open_coco
 from vvk.data.loader import ShardedSampler
 from vvk.methods.detection.preset import QMDSettings
-from vvk.methods.qmd import query_training_data
+from vvk.methods.qmd import QueryPlan
 
 
 @pytest.mark.parametrize("world_size", [1, 3])
@@ -17,7 +17,7 @@ def test_each_rank_reads_the_epoch_its_sampler_is_in(shared_data, monkeypatch, w
     the dataset's padded epoch length is the sampler's."""
     monkeypatch.setenv("WORLD_SIZE", str(world_size))
     coco = open_coco(shared_data / "coco" / "tiny_coco")
-    data, collate = query_training_data(DetectionDataset(coco, size=64), coco, QMDSettings(), seed=5)
+    data, collate = QueryPlan(QMDSettings()).training_data(DetectionDataset(coco, size=64), coco, seed=5)
     assert data.schedule.seed == 5
     for rank in range(world_size):
         sampler = ShardedSampler(len(data), rank=rank, world_size=world_size, seed=1)
@@ -32,7 +32,7 @@ def test_each_rank_reads_the_epoch_its_sampler_is_in(shared_data, monkeypatch, w
 def test_the_batch_gives_the_model_category_names_and_none(shared_data):
     coco = open_coco(shared_data / "coco" / "tiny_coco")
     settings = QMDSettings(multitask=True, positive_ratio=1, negative_ratio=0, none_ratio=1)
-    data, collate = query_training_data(DetectionDataset(coco, size=64), coco, settings, seed=0)
+    data, collate = QueryPlan(settings).training_data(DetectionDataset(coco, size=64), coco, seed=0)
     batch = collate([data[i] for i in range(len(data))])  # the covering positives come first
     names = {c["name"] for c in data.categories}
     assert None in batch["queries"] and set(batch["queries"]) - {None} <= names

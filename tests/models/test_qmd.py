@@ -30,7 +30,8 @@ def _model(seed: int = 0, **kwargs) -> QueryModulatedRetinaNet:
     options = {"categories": CATEGORIES, "query_dim": QUERY_DIM, "score_threshold": 0.0, **kwargs}
     model = build(NAME, **options)
     _add_noise(model.backbone.body, 0.05)
-    _add_noise(model.head, 0.05)
+    _add_noise(model.head.net, 0.05)
+    _add_noise(model.head.query_classifier, 0.05)
     return model
 
 
@@ -82,17 +83,24 @@ def _detect(model, images, queries=None) -> list[dict[str, Tensor]]:
 # The query path
 
 
-@pytest.mark.parametrize("modulation", ["film", "product"])
-def test_a_fresh_model_answers_a_query_with_its_one_class_head_on_unmodulated_features(modulation):
-    model = _model(modulation=modulation)
+@pytest.mark.parametrize(
+    ("modulation", "modulate"),
+    [("film", "features"), ("product", "features"), ("film", "class_tower"), ("product", "both")],
+)
+def test_a_fresh_model_answers_a_query_with_its_one_class_head_on_unmodulated_features(modulation, modulate):
+    model = _model(modulation=modulation, modulate=modulate)
     images = _images()
     queried = _detect(model, images, ["cat", "dog"])
     with torch.no_grad(), model.head.answering_queries():
-        unmodulated = RetinaNetDetector.forward(model, images)  # no query reaches the adapter
+        unmodulated = RetinaNetDetector.forward(model, images)  # no query reaches a modulation
     assert _same_detections(queried, unmodulated)
     assert all(bool((d["labels"] == 1).all()) for d in queried)
-    _add_noise(model.adapter, 0.5)
+    modulations = [model.adapter.modulation, model.head.tower_modulation]
+    for module in modulations:
+        if module is not None:
+            _add_noise(module, 0.5)
     assert not _same_detections(_detect(model, images, ["cat", "dog"]), unmodulated)  # it can tell
+    assert [m is not None for m in modulations] == [modulate != "class_tower", modulate != "features"]
 
 
 def test_training_makes_the_outputs_depend_on_the_query():

@@ -386,10 +386,19 @@ def _select(value: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 def query_text(category: Mapping[str, Any], *, synonyms: bool = True, rng: np.random.Generator) -> str:
     """The words a text encoder reads for ``category``: its name or, with ``synonyms``, one of
     its ``"synonyms"`` (LVIS has them, COCO does not), ``_`` read as a space."""
-    names = [category["name"], *category.get("synonyms", ())] if synonyms else [category["name"]]
-    # LVIS lists the name among the synonyms: one entry each, or the name would come up twice as often.
-    names = list(dict.fromkeys(str(name).replace("_", " ") for name in names))
+    names = _texts(category) if synonyms else _texts({"name": category["name"]})
     return names[int(rng.integers(len(names)))]
+
+
+def query_texts(categories: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every text :func:`query_text` can draw for ``categories`` (names and synonyms), once each."""
+    return list(dict.fromkeys(text for category in categories for text in _texts(category)))
+
+
+def _texts(category: Mapping[str, Any]) -> list[str]:
+    names = [category["name"], *category.get("synonyms", ())]
+    # LVIS lists the name among the synonyms: one entry each, or the name would come up twice as often.
+    return list(dict.fromkeys(str(name).replace("_", " ") for name in names))
 
 
 class QueryDetectionDataset(Dataset):

@@ -23,6 +23,8 @@ METHOD_FAMILIES: tuple[Family, ...] = ("vild", "qmd")
 VILD_METHODS = ("vild-text", "vild-image", "vild", "vild-ensemble")  # vvk.models.detectors.vild.METHODS
 QMD_METHOD = "qmd"
 MODULATIONS = ("film", "product")  # vvk.models.detectors.query_modulation.MODULATIONS
+MODULATION_SITES = ("features", "class_tower", "both")  # vvk.models.detectors.qmd.MODULATION_SITES
+LABEL_QUERIES = "label"  # qmd.query_encoder for learned label embeddings; anything else names a teacher
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,11 @@ class QMDSettings:
 
     Attributes:
         modulation: ``film`` or ``product`` (FindIt's), the fusion of query and features.
+        modulate: where: ``features`` (every pyramid level), ``class_tower`` (the class
+            subnet's output) or ``both`` (``vvk.models.detectors.qmd.qmd``).
+        query_encoder: ``label`` (a learned embedding per category: the queries are their
+            names) or a text teacher whose embedding of the query text is projected (``stand-in``,
+            a stand-in file, or a CLIP of ``vvk weights list``: free-text queries).
         multitask: also a standard detector for images without a query (trained on the
             ``none_ratio`` share of the images, and scored for box AP without queries).
         positive_ratio, negative_ratio, none_ratio: the proportions of training images asked
@@ -69,6 +76,8 @@ class QMDSettings:
     """
 
     modulation: str = "film"
+    modulate: str = "features"
+    query_encoder: str = LABEL_QUERIES
     multitask: bool = False
     positive_ratio: float = 0.7
     negative_ratio: float = 0.3
@@ -76,6 +85,8 @@ class QMDSettings:
 
     def __post_init__(self) -> None:
         check(self, "modulation", self.modulation in MODULATIONS, " | ".join(MODULATIONS))
+        check(self, "modulate", self.modulate in MODULATION_SITES, " | ".join(MODULATION_SITES))
+        check(self, "query_encoder", bool(self.query_encoder.strip()), "label, or a teacher's name or file")
         check_ranges(self, {">= 0": ("positive_ratio", "negative_ratio", "none_ratio")})
         total = self.positive_ratio + self.negative_ratio + self.none_ratio
         check(self, "positive_ratio", total > 0, "> 0 when the other ratios are 0")
@@ -86,11 +97,6 @@ class QMDSettings:
         from vvk.data.queries import QueryMix
 
         return QueryMix(positive=self.positive_ratio, negative=self.negative_ratio, none=self.none_ratio)
-
-    def build_options(self) -> dict[str, Any]:
-        """The ``qmd-*`` builder's arguments these settings stand for: its label query encoder
-        (the text one needs a teacher's width at build time, not wired into training yet)."""
-        return {"modulation": self.modulation, "query_encoder": "label", "multitask": self.multitask}
 
 
 @dataclass(frozen=True)

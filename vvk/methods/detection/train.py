@@ -153,6 +153,7 @@ class DetectorPlan:
     val_truth: Any = field(default=None, repr=False, compare=False)  # vvk.eval.detection.GroundTruth
     regions: Path | None = None
     vild: Any = field(default=None, repr=False, compare=False)  # vvk.methods.vild.train.ViLDPlan
+    queries: Any = field(default=None, repr=False, compare=False)  # vvk.methods.qmd.train.QueryPlan
 
     @property
     def categories(self) -> list[dict[str, Any]]:
@@ -258,12 +259,17 @@ def plan_detector(
         vild = plan_vild(config.vild, train_coco, regions=regions, demo=demo)
     elif regions is not None:
         raise VvkError(f"regions: only ViLD methods read regions, not {config.model}", params=("regions",))
+    queries = None
+    if config.qmd is not None:
+        from vvk.methods.qmd.train import plan_queries
+
+        queries = plan_queries(config.qmd, train_coco)
     plan = DetectorPlan(
         preset=preset, config=config, data=source, val=val_source, run_dir=run_dir, resume=resume, demo=demo,
         overrides=tuple(given), train_coco=train_coco, val_coco=val_coco, val_truth=_ground_truth(val_coco),
-        regions=None if regions is None else Path(regions), vild=vild,
+        regions=None if regions is None else Path(regions), vild=vild, queries=queries,
     )  # fmt: skip
-    _check_builds(config, plan.categories, vild)
+    _check_builds(config, plan.categories, vild, queries)
     return plan
 
 
@@ -339,10 +345,11 @@ def _ground_truth(val_coco: CocoDataset | None):
         raise
 
 
-def build_detector(config: DetectionPreset, categories: list[dict[str, Any]], vild=None):
+def build_detector(config: DetectionPreset, categories: list[dict[str, Any]], vild=None, queries=None):
     """The preset's model, knowing the data's categories (recorded in its checkpoints); a ViLD
     model also its method, teacher width and the base categories' text embeddings (``vild``, a
-    ``vvk.methods.vild.train.ViLDPlan``)."""
+    ``vvk.methods.vild.train.ViLDPlan``); a QMD model its fusion and query encoder (``queries``,
+    a ``vvk.methods.qmd.train.QueryPlan``)."""
     from torch import nn
 
     from vvk.models import build
@@ -354,8 +361,8 @@ def build_detector(config: DetectionPreset, categories: list[dict[str, Any]], vi
         options["backbone_options"] = {"stochastic_depth_rate": config.stochastic_depth}
     if vild is not None:
         options.update(vild.build_options())
-    if config.qmd is not None:
-        options.update(config.qmd.build_options())
+    if queries is not None:
+        options.update(queries.build_options())
     model = build(config.model, **options)
     if vild is not None:
         vild.train_vocabulary(model)
@@ -366,12 +373,12 @@ def build_detector(config: DetectionPreset, categories: list[dict[str, Any]], vi
     return model
 
 
-def _check_builds(config: DetectionPreset, categories: list[dict[str, Any]], vild=None) -> None:
+def _check_builds(config: DetectionPreset, categories: list[dict[str, Any]], vild=None, queries=None) -> None:
     """Build the model on the meta device: a bad name or option fails here, for free."""
     import torch
 
     with torch.device("meta"):
-        build_detector(config, categories, vild)
+        build_detector(config, categories, vild, queries)
 
 
 @dataclass(frozen=True)
@@ -424,17 +431,13 @@ def run_detector(plan: DetectorPlan, *, progress: bool = True) -> DetectorResult
             **(plan.vild.dataset_options() if plan.vild is not None else {}),
         )  # fmt: skip
         collate_fn = collate_detection
-        if config.qmd is not None:
-            from vvk.methods.qmd.train import query_training_data
-
-            dataset, collate_fn = query_training_data(
-                dataset, plan.train_coco, config.qmd, seed=config.train.seed
-            )
+        if plan.queries is not None:
+            dataset, collate_fn = plan.queries.training_data(dataset, plan.train_coco, seed=config.train.seed)
         run_dir.mkdir(parents=True, exist_ok=True)
         record = plan.record()
         atomic_write_text(run_dir / PRESET_FILE, json.dumps(record, indent=2) + "\n")
         seed_all(config.train.seed)  # the initial weights follow the preset's seed too
-        model = build_detector(config, plan.categories, plan.vild)
+        model = build_detector(config, plan.categories, plan.vild, plan.queries)
     except BaseException:
         if created:  # nothing trained: leave no half-made run folder that blocks the next out=
             shutil.rmtree(run_dir, ignore_errors=True)

@@ -3,6 +3,6 @@ qmd``: the training data (queries synthesised from the annotations, ``vvk.data.q
 model's query inputs. The detector is ``vvk.models.detectors.qmd``; its query-conditioned AP is
 ``vvk.methods.detection.query_eval``."""
 
-from vvk.methods.qmd.train import collate_model_queries, query_training_data
+from vvk.methods.qmd.train import QueryPlan, collate_model_queries, plan_queries
 
-__all__ = ["collate_model_queries", "query_training_data"]
+__all__ = ["QueryPlan", "collate_model_queries", "plan_queries"]

@@ -20,6 +20,7 @@ cached), a stand-in file (``*.safetensors`` written by :func:`save_stand_in`), o
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vvk.errors import VvkError
-from vvk.methods.vild.text import TEMPLATES, clean_name, text_classifier
+from vvk.methods.vild.text import TEMPLATES, clean_name, prompts, text_classifier
 
 STAND_IN = "stand-in"
 
@@ -55,6 +56,9 @@ class Teacher(nn.Module):
     def embed_vocabulary(self, vocabulary: Sequence[Sequence[str]]) -> Tensor:
         """K categories, each a list of synonyms (its name first) -> (K, D) unit embeddings."""
         raise NotImplementedError
+
+    def check_text(self, text: str) -> None:
+        """A one-line ``VvkError`` if ``text`` cannot be embedded as it is (cheap: no encoding)."""
 
 
 class ClipTeacher(Teacher):
@@ -81,10 +85,40 @@ class ClipTeacher(Teacher):
     def embed_vocabulary(self, vocabulary: Sequence[Sequence[str]]) -> Tensor:
         from open_clip import tokenize
 
-        device = self.mean.device
+        for synonyms in vocabulary:
+            for name in synonyms:
+                self.check_text(name)
+        device, context = self.mean.device, self.context_length
         return text_classifier(
-            lambda texts: self.model.encode_text(tokenize(texts).to(device)), vocabulary, self.templates
+            lambda texts: self.model.encode_text(tokenize(texts, context).to(device)),
+            vocabulary,
+            self.templates,
         )
+
+    @property
+    def context_length(self) -> int:
+        """The tokens the text encoder reads, start and end tokens included (CLIP: 77)."""
+        return int(self.model.context_length)
+
+    def check_text(self, name: str) -> None:
+        """Refuse a name whose longest prompt exceeds the text encoder's context: open_clip's
+        tokenizer would cut it silently, and a cut query asks for something else than was typed."""
+        from open_clip.tokenizer import SimpleTokenizer
+
+        tokenizer = _bpe(SimpleTokenizer)
+        longest = max(prompts(name, self.templates), key=lambda text: len(tokenizer.encode(text)))
+        tokens = len(tokenizer.encode(longest)) + 2  # the start and end tokens
+        if tokens > self.context_length:
+            raise VvkError(
+                f"query {name!r}: {tokens} tokens in its longest prompt, more than the "
+                f"{self.context_length} of {self.name}'s text encoder",
+                hint="shorten it: vvk refuses a query rather than truncate it",
+            )
+
+
+@functools.cache
+def _bpe(tokenizer_class: type):
+    return tokenizer_class()  # reads the bundled BPE vocabulary: once per process
 
 
 class StandInTeacher(Teacher):
@@ -131,12 +165,17 @@ class StandInTeacher(Teacher):
         for synonyms in vocabulary:
             known = [self.names.index(clean_name(s)) for s in synonyms if clean_name(s) in self.names]
             if not known:
-                raise VvkError(
-                    f"vocabulary: the stand-in teacher does not know '{synonyms[0]}'",
-                    hint=f"it knows only {', '.join(self.names)}; use a CLIP teacher for other names",
-                )
+                self.check_text(synonyms[0])
             rows.append(F.normalize(self.table[known], dim=-1).mean(dim=0))
         return F.normalize(torch.stack(rows), dim=-1)
+
+    def check_text(self, text: str) -> None:
+        """Its text side is a table: it embeds exactly the names it was trained with."""
+        if clean_name(text) not in self.names:
+            raise VvkError(
+                f"vocabulary: the stand-in teacher does not know '{text}'",
+                hint=f"it knows only {', '.join(self.names)}; use a CLIP teacher for other names",
+            )
 
 
 def save_stand_in(teacher: StandInTeacher, path: str | os.PathLike, *, metadata: dict | None = None) -> Path:
@@ -179,6 +218,13 @@ def load_stand_in(path: str | os.PathLike) -> StandInTeacher:
     # named by its file's contents: embeddings made by one stand-in never pass for another's
     teacher.name = f"{STAND_IN}-{sha256_file(path)[:12]}"
     return teacher.eval().requires_grad_(False)
+
+
+@functools.cache
+def shared_teacher(spec: str) -> Teacher:
+    """``load_teacher(spec)`` on the CPU, once per process: a query-modulated detector's text
+    encoder and the training plan that checks its queries read one copy (a CLIP is 600 MB)."""
+    return load_teacher(spec)
 
 
 def load_teacher(spec: str | os.PathLike, *, device: str | torch.device = "cpu") -> Teacher:

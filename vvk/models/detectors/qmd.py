@@ -52,6 +52,7 @@ from vvk.models.detectors.query_modulation import (
     LabelQueryEncoder,
     ModulatedFeatures,
     Modulation,
+    QueryModulation,
     TextQueryEncoder,
     query_modulation,
 )
@@ -61,6 +62,8 @@ from vvk.models.heads.retinanet import HEAD_SPECS, RetinaNetHead
 
 QueryEncoderKind = Literal["label", "text"]
 QUERY_ENCODERS: tuple[str, ...] = get_args(QueryEncoderKind)
+ModulationSite = Literal["features", "class_tower", "both"]
+MODULATION_SITES: tuple[str, ...] = get_args(ModulationSite)
 QUERY_DIM = 64
 QUERY_LOGITS = 2  # background (never a target) and "the queried thing", label 1
 Query = str | int  # a label's name or index in categories (label encoder), a text (text encoder)
@@ -69,26 +72,55 @@ Query = str | int  # a label's name or index in categories (label encoder), a te
 class QueryDenseHead(DenseHead):
     """:class:`DenseHead` with a second last layer for the class subnet: ``query_classifier``
     (one class), used inside :meth:`answering_queries`; outside it ``net.classifier``, the K-class
-    one, which is None when the model is not multitask. Towers and box regressor are shared."""
+    one, which is None when the model is not multitask. Towers and box regressor are shared.
 
-    def __init__(self, net: RetinaNetHead, *, query_classifier: nn.Module, multitask: bool):
+    ``tower_modulation`` (None: none) modulates the class tower's output, the one-class layer's
+    input, by the query: one module for every level, as the tower's convolutions are shared.
+    """
+
+    def __init__(
+        self,
+        net: RetinaNetHead,
+        *,
+        query_classifier: nn.Module,
+        multitask: bool,
+        tower_modulation: QueryModulation | None = None,
+    ):
         super().__init__(net)
         self.query_classifier = query_classifier
+        self.tower_modulation = tower_modulation
         if not multitask:
             net.classifier = None  # never run: its parameters would only weigh and never train
 
     @contextmanager
-    def answering_queries(self) -> Iterator[None]:
-        """The class subnet ends in the one-class classifier inside the block."""
+    def answering_queries(self, query: Tensor | None = None) -> Iterator[None]:
+        """The class subnet ends in the one-class classifier inside the block, its input
+        modulated by ``query`` ((B, Q) embeddings) when the head has a ``tower_modulation``
+        (None: unmodulated)."""
         net = self.net
         standard = net.classifier, net.num_classes
+        classifier = self.query_classifier
+        if self.tower_modulation is not None and query is not None:
+            classifier = _ModulatedInput(self.tower_modulation, classifier, query)
         # RetinaNetHead reads its classifier and logit count from these two attributes
         # (``forward``, ``flatten``): the same hook as the detector's ``set_classifier``
-        net.classifier, net.num_classes = self.query_classifier, QUERY_LOGITS
+        net.classifier, net.num_classes = classifier, QUERY_LOGITS
         try:
             yield
         finally:
             net.classifier, net.num_classes = standard
+
+
+class _ModulatedInput(nn.Module):
+    """``layer(modulation(x, query))`` for one (B, C, H, W) map ``x`` (the modulation's one level)."""
+
+    def __init__(self, modulation: QueryModulation, layer: nn.Module, query: Tensor):
+        super().__init__()
+        self.modulation, self.layer, self.query = modulation, layer, query
+
+    def forward(self, x: Tensor) -> Tensor:
+        (level,) = self.modulation.levels
+        return self.layer(self.modulation({level: x}, self.query)[level])
 
 
 class QueryModulatedRetinaNet(RetinaNetDetector):
@@ -112,10 +144,16 @@ class QueryModulatedRetinaNet(RetinaNetDetector):
         adapter: ModulatedFeatures,
         query_classifier: nn.Module,
         multitask: bool,
+        tower_modulation: QueryModulation | None = None,
         **detector_options: Any,
     ):
         super().__init__(**detector_options)
-        self.head = QueryDenseHead(self.head.net, query_classifier=query_classifier, multitask=multitask)
+        self.head = QueryDenseHead(
+            self.head.net,
+            query_classifier=query_classifier,
+            multitask=multitask,
+            tower_modulation=tower_modulation,
+        )
         self.set_feature_modulation(adapter)
         self.multitask = multitask
 
@@ -152,7 +190,7 @@ class QueryModulatedRetinaNet(RetinaNetDetector):
     def _answering(self, queries: Sequence[Query]) -> Iterator[Tensor]:
         """Forward passes inside the block modulate by ``queries`` (one per image) and classify
         with the one-class head; yields the (B, Q) query embeddings."""
-        with self.adapter.querying(queries) as embeddings, self.head.answering_queries():
+        with self.adapter.querying(queries) as embeddings, self.head.answering_queries(embeddings):
             yield embeddings
 
     def _check_queries(self, queries, batch: int) -> list[Query | None]:
@@ -193,6 +231,9 @@ class QueryModulatedRetinaNet(RetinaNetDetector):
         idle = []
         if self.multitask and True not in paths:
             idle += [*self.adapter.parameters(), *self.head.query_classifier.parameters()]
+            idle += (
+                [] if self.head.tower_modulation is None else list(self.head.tower_modulation.parameters())
+            )
         if self.multitask and False not in paths:
             idle += list(self.head.net.classifier.parameters())
         if not idle:
@@ -298,6 +339,7 @@ def qmd(
     detector: str,
     categories: Categories | None = None,
     modulation: Modulation = "film",
+    modulate: ModulationSite = "features",
     query_encoder: QueryEncoderKind = "label",
     query_dim: int = QUERY_DIM,
     multitask: bool = False,
@@ -311,6 +353,8 @@ def qmd(
         categories: the K categories (None: COCO's 80): the standard head's classes and the label
             encoder's vocabulary.
         modulation: ``"film"`` or ``"product"`` (:func:`query_modulation`).
+        modulate: where: ``"features"`` (every pyramid level, before both subnets),
+            ``"class_tower"`` (the class subnet's output, before the one-class layer) or ``"both"``.
         query_encoder: ``"label"`` or ``"text"`` (:func:`make_query_encoder`).
         query_dim: Q, the width of the query embeddings.
         multitask: also a standard K-class detector for images without a query.
@@ -330,15 +374,24 @@ def qmd(
     encoder = make_query_encoder(
         query_encoder, categories=base.categories, dim=query_dim, teacher=teacher, teacher_dim=teacher_dim
     )
-    levels = base.backbone.levels
-    adapter = ModulatedFeatures(
-        query_modulation(modulation, channels=base.backbone.out_channels, query_dim=query_dim, levels=levels),
-        encoder=encoder,
-    )
+    if modulate not in MODULATION_SITES:
+        raise VvkError(
+            f"modulate={modulate}: expected one of {', '.join(MODULATION_SITES)}", params=("modulate",)
+        )
+    features = tower = None
+    if modulate in ("features", "both"):
+        features = query_modulation(
+            modulation, channels=base.backbone.out_channels, query_dim=query_dim, levels=base.backbone.levels
+        )
+    if modulate in ("class_tower", "both"):
+        tower = query_modulation(
+            modulation, channels=num_filters, query_dim=query_dim, levels=("class_tower",)
+        )
     return QueryModulatedRetinaNet(
-        adapter=adapter,
+        adapter=ModulatedFeatures(features, encoder=encoder),
         query_classifier=one_class_classifier(net, num_filters=num_filters, separable=bool(separable)),
         multitask=multitask,
+        tower_modulation=tower,
         backbone=base.backbone,
         head=net,
         categories=base.categories,

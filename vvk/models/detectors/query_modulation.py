@@ -207,12 +207,13 @@ class ModulatedFeatures(nn.Module):
     train and are saved with the detector's.
 
     Args:
-        modulation: the module that modulates the features.
+        modulation: the module that modulates the features; None: they pass unchanged, the
+            adapter only encodes the queries (for a detector that modulates elsewhere).
         encoder: turns what :meth:`querying` is given into (B, Q) embeddings (a
             :class:`LabelQueryEncoder` or :class:`TextQueryEncoder`); None: it is given embeddings.
     """
 
-    def __init__(self, modulation: QueryModulation, *, encoder: nn.Module | None = None):
+    def __init__(self, modulation: QueryModulation | None, *, encoder: nn.Module | None = None):
         super().__init__()
         self.modulation, self.encoder = modulation, encoder
         self._query: Tensor | None = None
@@ -238,7 +239,7 @@ class ModulatedFeatures(nn.Module):
             self._query, self._active = previous
 
     def forward(self, features: Features) -> Features:
-        if self._query is None:
+        if self._query is None or self.modulation is None:
             return features
         if self._active is None:
             return self.modulation(features, self._query)
