@@ -2,7 +2,8 @@
 filtered to that label? Query-conditioned AP50 on the built-in example (issue 17).
 
     python benchmarks/qmd_vs_filtered.py [--models retinanet qmd-film qmd-product qmd-multitask]
-        [--seeds 0 1 2] [--steps N] [--set KEY=VALUE ...] [--none-ratio R] [--label NAME] [--jobs N]
+        [--seeds 0 1 2] [--steps N] [--set KEY=VALUE ...] [--none-ratio R] [--qmd-set KEY=VALUE ...]
+        [--label NAME] [--jobs N]
     python benchmarks/qmd_vs_filtered.py --steps 3 --seeds 0 --label smoke    # does it run
     python benchmarks/qmd_vs_filtered.py --latency [--runs 21] [--warmup 3] [--threads 1]
 
@@ -12,8 +13,11 @@ queried label. Every model trains from random initialisation on the built-in exa
 classes; ``vvk train detector`` without ``--data``) with the same steps and seed:
 
 - ``retinanet``: a standard ``retinanet-spinenet-mobile-tiny`` (the baseline);
-- ``qmd-film``: ``--method qmd``, FiLM fusion (the default);
+- ``qmd-film``: ``--method qmd``, FiLM fusion (the default), each image asking ten queries
+  (the tiny preset's ``qmd.queries_per_image``); ``qmd-film-1query``: one, as in the paper;
 - ``qmd-product``: ``--method qmd --set qmd.modulation=product`` (FindIt's fusion);
+- ``qmd-film-tower``, ``qmd-film-both``: FiLM on the class subnet's output (``qmd.modulate=
+  class_tower``), or there and on the pyramid (``both``);
 - ``qmd-multitask``: ``--method qmd --multitask`` (FiLM), also a standard detector, its K-class
   head trained on the unqueried images (``qmd.none_ratio``: the preset's, or ``--none-ratio R``
   for this model only).
@@ -28,13 +32,18 @@ cross-check). Per model: mean, standard deviation and range over seeds; then the
 questions: does the best QMD variant's query AP50 beat the filtered standard detector's, and is
 the multitask model's standard box AP50 at least the standard detector's.
 
+``--qmd-set KEY=VALUE`` sets ``qmd.KEY`` for the QMD models only (e.g. ``queries_per_image=10``:
+each training image asks every category, on one backbone pass).
+
 ``--latency`` instead times eval-mode forward passes at 384² on the CPU (random weights, batch
 1, interleaved rounds after a warm-up, the median): ``qmd-spinenet-mobile-tiny`` answering a
-query vs the plain ``retinanet-spinenet-mobile-tiny``, and their ratio, built for COCO's 80
-categories and for the example's 10 (the query path's class subnet ends in a one-class layer,
-the plain one in a K-class layer whose decoding runs over K classes); and checks that a text
-query's embedding is cached per string (the model's encoder swapped for a ``TextQueryEncoder``
-over a stand-in teacher that counts its calls: a query asked twice must reach it once).
+query, in each variant of ``TIMED_VARIANTS``, against the same model with its modulation taken
+out (``over_unmodulated``: what modulating costs, the issue's 5% budget) and against the plain
+``retinanet-spinenet-mobile-tiny``; built for COCO's 80 categories and for the example's 10 (the
+query path's class subnet ends in a one-class layer, the plain one in a K-class layer whose
+decoding runs over K classes); and checks that a text query's embedding is cached per string
+(the model's encoder swapped for a ``TextQueryEncoder`` over a stand-in teacher that counts its
+calls: a query asked twice must reach it once).
 
 Writes benchmarks/results/qmd_vs_filtered.json, records of earlier invocations kept, keyed by
 ``--label`` (default ``default``; ``latency`` for ``--latency``), with the machine. ``--jobs N``
@@ -51,6 +60,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -71,11 +81,19 @@ MODELS: dict[str, dict] = {
     "retinanet": {"model": STANDARD},
     "qmd-film": {"method": "qmd"},
     "qmd-product": {"method": "qmd", "overrides": ["qmd.modulation=product"]},
+    "qmd-film-1query": {"method": "qmd", "overrides": ["qmd.queries_per_image=1"]},
     "qmd-film-tower": {"method": "qmd", "overrides": ["qmd.modulate=class_tower"]},
     "qmd-film-both": {"method": "qmd", "overrides": ["qmd.modulate=both"]},
     "qmd-multitask": {"method": "qmd", "multitask": True},
 }
-QMD_MODELS = ("qmd-film", "qmd-product", "qmd-film-tower", "qmd-film-both", "qmd-multitask")
+QMD_MODELS = (
+    "qmd-film",
+    "qmd-film-1query",
+    "qmd-product",
+    "qmd-film-tower",
+    "qmd-film-both",
+    "qmd-multitask",
+)
 KEYS = ("query_AP50", "query_AP", "bbox_AP50", "bbox_AP", "train_query_AP50")
 LATENCY_SIZE = 384
 
@@ -85,6 +103,8 @@ def run_one(name: str, seed: int, work: Path, args) -> dict:
     overrides = [f"train.seed={seed}", "eval_every=0", *options.pop("overrides", []), *args.set]
     if name == "qmd-multitask" and args.none_ratio is not None:
         overrides.append(f"qmd.none_ratio={args.none_ratio}")
+    if name in QMD_MODELS:
+        overrides += [f"qmd.{assignment}" for assignment in args.qmd_set]
     started = time.monotonic()
     result = train_detector(steps=args.steps, overrides=overrides, out=work / f"{name}-s{seed}",
                             progress=False, **options)  # fmt: skip
@@ -172,20 +192,35 @@ def latency(args) -> dict:
             "query_cache": query_cache()}  # fmt: skip
 
 
+# the QMD variants timed: name -> builder options
+TIMED_VARIANTS: dict[str, dict] = {
+    "film_features": {},
+    "film_class_tower": {"modulate": "class_tower"},
+    "product_features": {"modulation": "product"},
+}
+
+
 def forward_times(categories, args) -> dict:
     """Eval-mode forward seconds at 384² (median of ``args.runs`` interleaved rounds after
-    ``args.warmup``) of the QMD detector answering a query, the plain RetinaNet, and the QMD
-    model's label encoder alone."""
+    ``args.warmup``) of the plain RetinaNet, each QMD variant answering a query, the default QMD
+    model with its modulation taken out (``unmodulated``: the same one-class query path, so that
+    the ratio to it is what modulating costs), and the label encoder alone."""
     import vvk.models
 
     torch.manual_seed(0)
     options = {"image_size": LATENCY_SIZE, **({} if categories is None else {"categories": categories})}
     standard = vvk.models.build(STANDARD, **options).eval()
-    qmd = vvk.models.build(QMD, **options).eval()
-    query = qmd.categories[0]["name"]
+    variants = {
+        name: vvk.models.build(QMD, **options, **extra).eval() for name, extra in TIMED_VARIANTS.items()
+    }
+    unmodulated = vvk.models.build(QMD, **options).eval()
+    unmodulated.adapter.modulation = None  # the adapter then only encodes the query
+    query = standard.categories[0]["name"]
     images = [torch.rand(3, LATENCY_SIZE, LATENCY_SIZE)]
-    calls = {"retinanet": lambda: standard(images), "qmd_query": lambda: qmd(images, queries=[query]),
-             "label_encoder": lambda: qmd.adapter.encoder([query])}  # fmt: skip
+    calls = {"retinanet": partial(standard, images),
+             "unmodulated": partial(unmodulated, images, queries=[query]),
+             **{name: partial(model, images, queries=[query]) for name, model in variants.items()},
+             "label_encoder": lambda: variants["film_features"].adapter.encoder([query])}  # fmt: skip
     times: dict[str, list[float]] = {name: [] for name in calls}
     for round_ in range(args.warmup + args.runs):
         for name, call in calls.items():
@@ -194,11 +229,10 @@ def forward_times(categories, args) -> dict:
             if round_ >= args.warmup:
                 times[name].append(time.perf_counter() - started)
     median = {name: statistics.median(t) for name, t in times.items()}
-    return {"categories": len(qmd.categories), "query": query,
-            "retinanet_seconds_median": round(median["retinanet"], 5),
-            "qmd_query_seconds_median": round(median["qmd_query"], 5),
-            "qmd_over_retinanet": round(median["qmd_query"] / median["retinanet"], 3),
-            "label_encoder_seconds_median": round(median["label_encoder"], 6)}  # fmt: skip
+    return {"categories": len(standard.categories), "query": query,
+            "seconds_median": {name: round(m, 6) for name, m in median.items()},
+            "over_unmodulated": {name: round(median[name] / median["unmodulated"], 3) for name in variants},
+            "default_over_retinanet": round(median["film_features"] / median["retinanet"], 3)}  # fmt: skip
 
 
 def query_cache() -> dict:
@@ -239,6 +273,10 @@ def main() -> None:
         "--none-ratio", type=float, default=None,
         help="qmd-multitask's qmd.none_ratio (default: the preset's multitask share)",
     )  # fmt: skip
+    parser.add_argument(
+        "--qmd-set", action="append", default=[], metavar="KEY=VALUE",
+        help="qmd.KEY=VALUE for the QMD models only, e.g. queries_per_image=10",
+    )  # fmt: skip
     parser.add_argument("--latency", action="store_true", help="time the forward passes instead")
     parser.add_argument("--runs", type=int, default=21, help="--latency: timed rounds")
     parser.add_argument("--warmup", type=int, default=3, help="--latency: untimed rounds first")
@@ -260,7 +298,8 @@ def main() -> None:
             for name, record in records:
                 runs[name].append(record)
             entry = {"steps": args.steps, "overrides": args.set, "none_ratio": args.none_ratio,
-                     "runs": runs, "summary": summarise(runs), "machine": machine_info()}  # fmt: skip
+                     "qmd_set": args.qmd_set, "runs": runs, "summary": summarise(runs),
+                     "machine": machine_info()}  # fmt: skip
             save_records(RESULTS, {"results": {label: entry}}, "results")
         print(json.dumps(entry["summary"]), flush=True)
     finally:

@@ -77,3 +77,48 @@ def test_without_data_qmd_trains_on_the_built_in_example(cli, tmp_path):
     record = json.loads(result.stdout)
     assert record["preset"]["qmd"] is not None and record["preset"]["flip_prob"] == 0
     assert 0 <= record["evaluation"]["query_AP50"] <= 1
+
+
+def test_text_queries_train_through_a_teacher_and_answer_free_text(cli, example, tmp_path):
+    """--query-encoder TEACHER: the queries are texts the teacher embeds (a stand-in's table
+    here, which can hold any phrase; a CLIP embeds every phrase), each image asking several."""
+    from vvk.data.detection import open_coco
+    from vvk.methods.vild.teacher import StandInTeacher, save_stand_in
+
+    names = [c["name"] for c in open_coco(example / "train").categories]
+    teacher = save_stand_in(
+        StandInTeacher([*names, "red mug"], dim=8, image_size=8, width=4), tmp_path / "t.safetensors"
+    )
+    run = tmp_path / "run"
+    result = _train(cli, example, run, "--query-encoder", str(teacher), "--set", "qmd.queries_per_image=3")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["preset"]["qmd"]["query_encoder"] == str(teacher)
+    exported = json.loads((run / "detector.json").read_text())["kwargs"]
+    assert (exported["query_encoder"], exported["teacher"], exported["teacher_dim"]) == (
+        "text",
+        str(teacher),
+        8,
+    )
+    image = str(next((example / "val" / "images").iterdir()))
+    asked = cli("detect", image, "--weights", str(run), "--query", "red mug", "--query", names[0], "--json")
+    assert asked.code == 0, asked.stderr
+    assert {json.loads(line)["query"] for line in asked.stdout.splitlines()} == {"red mug", names[0]}
+    unknown = cli("detect", image, "--weights", str(run), "--query", "zebra", "--json")
+    assert unknown.code == 1 and "does not know 'zebra'" in unknown.stderr
+    assert len(unknown.stderr.strip().splitlines()) == 1, unknown.stderr
+
+
+def test_a_teacher_that_cannot_embed_a_category_is_refused_before_training(cli, example, tmp_path):
+    from vvk.data.detection import open_coco
+    from vvk.methods.vild.teacher import StandInTeacher, save_stand_in
+
+    names = [c["name"] for c in open_coco(example / "train").categories]
+    teacher = save_stand_in(
+        StandInTeacher(names[1:], dim=8, image_size=8, width=4), tmp_path / "t.safetensors"
+    )
+    result = _train(cli, example, tmp_path / "run", "--query-encoder", str(teacher))
+    assert result.code == 1 and f"does not know '{names[0]}'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "run").exists()
+    missing = _train(cli, example, tmp_path / "run", "--query-encoder", str(tmp_path / "none.safetensors"))
+    assert missing.code == 1 and "no such file" in missing.stderr and not (tmp_path / "run").exists()

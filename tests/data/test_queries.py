@@ -240,7 +240,8 @@ def test_the_dataset_gives_each_sample_its_query_target_and_record(coco, unjitte
     data.set_epoch(2)
     names = {c["id"]: c["name"] for c in coco.categories}
     samples = [data[i] for i in range(len(data))]
-    for index, (image_id, (_, target, record)) in enumerate(zip(coco.images, samples, strict=True)):
+    for index, (image_id, (_, targets, records)) in enumerate(zip(coco.images, samples, strict=True)):
+        (target,), (record,) = targets, records  # one query per image by default
         query = schedule.query(2, index)
         assert (record["kind"], record["category_id"]) == (query.kind, query.category_id)
         if query.kind == "none":
@@ -250,7 +251,45 @@ def test_the_dataset_gives_each_sample_its_query_target_and_record(coco, unjitte
             assert len(target["boxes"]) == len(annotated_boxes(coco, image_id, query.category_id))
     batch = collate_queries(samples[:3])
     assert batch["images"].shape == (3, 3, SIZE, SIZE)
-    assert batch["queries"] == [record for _, _, record in samples[:3]]
+    assert batch["queries"] == [records for _, _, records in samples[:3]]
+    assert [len(t) for t in batch["targets"]] == [1, 1, 1] and "skipped" not in batch["targets"][0][0]
+
+
+def test_an_image_asks_its_planned_query_then_distinct_others_by_presence(coco):
+    schedule = QuerySchedule(coco, QueryMix(positive=0.5, negative=0.3, none=0.2), seed=3)
+    present = labels_of(coco)
+    k = len(category_ids(coco))
+    for position in range(len(schedule)):
+        asked = schedule.queries(1, position, 4)
+        assert asked[0] == schedule.query(1, position)
+        assert asked == schedule.queries(1, position, 4)  # a function of seed, epoch and position
+        if asked[0].kind == "none":
+            assert len(asked) == 1  # plain detection: nothing more to ask
+            continue
+        ids = [q.category_id for q in asked]
+        assert len(ids) == len(set(ids)) == 4
+        assert all((q.kind == "positive") == (q.category_id in present[position]) for q in asked[1:])
+        everything = schedule.queries(1, position, k + 5)  # more than there are: each category once
+        assert sorted(q.category_id for q in everything) == sorted(category_ids(coco))
+    # another epoch asks other things besides
+    assert any(schedule.queries(1, p, 4)[1:] != schedule.queries(2, p, 4)[1:] for p in range(len(schedule)))
+    with pytest.raises(ValueError, match="count=0"):
+        schedule.queries(0, 0, 0)
+
+
+def test_the_dataset_gives_one_target_and_record_per_query(coco, unjittered):
+    schedule = QuerySchedule(coco, QueryMix(positive=0.6, negative=0.4), seed=0)
+    data = QueryDetectionDataset(unjittered, schedule, queries_per_image=3)
+    names = {c["id"]: c["name"] for c in coco.categories}
+    for index, image_id in enumerate(coco.images):
+        _, targets, records = data[index]
+        asked = schedule.queries(0, index, 3)
+        assert [(r["kind"], r["category_id"]) for r in records] == [(q.kind, q.category_id) for q in asked]
+        for target, record in zip(targets, records, strict=True):
+            assert record["name"] == names[record["category_id"]]
+            assert len(target["boxes"]) == len(annotated_boxes(coco, image_id, record["category_id"]))
+    with pytest.raises(VvkError, match="queries_per_image=0: must be >= 1"):
+        QueryDetectionDataset(unjittered, schedule, queries_per_image=0)
 
 
 class _Blank:
@@ -279,7 +318,7 @@ def test_a_loop_key_carries_the_samplers_epoch(world_size):
         for count in range(6 * sampler.per_rank):
             index, draw = sampler.key(count)
             query = schedule.query(count // sampler.per_rank, index)
-            record = data[index, draw][2]
+            (record,) = data[index, draw][2]
             assert (record["kind"], record["category_id"]) == (query.kind, query.category_id)
 
 

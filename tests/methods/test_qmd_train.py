@@ -25,7 +25,7 @@ def test_each_rank_reads_the_epoch_its_sampler_is_in(shared_data, monkeypatch, w
             index, draw = sampler.key(count)
             epoch = count // sampler.per_rank
             assert draw // data.epoch_length == epoch
-            *_, record = data[(index, draw)]
+            *_, (record,) = data[(index, draw)]
             assert record["category_id"] == data.schedule.query(epoch, index).category_id
 
 
@@ -37,3 +37,14 @@ def test_the_batch_gives_the_model_category_names_and_none(shared_data):
     names = {c["name"] for c in data.categories}
     assert None in batch["queries"] and set(batch["queries"]) - {None} <= names
     assert len(batch["queries"]) == len(batch["targets"]) == len(data)
+
+
+def test_an_image_asking_several_queries_gives_the_model_lists(shared_data):
+    coco = open_coco(shared_data / "coco" / "tiny_coco")
+    settings = QMDSettings(queries_per_image=3)
+    data, collate = QueryPlan(settings).training_data(DetectionDataset(coco, size=64), coco, seed=0)
+    batch = collate([data[i] for i in range(4)])
+    names = {c["name"] for c in data.categories}
+    for queries, targets in zip(batch["queries"], batch["targets"], strict=True):
+        assert isinstance(queries, list) and len(queries) == len(targets) == 3
+        assert set(queries) <= names and all(bool((t["labels"] == 1).all()) for t in targets)

@@ -30,6 +30,7 @@ _FLAGS = {
         "regions",
         "novel",
         "teacher",
+        "query_encoder",
     )
 }
 _SWITCHES = {"resume": "--resume", "copy_paste": "--copy-paste", "multitask": "--multitask"}
@@ -63,6 +64,13 @@ def detector(
     multitask: Annotated[
         bool, typer.Option("--multitask", help="QMD: also detect every category without a query.")
     ] = False,
+    query_encoder: Annotated[
+        str | None,
+        typer.Option(
+            help="QMD: label (a learned embedding per category, queried by name), or a text "
+            "teacher for free-text queries: stand-in, a stand-in file or a CLIP from vvk weights list."
+        ),
+    ] = None,
     regions: Annotated[
         Path | None,
         typer.Option(help="ViLD: the teacher's region embeddings of --data (vvk detect embed-regions)."),
@@ -100,24 +108,35 @@ def detector(
     --data, the built-in example with three held-out digits and a stand-in teacher.
 
     With --method qmd, a query-modulated detector (qmd-*) learns to find the category a query
-    names: each training image asks for a category it holds or one it lacks (qmd.*_ratio);
-    val is scored as query-conditioned AP (query_AP50: every image asked for each category it
-    holds and one it lacks), and with --multitask also as box AP without queries.
+    names: each training image asks for a category it holds or one it lacks (qmd.*_ratio), and
+    qmd.queries_per_image - 1 more; the queries are the category names (--query-encoder label)
+    or, with a text teacher, their texts and synonyms. Val is scored as query-conditioned AP
+    (query_AP50: every image asked for each category it holds and one it lacks), and with
+    --multitask also as box AP without queries.
 
     EXAMPLES: vvk train detector
               vvk train detector --data coco/train --val coco/val
               vvk train detector --out runs/d1 --resume --steps 3000
               vvk train detector --method vild --steps 400
               vvk train detector --method qmd --set qmd.modulation=product
+              vvk train detector --method qmd --query-encoder clip-vit-b-32.openai --data coco/train
     """
     from vvk.methods.detection.train import plan_detector, run_detector
 
     out_ = Output(json_output)
     # Everything is checked here, before anything is printed or written.
-    vild_sets = [f"vild.{key}={value}" for key, value in (("novel", novel), ("teacher", teacher)) if value]
+    method_sets = [
+        f"{key}={value}"
+        for key, value in (
+            ("vild.novel", novel),
+            ("vild.teacher", teacher),
+            ("qmd.query_encoder", query_encoder),
+        )
+        if value
+    ]
     with as_flags(switches=_SWITCHES, **_FLAGS):
         plan = plan_detector(
-            model=model, data=data, val=val, preset=preset, overrides=[*vild_sets, *(set_ or [])],
+            model=model, data=data, val=val, preset=preset, overrides=[*method_sets, *(set_ or [])],
             steps=steps, batch_size=batch_size, copy_paste=copy_paste, method=method, multitask=multitask,
             regions=regions, out=out, resume=resume,
         )  # fmt: skip

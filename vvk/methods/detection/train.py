@@ -403,11 +403,14 @@ def detection_step(model, batch: dict[str, Any]):
 
     device = batch["images"].device
     images = list(batch["images"])  # (B, 3, S, S) -> B x (3, S, S), as detectors take them
-    # every tensor of a target: boxes, labels, masks, and what a method adds (ViLD's regions)
-    targets = [
-        {key: value.to(device) for key, value in target.items() if isinstance(value, torch.Tensor)}
-        for target in batch["targets"]
-    ]
+
+    def on_device(target):  # an image's target, or the list of its queries' targets (QMD)
+        if isinstance(target, list):
+            return [on_device(t) for t in target]
+        # every tensor of a target: boxes, labels, masks, and what a method adds (ViLD's regions)
+        return {key: value.to(device) for key, value in target.items() if isinstance(value, torch.Tensor)}
+
+    targets = [on_device(target) for target in batch["targets"]]
     if "queries" in batch:
         return model(images, targets, queries=batch["queries"])
     return model(images, targets)

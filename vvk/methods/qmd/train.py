@@ -63,7 +63,13 @@ class QueryPlan:
         """
         schedule = QuerySchedule(coco, self.settings.mix(), seed=seed)
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        queried = QueryDetectionDataset(dataset, schedule, world_size=world_size, synonyms=self.text_queries)
+        queried = QueryDetectionDataset(
+            dataset,
+            schedule,
+            world_size=world_size,
+            synonyms=self.text_queries,
+            queries_per_image=self.settings.queries_per_image,
+        )
         return queried, partial(collate_model_queries, key="text" if self.text_queries else "name")
 
 
@@ -82,9 +88,15 @@ def plan_queries(settings: QMDSettings, coco: CocoDataset) -> QueryPlan:
 
 
 def collate_model_queries(samples: Sequence[tuple], *, key: str = "name") -> dict[str, Any]:
-    """``collate_queries``' batch with ``"queries"`` as the model's encoder takes them: the
-    query record's ``key`` (``name``: the queried category's, for a label encoder; ``text``: the
-    words drawn for it, for a text encoder), None for an image without a query."""
+    """``collate_queries``' batch as ``QueryModulatedRetinaNet`` takes it: per image, its query
+    and target, or the list of its queries and the list of their targets when it asks several;
+    a query is the record's ``key`` (``name``: the queried category's, for a label encoder;
+    ``text``: the words drawn for it, for a text encoder), None for an image without a query."""
     batch = collate_queries(samples)
-    batch["queries"] = [record[key] for record in batch["queries"]]
+    queries, targets = [], []
+    for records, image_targets in zip(batch["queries"], batch["targets"], strict=True):
+        asked = [record[key] for record in records]
+        queries.append(asked[0] if len(asked) == 1 else asked)
+        targets.append(image_targets[0] if len(asked) == 1 else image_targets)
+    batch["queries"], batch["targets"] = queries, targets
     return batch

@@ -203,13 +203,15 @@ class DetectorHooks:
         if targets is None:
             return None
         return [
-            _plain_target(i, t, num_categories=len(self.categories), masks=masks)
+            plain_target(f"targets[{i}]", t, num_categories=len(self.categories), masks=masks)
             for i, t in enumerate(targets)
         ]
 
 
-def _plain_target(i: int, target: dict[str, Any], *, num_categories: int, masks: bool) -> dict[str, Tensor]:
-    where = f"targets[{i}]"
+def plain_target(
+    where: str, target: dict[str, Any], *, num_categories: int, masks: bool
+) -> dict[str, Tensor]:
+    """One target as ``prepare_targets`` makes it; errors name it ``where``."""
     for key in ("boxes", "labels", *(["masks"] if masks else [])):
         if key not in target:
             raise VvkError(f"{where}: missing '{key}'")

@@ -8,7 +8,9 @@ and the CPU variant ``qmd-spinenet-mobile-tiny`` are ``retinanet-*`` variants wi
 - a :class:`~vvk.models.detectors.query_modulation.ModulatedFeatures` in the backbone's
   ``feature_modulation`` hook, with a ``modulation`` (``"film"`` or ``"product"``, both the
   identity when fresh) and a ``query_encoder``: ``"label"`` (a learned row per category) or
-  ``"text"`` (a frozen teacher's text embedding and a learned projection);
+  ``"text"`` (a frozen teacher's text embedding and a learned projection); ``modulate`` says
+  where the modulation acts: on every pyramid level (``"features"``), on the class subnet's
+  output, the one-class layer's input (``"class_tower"``), or both;
 - a one-class classifier (``head.query_classifier``): the class subnet's last layer for "the
   queried thing", on the same class tower. The classifier knows no labels: what to find comes
   from the modulated features only. It keeps the background column of the K-class layer
@@ -18,10 +20,14 @@ and the CPU variant ``qmd-spinenet-mobile-tiny`` are ``retinanet-*`` variants wi
 - ``multitask``: the K-class classifier stays, for images without a query, on unmodulated
   features; without ``multitask`` it is dropped and every image needs a query.
 
-The box subnet is shared by both paths (RetinaNet's boxes are class-agnostic)::
+The box subnet is shared by both paths (RetinaNet's boxes are class-agnostic). In training an
+image may ask several queries, a list of them with the list of their targets: its backbone runs
+once and its features are repeated for each query, modulated, and through the heads (a batch of
+its copies, minus their backbone passes)::
 
     model = vvk.models.build("qmd-spinenet-mobile-tiny", categories=cats, multitask=True)
     losses = model(images, targets, queries=["mug", "cat", None])  # None: standard detection
+    losses = model(images[:1], [[mug_target, cat_target]], queries=[["mug", "cat"]])
     model.eval()
     (mugs,) = model([image], queries=["mug"])  # boxes, scores, labels (all 1)
 
@@ -43,10 +49,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal, get_args
 
+import torch
 from torch import Tensor, nn
 
 from vvk.errors import VvkError
-from vvk.models.detectors.common import Categories, register_variants, to_image_list
+from vvk.models.detectors.common import Categories, plain_target, register_variants, to_image_list
 from vvk.models.detectors.query_modulation import (
     MODULATIONS,
     LabelQueryEncoder,
@@ -67,6 +74,7 @@ MODULATION_SITES: tuple[str, ...] = get_args(ModulationSite)
 QUERY_DIM = 64
 QUERY_LOGITS = 2  # background (never a target) and "the queried thing", label 1
 Query = str | int  # a label's name or index in categories (label encoder), a text (text encoder)
+Asked = Query | list[Query] | None  # what one image asks: a query, several (training), or nothing
 
 
 class QueryDenseHead(DenseHead):
@@ -162,29 +170,54 @@ class QueryModulatedRetinaNet(RetinaNetDetector):
         # held by the backbone's hook only: a second reference would save every tensor twice
         return self.backbone.feature_modulation
 
-    def forward(self, images, targets=None, *, queries: Sequence[Query | None] | None = None):
+    def forward(self, images, targets=None, *, queries: Sequence[Asked] | None = None):
         images = to_image_list(images)
         queries = self._check_queries(queries, len(images))
-        targets = self._check_targets(targets, queries)
-        groups = _groups(queries)
-        outputs = [
-            self._forward_group(
-                [images[i] for i in index],
-                None if targets is None else [targets[i] for i in index],
-                [queries[i] for i in index] if queried else None,
-            )
-            for queried, index in groups
-        ]
         if not self.training:
+            groups = _groups(queries)
+            outputs = [
+                self._detect_group(
+                    [images[i] for i in index], [queries[i] for i in index] if queried else None
+                )
+                for queried, index in groups
+            ]
             return _in_input_order(outputs, [index for _, index in groups])
-        losses = _weighted_losses(outputs, [len(index) for _, index in groups], len(images))
-        return self._touch_idle_parameters(losses, {queried for queried, _ in groups})
+        sources, asked, answers = self._pairs(queries, targets)
+        unqueried = [i for i, q in enumerate(queries) if q is None]
+        parts, images_of_part = [], []
+        if sources:
+            parts.append(self._query_losses(images, sources, asked, answers))
+            images_of_part.append(len(set(sources)))
+        if unqueried:
+            parts.append(super().forward([images[i] for i in unqueried], [targets[i] for i in unqueried]))
+            images_of_part.append(len(unqueried))
+        losses = _weighted_losses(parts, images_of_part, len(images))
+        return self._touch_idle_parameters(losses, queried=bool(sources), unqueried=bool(unqueried))
 
-    def _forward_group(self, images: list[Tensor], targets, queries: list[Query] | None):
+    def _detect_group(self, images: list[Tensor], queries: list[Query] | None):
         if queries is None:
-            return super().forward(images, targets)
+            return super().forward(images)
         with self._answering(queries):
-            return super().forward(images, targets)
+            return super().forward(images)
+
+    def _query_losses(
+        self, images: list[Tensor], sources: list[int], queries: list[Query], targets: list[dict[str, Tensor]]
+    ) -> dict[str, Tensor]:
+        """RetinaNet's training forward (torchvision's ``RetinaNet.forward``) over (image, query)
+        pairs, ``sources[p]`` the image of pair ``p``: one backbone pass per image, then its
+        features, repeated for each of its queries, modulated and through the heads."""
+        # each copy of an image is transformed alike, its targets with it
+        image_list, targets = self.transform([images[i] for i in sources], targets)
+        unique = list(dict.fromkeys(sources))  # the images, in order of first appearance
+        first = [sources.index(i) for i in unique]
+        position = torch.tensor([unique.index(i) for i in sources], device=image_list.tensors.device)
+        features = self.backbone(image_list.tensors[first])  # {level: (I, C, H, W)}, no query set
+        repeated = {level: x[position] for level, x in features.items()}  # (P, C, H, W) each
+        with self._answering(queries):
+            modulated = list(self.adapter(repeated).values())
+            head_outputs = self.head(modulated)
+        anchors = self.anchor_generator(image_list, modulated)
+        return self.compute_loss(targets, head_outputs, anchors)
 
     @contextmanager
     def _answering(self, queries: Sequence[Query]) -> Iterator[Tensor]:
@@ -193,7 +226,7 @@ class QueryModulatedRetinaNet(RetinaNetDetector):
         with self.adapter.querying(queries) as embeddings, self.head.answering_queries(embeddings):
             yield embeddings
 
-    def _check_queries(self, queries, batch: int) -> list[Query | None]:
+    def _check_queries(self, queries, batch: int) -> list[Asked]:
         if queries is None:
             queries = [None] * batch
         if isinstance(queries, str) or not isinstance(queries, Sequence):
@@ -205,36 +238,56 @@ class QueryModulatedRetinaNet(RetinaNetDetector):
                 "queries: every image needs one, as this model detects only what a query asks for "
                 "(build it with multitask=True for standard detection too)"
             )
+        for i, query in enumerate(queries):
+            if isinstance(query, list | tuple) and not (self.training and query and None not in query):
+                raise VvkError(
+                    f"queries[{i}]: a list of queries (none of them None) is for training; "
+                    "detection asks one query per image"
+                )
         return list(queries)
 
-    def _check_targets(self, targets, queries: list[Query | None]) -> list[dict[str, Tensor]] | None:
-        """Plain targets, checked against the images' queries (named by their own index, before
-        the batch is split)."""
-        if targets is None:
-            return None
-        if len(targets) != len(queries):
-            raise VvkError(f"targets: {len(targets)} for {len(queries)} images, expected one per image")
-        targets = self.prepare_targets(targets, masks=False)
-        for i, (target, query) in enumerate(zip(targets, queries, strict=True)):
-            if query is not None and bool((target["labels"] != 1).any()):
+    def _pairs(self, queries: list[Asked], targets) -> tuple[list[int], list[Query], list[dict[str, Tensor]]]:
+        """The batch's (image, query, target) pairs, as three lists, the targets plain and checked
+        (named by their place in the batch)."""
+        if targets is None or len(targets) != len(queries):
+            got = "none" if targets is None else len(targets)
+            raise VvkError(f"targets: {got} for {len(queries)} images, expected one per image")
+        sources, asked, answers = [], [], []
+        for i, (query, target) in enumerate(zip(queries, targets, strict=True)):
+            if query is None:
+                continue
+            if not isinstance(query, list | tuple):
+                query, target, where = [query], [target], [f"targets[{i}]"]
+            elif not isinstance(target, list | tuple) or len(target) != len(query):
                 raise VvkError(
-                    f"targets[{i}]['labels']: a queried image's objects are labelled 1 (the queried "
-                    f"thing), got {sorted(set(target['labels'].tolist()))}"
+                    f"targets[{i}]: image {i} asks {len(query)} queries, expected a list of as many targets"
                 )
-        return targets
+            else:
+                where = [f"targets[{i}][{j}]" for j in range(len(query))]
+            for q, t, name in zip(query, target, where, strict=True):
+                t = plain_target(name, t, num_categories=len(self.categories), masks=False)
+                if bool((t["labels"] != 1).any()):
+                    raise VvkError(
+                        f"{name}['labels']: a query's objects are labelled 1 (the queried thing), "
+                        f"got {sorted(set(t['labels'].tolist()))}"
+                    )
+                sources.append(i), asked.append(q), answers.append(t)
+        return sources, asked, answers
 
-    def _touch_idle_parameters(self, losses: dict[str, Tensor], paths: set[bool]) -> dict[str, Tensor]:
+    def _touch_idle_parameters(
+        self, losses: dict[str, Tensor], *, queried: bool, unqueried: bool
+    ) -> dict[str, Tensor]:
         """``losses`` plus 0 × the parameters of the path (queried, unqueried) no image of this
         batch took: the training loop's DistributedDataParallel (no ``find_unused_parameters``)
         needs a gradient of every parameter on every rank and step, and a multitask batch of a few
         images is often of one kind."""
         idle = []
-        if self.multitask and True not in paths:
+        if self.multitask and not queried:
             idle += [*self.adapter.parameters(), *self.head.query_classifier.parameters()]
             idle += (
                 [] if self.head.tower_modulation is None else list(self.head.tower_modulation.parameters())
             )
-        if self.multitask and False not in paths:
+        if self.multitask and not unqueried:
             idle += list(self.head.net.classifier.parameters())
         if not idle:
             return losses
