@@ -148,3 +148,26 @@ def test_the_clip_teacher_embeds_names_through_the_templates_and_crops_with_open
         by_hand = F.normalize(model.encode_image((crops - mean) / std), dim=-1)
     assert torch.allclose(teacher.embed_images(crops), by_hand, atol=1e-6)
     assert math.isclose(float(teacher.embed_images(crops).norm(dim=-1).mean()), 1.0, rel_tol=1e-6)
+
+
+def test_the_clip_teacher_refuses_a_text_longer_than_its_context_rather_than_cut_it():
+    teacher = ClipTeacher(_tiny_clip(), name="tiny")
+    fits = "red mug " * 8  # its longest prompt ("This is a jpeg corrupted photo of a ...") fits 77 tokens
+    teacher.check_text(fits)
+    assert teacher.embed_vocabulary([[fits]]).shape == (1, 16)
+    too_long = "red mug " * 40
+    with pytest.raises(
+        VvkError, match=r"^query 'red mug .*': \d+ tokens in its longest prompt, more than the 77"
+    ) as error:
+        teacher.embed_vocabulary([["cat"], [too_long]])
+    assert "\n" not in str(error.value) and "refuses a query rather than truncate" in str(error.value)
+
+
+def test_a_query_encoder_over_clip_embeds_free_text_and_caches_nothing_it_refused():
+    from vvk.models.detectors.query_modulation import TextQueryEncoder
+
+    encoder = TextQueryEncoder(ClipTeacher(_tiny_clip(), name="tiny"), 4)
+    assert encoder(["red mug", "a stapler on a desk"]).shape == (2, 4)
+    with pytest.raises(VvkError, match="tokens in its longest prompt"):
+        encoder(["cat", "red mug " * 40])
+    assert sorted(encoder.cache) == ["a stapler on a desk", "red mug"]

@@ -327,7 +327,7 @@ def _in_input_order(parts: list[list[dict]], indices: list[list[int]]) -> list[d
 
 class LazyTeacher:
     """A teacher named by ``spec`` (anything ``vvk.methods.vild.teacher.load_teacher`` takes), read
-    on the first text it embeds: building or loading a model reads no teacher, and vvk.models
+    (once per process) on the first text it embeds: building or loading a model reads no teacher, and vvk.models
     imports vvk.methods only then. ``dim``: the teacher's width, for the encoder's projection."""
 
     def __init__(self, spec: str, dim: int):
@@ -339,9 +339,9 @@ class LazyTeacher:
 
     def loaded(self):
         if self._teacher is None:
-            from vvk.methods.vild.teacher import load_teacher
+            from vvk.methods.vild.teacher import shared_teacher
 
-            teacher = load_teacher(self.spec)
+            teacher = shared_teacher(self.spec)  # the training plan's copy, when it read one
             if teacher.dim != self.dim:
                 raise VvkError(
                     f"teacher={self.spec}: embeds to width {teacher.dim}, the model was built with "
