@@ -83,6 +83,17 @@ BAD_INPUT: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
         (["eval", "linear-probe", "--data", ".", "--weights", "/no/such.safetensors"], "file not found"),
         (["eval", "linear-probe", "--data", "."], "give --weights"),
     ],
+    ("track",): [
+        (
+            ["track", "/no/such.mp4", "--box", "1,1,2,2", "--weights", "random:tiny"],
+            "/no/such.mp4: no such video file or folder",
+        ),
+        (["track", "x.mp4", "--weights", "random:tiny"], "Missing option '--box'"),
+        (
+            ["track", "x.mp4", "--box", "1,2,3", "--weights", "random:tiny"],
+            "--box 1,2,3: expected four numbers",
+        ),
+    ],
     ("detect",): [
         (["detect", "x.jpg"], "Missing option '--weights'"),
         (["detect", "x.jpg", "--weights", "retinanet-spinenet-49"], "architecture, not trained weights"),

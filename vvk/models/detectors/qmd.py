@@ -327,8 +327,9 @@ def _in_input_order(parts: list[list[dict]], indices: list[list[int]]) -> list[d
 
 class LazyTeacher:
     """A teacher named by ``spec`` (anything ``vvk.methods.vild.teacher.load_teacher`` takes), read
-    (once per process) on the first text it embeds: building or loading a model reads no teacher, and vvk.models
-    imports vvk.methods only then. ``dim``: the teacher's width, for the encoder's projection."""
+    (once per process) on the first text it embeds: building or loading a model reads no teacher,
+    and vvk.models imports vvk.methods only then. ``dim``: the teacher's width, for the encoder's
+    projection."""
 
     def __init__(self, spec: str, dim: int):
         self.spec, self.dim = spec, dim
