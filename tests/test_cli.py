@@ -105,6 +105,12 @@ BAD_INPUT: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
         (["train", "detector", "--preset", "huge"], "--preset huge: not a detection preset"),
         (["train", "detector", "--steps", "0"], "Invalid value for '--steps'"),
     ],
+    ("train", "tracker"): [
+        (["train", "tracker", "--data", "/no/such"], "--data /no/such: no such folder"),
+        (["train", "tracker", "--data", ".", "--backbone", "r3d-tny"], "did you mean r3d-tiny"),
+        (["train", "tracker", "--data", ".", "--preset", "huge"], "--preset huge: not a tracker preset"),
+        (["train", "tracker", "--batch-size", "0"], "Invalid value for '--batch-size'"),
+    ],
     ("eval", "detections"): [
         (["eval", "detections", "--gt", "/no/such.json", "--dt", "x.json"], "/no/such.json: cannot read"),
         (["eval", "detections", "--gt", "a.json"], "Missing option '--dt'"),

@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
+from test_siamfc_crops import reference_crop  # pytest puts this folder on sys.path
 
 from vvk.data.track_pairs import (
     SKIPPED,
     TrackPairs,
     collate_pairs,
-    crop_square,
     detect_layout,
     read_tracks,
     read_ucf24_annotations,
@@ -310,36 +309,6 @@ def test_ucf24_pickle_that_would_run_code_is_refused(tmp_path):
         read_ucf24_annotations(path)
 
 
-def _reference_crop(image: torch.Tensor, center, side: float, out: int, fill: torch.Tensor) -> torch.Tensor:
-    """RoIAlign's definition with grid_sample: k² bilinear samples per output pixel, averaged,
-    k = ceil(side / out); edge values up to a pixel beyond the border, ``fill`` past that."""
-    k = max(1, math.ceil(side / out))
-    h, w = image.shape[-2:]
-    steps = (torch.arange(out * k, dtype=torch.float64) + 0.5) * side / (out * k) - side / 2
-    xs, ys = center[0] + steps, center[1] + steps  # 0-based pixel centres
-    gy, gx = torch.meshgrid((2 * ys + 1) / h - 1, (2 * xs + 1) / w - 1, indexing="ij")
-    grid = torch.stack([gx, gy], dim=-1)[None].float()
-    fill = fill.view(-1, 1, 1)
-    samples = F.grid_sample(
-        (image - fill)[None], grid, mode="bilinear", padding_mode="border", align_corners=False
-    )
-    outside = (ys < -1) | (ys > h)
-    samples[..., outside, :] = 0
-    samples[..., (xs < -1) | (xs > w)] = 0
-    return samples[0].reshape(-1, out, k, out, k).mean(dim=(2, 4)) + fill
-
-
-def test_crop_square_is_roi_align_as_defined_and_matches_the_tracker():
-    image = torch.rand(3, 37, 53, generator=torch.Generator().manual_seed(0))
-    fill = image.mean(dim=(1, 2))
-    for center, side, out in (((10.3, 20.7), 31.0, 127), ((50.0, 2.0), 90.5, 33), ((-3.0, 30.0), 20.0, 15)):
-        ours = crop_square(image, center, side, out, fill)
-        torch.testing.assert_close(ours, _reference_crop(image, center, side, out, fill), atol=1e-5, rtol=0)
-        tracker = pytest.importorskip("vvk.methods.tracking.tracker")
-        theirs = tracker.crop_and_resize(image, torch.tensor([center]), torch.tensor([side]), out, fill)[0]
-        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
-
-
 def _check_real_pairs(data: TrackPairs, keys: range) -> None:
     """Boxes inside their frames; crops as RoIAlign defines them around the box centre; with
     the same frame twice, the exemplar is the search crop's centre (SiamFC's two scales agree)."""
@@ -352,7 +321,7 @@ def _check_real_pairs(data: TrackPairs, keys: range) -> None:
             assert x >= 0 and y >= 0 and x + w <= width and y + h <= height and w > 0 and h > 0
             side = math.sqrt((w + (w + h) / 2) * (h + (w + h) / 2)) * size / 127
             center = (x + w / 2 - 0.5, y + h / 2 - 0.5)
-            expected = _reference_crop(frame, center, side, size, frame.mean(dim=(1, 2)))
+            expected = reference_crop(frame, center, side, size, frame.mean(dim=(1, 2)))
             torch.testing.assert_close(crop, expected, atol=1e-4, rtol=0)
         if info["frames"][0] == info["frames"][1]:
             torch.testing.assert_close(exemplar, search[:, 64:191, 64:191], atol=1e-4, rtol=0)

@@ -1,10 +1,12 @@
-"""SiamFC network: cross-correlation against a loop, crop geometry and mean padding, the backbone
-adapter on registered image and video backbones (stride 8 natively or by dilation), the adjust
-variants, the label map and balanced loss, and a few optimiser steps on a toy pair."""
+"""SiamFC network: cross-correlation against a loop, the backbone adapter on registered image and
+video backbones (stride 8 natively or by dilation, normalised by backbone kind), the adjust
+variants, the registry entry, the label map and balanced loss, and a few optimiser steps on a toy
+pair. The crops: tests/data/test_siamfc_crops.py."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -12,17 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vvk.data.siamfc_crops import siamfc_crop
 from vvk.errors import VvkError
 from vvk.methods import tracking
-from vvk.methods.tracking import (
-    FeatureAdapter,
-    SiamFCLoss,
-    crop_and_resize,
-    label_map,
-    pair_crops,
-    siamfc,
-    xcorr,
-)
+from vvk.methods.tracking import FeatureAdapter, SiamFCLoss, label_map, siamfc, xcorr
 from vvk.models import build as build_model
 from vvk.models.backbones import Backbone, FeatureSpec
 
@@ -51,15 +46,6 @@ def square_image(size: tuple[int, int], center: tuple[float, float], side: int) 
     return image
 
 
-def ramp_image(h: int = 200, w: int = 300) -> Tensor:
-    """Channel 0 holds each pixel's x, channel 1 its y, channel 2 a constant: bilinear sampling
-    of it returns the sampled coordinates exactly."""
-    ys, xs = torch.meshgrid(
-        torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
-    )
-    return torch.stack([xs, ys, torch.full_like(xs, 7.0)])
-
-
 def test_xcorr_matches_a_hand_computed_correlation():
     torch.manual_seed(0)
     z, x = torch.randn(2, 3, 3, 2, dtype=torch.float64), torch.randn(6, 3, 7, 5, dtype=torch.float64)
@@ -73,55 +59,6 @@ def test_xcorr_matches_a_hand_computed_correlation():
                 assert torch.allclose(out[n, 0, u, v], expected)
     with pytest.raises(ValueError):
         xcorr(z, x[:5])
-
-
-def test_crop_maps_the_target_centre_to_the_crop_centre():
-    image = ramp_image()
-    centers = torch.tensor([[100.3, 80.7], [150.0, 99.5]], dtype=torch.float64)
-    sizes = torch.tensor([61.2, 300.0], dtype=torch.float64)
-    for out_size in (127, 255):
-        crops = crop_and_resize(image, centers, sizes, out_size, image.mean(dim=(1, 2)))
-        assert crops.shape == (2, 3, out_size, out_size)
-        mid = (out_size - 1) // 2
-        for i in range(2):
-            # the centre pixel samples the centre; the first pixel sits half an output pixel in
-            assert crops[i, 0, mid, mid] == pytest.approx(float(centers[i, 0]), abs=1e-3)
-            assert crops[i, 1, mid, mid] == pytest.approx(float(centers[i, 1]), abs=1e-3)
-            first = centers[i, 0] - sizes[i] / 2 + sizes[i] / out_size / 2
-            if first > 0:
-                assert crops[i, 0, mid, 0] == pytest.approx(float(first), abs=1e-3)
-
-
-def test_border_crop_is_padded_with_the_image_mean():
-    torch.manual_seed(0)
-    image = torch.rand(3, 60, 80)
-    mean = image.mean(dim=(1, 2))
-    crop = crop_and_resize(image, torch.tensor([[2.0, 3.0]]), torch.tensor([100.0]), 127, mean)[0]
-    # output pixel j samples x = 2 - 50 + (j + 0.5) · 100/127: beyond x = -1 for j <= 59 (y: j <= 57)
-    left, top = crop[:, :, :55], crop[:, :55, :]
-    assert torch.allclose(left, mean.view(3, 1, 1).expand_as(left), atol=1e-6)
-    assert torch.allclose(top, mean.view(3, 1, 1).expand_as(top), atol=1e-6)
-    inside = crop[:, 70:, 70:]  # pixels of the image itself, not the mean
-    assert (inside - mean.view(3, 1, 1)).abs().max() > 0.3
-
-
-def test_pair_crops_centre_the_targets_with_the_context_geometry():
-    image = ramp_image()
-    box_z, box_x = (101.0, 61.0, 30.0, 20.0), (141.0, 71.0, 36.0, 24.0)
-    z, x = pair_crops(image, box_z, image, box_x)
-    assert z.shape == (3, 127, 127) and x.shape == (3, 255, 255)
-    assert (z[0, 63, 63].item(), z[1, 63, 63].item()) == pytest.approx((114.5, 69.5), abs=1e-3)
-    assert (x[0, 127, 127].item(), x[1, 127, 127].item()) == pytest.approx((140 + 17.5, 70 + 11.5), abs=1e-3)
-    # search side x_sz = z_sz · 255/127 with z_sz = sqrt((w + 0.5(w+h)) (h + 0.5(w+h)))
-    x_sz = np.sqrt((36 + 30) * (24 + 30)) * 255 / 127
-    assert (x[0, 127, 254] - x[0, 127, 0]).item() == pytest.approx(x_sz * 254 / 255, rel=1e-4)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(5):
-        _, moved = pair_crops(image, box_z, image, box_x, max_stretch=0.05, max_translate=4, generator=gen)
-        step = (moved[0, 127, 128] - moved[0, 127, 127]).item()  # image pixels per crop pixel
-        assert x_sz / 255 / 1.06 < step < x_sz / 255 / 0.94
-        shift = (moved[0, 127, 127].item() - 157.5) / step  # in crop pixels
-        assert abs(shift) <= 4 + 1e-3 and abs(shift - round(shift)) < 1e-3
 
 
 @pytest.mark.parametrize(
@@ -246,15 +183,14 @@ def test_loss_is_the_balanced_logistic_loss():
 
 def test_loss_decreases_on_a_toy_pair():
     torch.manual_seed(0)
-    model = tracking.build(tracking.PRESETS["tiny"]).train()
+    # the learned gain: Adam moves it as fast as any weight (the preset's batch norm starts
+    # lower and falls more slowly; the presets' own learning: tests/methods/test_tracking_train.py)
+    model = tracking.build(dataclasses.replace(tracking.PRESETS["tiny"], adjust="conv")).train()
     frame_a = square_image((180, 240), (100, 90), 30)
     frame_b = square_image((180, 240), (112, 84), 30)
-    gen = torch.Generator().manual_seed(0)
-    pairs = [
-        pair_crops(frame_a, (86, 76, 30, 30), frame_b, (98, 70, 30, 30), max_translate=2, generator=gen)
-        for _ in range(2)
-    ]
-    z, x = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    shifts = [((1, -2), (0, 2)), ((-2, 0), (2, 1))]  # crop translations, as training draws them
+    z = torch.stack([siamfc_crop(frame_a, (86, 76, 30, 30), out_size=127, shift=a)[0] for a, _ in shifts])
+    x = torch.stack([siamfc_crop(frame_b, (98, 70, 30, 30), out_size=255, shift=b)[0] for _, b in shifts])
     loss_fn = SiamFCLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,10 +15,13 @@ import torch
 
 from vvk.data.images import load_rgb
 from vvk.errors import VvkError
-from vvk.methods.tracking import PRESETS, build, track
+from vvk.methods.tracking import PRESETS, build, siamfc, track
 from vvk.methods.tracking.io import ARCH_NAME, TRACKER_FILE, load_tracker, save_tracker, tracker_arch
 from vvk.models import build as build_model
+from vvk.models import count_params, get_entry, list_models
+from vvk.models import load as load_model
 from vvk.models import save as save_model
+from vvk.models.profile import count_macs_by_name, count_params_by_name, human_count
 
 BOX = (205, 151, 17, 50)  # Crossing's first ground-truth box
 
@@ -141,3 +145,45 @@ def test_a_tampered_tracker_file_is_refused(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(VvkError, match="sha256 mismatch for tracker"):
         load_tracker(path)
+
+
+def test_a_backbone_is_fed_alike_pretrained_or_random(tmp_path):
+    """One normalisation per backbone kind, whatever the weights: the pretrained-vs-random
+    comparison differs only in the weights."""
+    save_model(build_model("r3d-tiny"), tmp_path / "run" / "backbone.safetensors")
+    pretrained, _ = load_tracker(tmp_path / "run")
+    random, _ = load_tracker("random:tiny")
+    for model in (pretrained, random, build(PRESETS["tiny"]), siamfc("r3d-tiny", feature="res3")):
+        # vvk's pretraining feeds video backbones [-1, 1]: (x - 0.5) / 0.5
+        assert model.features.mean.flatten().tolist() == [0.5] * 3 == model.features.std.flatten().tolist()
+    image = siamfc("spinenet-tiny")
+    assert image.features.std.flatten().tolist() == pytest.approx([0.229, 0.224, 0.225])
+    assert tracker_arch(pretrained)["kwargs"]["mean"] == tracker_arch(random)["kwargs"]["mean"]
+
+
+def test_siamfc_is_a_registry_model_that_vvk_models_load_reads(crossing_frames, tmp_path):
+    entry = get_entry("siamfc")
+    assert entry.task == "tracking" and entry.default_input == (3, 255, 255) and entry.source
+    assert "siamfc" in list_models(task="tracking")
+    torch.manual_seed(0)
+    model = build_model("siamfc", backbone="r3d-tiny", feature="res3")
+    path = save_tracker(model, tmp_path / TRACKER_FILE, preset="tiny")
+    loaded = load_model(path)  # vvk.models.load: the registry rebuilds it from the sidecar
+    assert type(loaded).__name__ == "SiamFC" and _same_state(model, loaded)
+    assert tracker_arch(loaded) == tracker_arch(model)
+    boxes, _ = track(model, crossing_frames[:3], BOX)
+    assert np.array_equal(track(loaded.eval(), crossing_frames[:3], BOX)[0], boxes)
+    # sizes for `vvk models list --flops`: one exemplar (the crop's centre) and one search crop
+    assert count_params_by_name("siamfc") == count_params(build_model("siamfc"))
+    assert count_macs_by_name("siamfc") > count_macs_by_name("siamfc", (3, 127, 127)) > 0
+
+
+def test_the_docs_list_the_tracker_with_its_size():
+    text = (Path(__file__).resolve().parents[2] / "docs" / "models.md").read_text(encoding="utf-8")
+    row = r"^\| `([a-z0-9-]+)` \| tracking \| ([0-9.]+M) \| ([0-9.]+[KMGT]) \| "
+    rows = re.findall(row, text, flags=re.M)
+    expected = [
+        (name, f"{count_params_by_name(name) / 1e6:.2f}M", human_count(count_macs_by_name(name)))
+        for name in list_models(task="tracking")
+    ]
+    assert rows == expected, "docs/models.md rows of the trackers are out of date"

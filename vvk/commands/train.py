@@ -1,4 +1,5 @@
-"""``vvk train``: supervised training. ``vvk train detector`` trains a registered detector."""
+"""``vvk train``: supervised training. ``vvk train detector`` trains a registered detector,
+``vvk train tracker`` a SiamFC tracker on any vvk backbone."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from vvk.commands._options import JsonOpt, as_flags
 from vvk.commands._output import Output
 from vvk.errors import VvkError
 
-app = typer.Typer(help="Supervised training: detectors (RetinaNet, Mask R-CNN).", no_args_is_help=True)
+app = typer.Typer(
+    help="Supervised training: detectors (RetinaNet, Mask R-CNN), trackers (SiamFC).", no_args_is_help=True
+)
 
 # The library's parameters as this command spells them (``VvkError.as_flags``).
 _FLAGS = {
@@ -31,9 +34,15 @@ _FLAGS = {
         "novel",
         "teacher",
         "query_encoder",
+        "backbone",
     )
 }
-_SWITCHES = {"resume": "--resume", "copy_paste": "--copy-paste", "multitask": "--multitask"}
+_SWITCHES = {
+    "resume": "--resume",
+    "copy_paste": "--copy-paste",
+    "multitask": "--multitask",
+    "freeze_backbone": "--freeze-backbone",
+}
 
 
 @app.command("detector")
@@ -198,6 +207,139 @@ def _record(result) -> dict[str, Any]:
         "evaluation": result.evaluation,
         "run_dir": str(result.run_dir),
         "detector": str(result.detector_path),
+        "data": result.data,
+        "val": result.val,
+        "seconds": round(result.seconds, 1),
+        "skipped_files": result.summary.get("bad_files", {}).get("count", 0),
+        "preset": result.preset,
+    }
+
+
+@app.command("tracker")
+def tracker(
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="Object tracks: an OTB folder, a GOT-10k split folder (list.txt) or a UCF101-24 folder "
+            "(videos and their annotation pickle). Not needed with --resume.",
+        ),
+    ] = None,
+    val: Annotated[
+        Path | None,
+        typer.Option(metavar="OTB_ROOT", help="OTB folder to track and score (success, precision) on."),
+    ] = None,
+    backbone: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="Image or video backbone from `vvk models list` (default: the preset's, or the one "
+            "--weights holds).",
+        ),
+    ] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            metavar="RUN|FILE|NAME",
+            help="Pretrained backbone: a `vvk pretrain` run folder, a backbone checkpoint or a name "
+            "from `vvk weights list` (default: random initialisation).",
+        ),
+    ] = None,
+    freeze_backbone: Annotated[
+        bool, typer.Option("--freeze-backbone", help="Train the head only (the backbone's weights stay).")
+    ] = False,
+    preset: Annotated[
+        str | None,
+        typer.Option(help="tiny (default: a CPU in minutes) or paper (SiamFC's recipe on GOT-10k)."),
+    ] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Optimizer steps (default: the preset's).")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Pairs per process per step.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder (default: a new one in runs/).")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out, on its data, with its preset.")
+    ] = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="KEY=VALUE", help="Override a preset field, e.g. train.lr=0.01."),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also print the resolved preset.")] = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Train a SiamFC tracker on pairs of frames of one object track.
+
+    The network: a backbone at stride 8 (dilated when needed), an optional 1×1 conv per branch,
+    cross-correlation and a response adjust (--set model.*); the loss: SiamFC's balanced
+    logistic loss (positives within r_pos of the centre). With --weights the backbone starts
+    from a pretraining run; --freeze-backbone trains the head only, the linear-probe protocol
+    of the self-supervised papers' OTB numbers. With --val, OTB success and precision are
+    scored every eval_every steps and at the end, in metrics.jsonl (the result files in
+    RUN/val/step-N/). The run folder holds preset.json, config.json, metrics.jsonl,
+    checkpoints/ and tracker.safetensors, which `vvk track --weights RUN` tracks with.
+    --resume continues a run on its data; only train.*, eval_every and val_sequences may change.
+
+    EXAMPLES: vvk train tracker --data otb/ --val otb/
+              vvk train tracker --data GOT-10k/train --weights runs/constcl-1 --freeze-backbone --preset paper
+              vvk train tracker --out runs/t1 --resume --steps 600
+    """
+    from vvk.methods.tracking.train import plan_tracker, run_tracker
+
+    out_ = Output(json_output)
+    # Everything is checked here, before anything is printed or written.
+    with as_flags(switches=_SWITCHES, **_FLAGS):
+        plan = plan_tracker(
+            data=data, val=val, backbone=backbone, weights=weights, freeze_backbone=freeze_backbone,
+            preset=preset, overrides=set_ or [], steps=steps, batch_size=batch_size, out=out, resume=resume,
+        )  # fmt: skip
+    out_.note(_tracker_first_line(plan))
+    if verbose:
+        out_.note(f"resolved preset: {json.dumps(plan.record()['resolved'], separators=(',', ':'))}")
+    with as_flags(switches=_SWITCHES, **_FLAGS):
+        result = run_tracker(plan, progress=not json_output)
+    if json_output:
+        out_.record(_tracker_record(result))
+    else:
+        out_.note(_tracker_summary(result))
+        out_.note(f"tracker: {result.tracker_path}")
+    if result.status == "interrupted":  # saved, yet not finished: a script must not go on as if it were
+        raise VvkError(
+            f"interrupted after step {result.step}; its checkpoint is in {result.run_dir}",
+            hint=f"continue with: vvk train tracker --resume --out {result.run_dir}",
+            exit_code=130,  # as any interrupted command (vvk.cli.EXIT_INTERRUPTED)
+        )
+
+
+def _tracker_first_line(plan) -> str:
+    """What the run will do, in one line: network, preset, length, data and folder."""
+    config, model = plan.config, plan.config.model
+    if plan.resume:
+        return (f"resuming the {model.backbone} tracker in {plan.run_dir} (preset {plan.preset}) up to "
+                f"step {config.train.steps}, on {plan.data}")  # fmt: skip
+    start = f"from {plan.weights}" if plan.weights else "at random initialisation"
+    head = ", head only" if model.freeze_backbone else ""
+    return (f"training a SiamFC tracker on {model.backbone} ({start}{head}; preset {plan.preset}) for "
+            f"{config.train.steps} steps of {config.train.batch_size} pairs from {len(plan.pairs.tracks)} "
+            f"{plan.pairs.layout} tracks in {plan.data}, into {plan.run_dir}")  # fmt: skip
+
+
+def _tracker_summary(result) -> str:
+    """The last line: status, steps, time, the last loss and the final OTB scores."""
+    done = f"{result.status} after {result.step} steps in {result.seconds:.0f} s"
+    loss = f"loss {result.losses['loss']:.4f}" if "loss" in result.losses else "no loss logged"
+    scores = result.evaluation
+    if not scores:
+        return f"tracker: {done}, {loss} (no --val: not scored)"
+    return (f"tracker: {done}, {loss}; val ({scores['sequences']} sequences, {scores['frames']} frames): "
+            f"success {scores['success']:.3f}, precision {scores['precision']:.3f}")  # fmt: skip
+
+
+def _tracker_record(result) -> dict[str, Any]:
+    return {
+        "status": result.status,
+        "step": result.step,
+        "losses": result.losses,
+        "evaluation": result.evaluation,
+        "run_dir": str(result.run_dir),
+        "tracker": str(result.tracker_path),
         "data": result.data,
         "val": result.val,
         "seconds": round(result.seconds, 1),

@@ -32,13 +32,13 @@ A pair: a track drawn with probability proportional to its usable frames; the ex
 uniform among them, the search frame uniform among the others at most ``max_gap`` frames away
 (the same frame when there is none). SiamFC pairs frames "at most T frames apart", T = 100 on
 ILSVRC-VID; ``huanglianghua/siamfc-pytorch: siamfc/datasets.py`` (``Pair._sample_pair``) draws
-them under 100 apart. Each frame is cropped as SiamFC crops it (``siamfc_crop``), with
-siamfc-pytorch's training augmentation (``siamfc/transforms.py``, ``SiamFCTransforms``: each crop
-``RandomStretch(0.05)``, then a 239 random crop inside a 247 centre crop, i.e. a shift of up to
-4 pixels per axis), drawn separately for the two crops; no flip, no colour change. Unlike there,
-the search crop stays 255 wide (siamfc-pytorch keeps 239; vvk's SiamFC and label map take 255),
-``info`` says where the target landed, and frames are not filtered by box size or aspect
-(``Pair._filter``).
+them under 100 apart. Each frame is cropped as SiamFC crops it (``vvk.data.siamfc_crops``, the
+crops the tracker takes too), with siamfc-pytorch's training augmentation (``siamfc/transforms.py``,
+``SiamFCTransforms``: each crop ``RandomStretch(0.05)``, then a 239 random crop inside a 247 centre
+crop, i.e. a shift of up to 4 pixels per axis), drawn separately for the two crops; no flip, no
+colour change. Unlike there, the search crop stays 255 wide (siamfc-pytorch keeps 239; vvk's
+SiamFC and label map take 255), ``info`` says where the target landed, and frames are not
+filtered by box size or aspect (``Pair._filter``).
 
 Bad records are left out and counted in ``TrackPairs.skipped`` (``SKIPPED`` lists the kinds),
 never fatal. A frame that cannot be read when a pair is made is replaced by another pair, drawn
@@ -65,24 +65,18 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
-from torchvision.ops import roi_align
 
 from vvk.data.decoders import get_decoder
 from vvk.data.images import ImageReadError, load_rgb
 from vvk.data.media import VIDEO_EXTENSIONS, BadVideo, VideoMeta
 from vvk.data.otb import read_otb
 from vvk.data.paths import PathOutside, inside
+from vvk.data.siamfc_crops import CONTEXT, EXEMPLAR_SIZE, MAX_STRETCH, MAX_TRANSLATE, SEARCH_SIZE, siamfc_crop
 from vvk.errors import VvkError
 
 logger = logging.getLogger("vvk.data")
 
-# huanglianghua/siamfc-pytorch: siamfc/siamfc.py (parse_args: exemplar_sz, instance_sz, context)
-EXEMPLAR_SIZE = 127
-SEARCH_SIZE = 255
-CONTEXT = 0.5
 MAX_GAP = 100  # SiamFC paper, ILSVRC-VID pairs; siamfc-pytorch datasets.py (rand_x - rand_z < 100)
-MAX_STRETCH = 0.05  # siamfc-pytorch transforms.py, RandomStretch(max_stretch=0.05)
-MAX_TRANSLATE = 4  # siamfc-pytorch transforms.py: RandomCrop(instance_sz - 16) of CenterCrop(instance_sz - 8)
 
 GOT10K_FRAME = "{:08d}.jpg"  # of frame n + 1: pytracking ltr/dataset/got10k.py, _get_frame_path
 UCF24_ANNOTATIONS = "pyannot_with_class_names.pkl"
@@ -419,65 +413,6 @@ def _video_files(root: Path) -> dict[str, Path]:
     return found
 
 
-def context_size(width: float, height: float, context: float = CONTEXT) -> float:
-    """Side of SiamFC's square exemplar region: ``sqrt((w + p)(h + p))``, ``p = context·(w + h)``."""
-    pad = context * (width + height)
-    return math.sqrt((width + pad) * (height + pad))
-
-
-def crop_square(image: Tensor, center: Sequence[float], side: float, out_size: int, fill: Tensor) -> Tensor:
-    """The square of ``image`` centred on ``center`` (x, y in 0-based pixels: pixel j is centred
-    on j) with sides ``side``, resized to ``out_size``; ``fill`` (C,) beyond the border.
-
-    ``center`` lands on the output's centre, ``(out_size - 1) / 2``. Bilinear, averaging
-    ``ceil(side / out_size)``² samples per output pixel when shrinking (RoIAlign). Matches
-    ``vvk.methods.tracking.tracker.crop_and_resize`` (tested).
-
-    Returns:
-        (C, out_size, out_size) in ``image``'s dtype.
-    """
-    x, y, half = float(center[0]), float(center[1]), side / 2
-    # aligned=True reads box coordinates with pixel j spanning [j, j + 1): +0.5 makes j its centre
-    box = torch.tensor([[x - half + 0.5, y - half + 0.5, x + half + 0.5, y + half + 0.5]], dtype=image.dtype)
-    fill = fill.to(image).view(-1, 1, 1)
-    # RoIAlign reads 0 beyond the border: subtracting the fill first makes the padding the fill
-    crop = roi_align((image - fill)[None], [box], out_size, sampling_ratio=-1, aligned=True)
-    return crop[0] + fill  # (C, out_size, out_size)
-
-
-def siamfc_crop(
-    image: Tensor,
-    box: Sequence[float],
-    *,
-    out_size: int,
-    exemplar_size: int = EXEMPLAR_SIZE,
-    context: float = CONTEXT,
-    stretch: float = 1.0,
-    shift: Sequence[int] = (0, 0),
-) -> tuple[Tensor, Tensor]:
-    """SiamFC's crop of ``box`` (x, y, w, h, 1-based) in ``image`` (3, H, W) float.
-
-    The square is centred on the box, ``(x - 1 + (w - 1) / 2, y - 1 + (h - 1) / 2)`` in 0-based
-    pixels, its side ``context_size(w, h) · out_size / exemplar_size`` (``z_sz``, or ``x_sz = z_sz
-    · 255 / 127`` for a search crop), divided by ``stretch``; it then moves by ``shift`` output
-    pixels, so the target lands ``shift`` pixels off centre the other way. Beyond the frame: the
-    frame's mean colour (siamfc-pytorch ``siamfc/transforms.py::SiamFCTransforms._crop``).
-
-    Returns:
-        the crop (3, out_size, out_size) and the box in it: (4,) float32 x, y, w, h in
-        torchvision's coordinates (pixel j spans [j, j + 1)).
-    """
-    x, y, w, h = (float(v) for v in box)
-    side = context_size(w, h, context) * out_size / exemplar_size / stretch
-    scale = out_size / side  # crop pixels per frame pixel
-    dx, dy = float(shift[0]), float(shift[1])
-    center = (x - 1 + (w - 1) / 2 + dx / scale, y - 1 + (h - 1) / 2 + dy / scale)
-    crop = crop_square(image, center, side, out_size, image.mean(dim=(1, 2)))
-    mid = out_size / 2  # the output's centre in torchvision's coordinates
-    target = torch.tensor([mid - dx - w * scale / 2, mid - dy - h * scale / 2, w * scale, h * scale])
-    return crop, target.float()
-
-
 class _Unreadable(Exception):
     def __init__(self, path: Path, kind: str, detail: str = ""):
         super().__init__(f"{path}: {kind}")
@@ -491,7 +426,7 @@ class TrackPairs(Dataset):
     Args:
         root: an OTB root, a GOT-10k split folder or a UCF101-24 root.
         exemplar_size, search_size: crop sides in pixels.
-        context: the exemplar region's margin: ``p = context·(w + h)`` (``context_size``).
+        context: the exemplar region's margin: ``p = context·(w + h)`` (``vvk.data.siamfc_crops``).
         max_gap: at most this many frames between the exemplar and the search frame.
         pairs_per_epoch: the dataset's length; default the number of tracks.
         seed: with the sample key, seeds each sample's own generator.

@@ -1,6 +1,7 @@
 """SiamFC tracking on learned features (Bertinetto et al. 2016; ConST-CL's and VFS's OTB-2015
-protocol): the network on any vvk backbone (``siamfc``), its label map and loss, training pair
-crops, and the tracker (``SiamFCTracker``, ``track``)."""
+protocol): the network on any vvk backbone (``siamfc``, the model registry's), its presets, label
+map and loss, and the tracker (``SiamFCTracker``, ``track``). Training: ``vvk.methods.tracking.train``;
+the crops: ``vvk.data.siamfc_crops``."""
 
 from vvk.methods.tracking.siamfc import (
     PRESETS,
@@ -13,7 +14,7 @@ from vvk.methods.tracking.siamfc import (
     siamfc,
     xcorr,
 )
-from vvk.methods.tracking.tracker import SiamFCTracker, TrackState, crop_and_resize, pair_crops, track
+from vvk.methods.tracking.tracker import SiamFCTracker, TrackState, track
 
 __all__ = [
     "PRESETS",
@@ -24,9 +25,7 @@ __all__ = [
     "SiamFCTracker",
     "TrackState",
     "build",
-    "crop_and_resize",
     "label_map",
-    "pair_crops",
     "siamfc",
     "track",
     "xcorr",

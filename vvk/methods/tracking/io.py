@@ -11,11 +11,11 @@
 
 A tracker file is a vvk checkpoint (``vvk.models.checkpoint``: safetensors, a JSON sidecar with
 the sha256, written atomically) whose architecture record is ``{"name": "siamfc", "kwargs":
-...}``, the keyword arguments of :func:`~vvk.methods.tracking.siamfc.siamfc` that rebuild the
-network (the backbone by its registry name and builder arguments, the adapter's feature, input
-normalisation and clip length, the head). The sidecar also keeps ``tracker``: the preset name and
-the caller's metadata. A tracker is not a model-registry architecture, so ``vvk.models.load``
-does not read these files; ``load_tracker`` does.
+...}``, the keyword arguments of the model registry's ``siamfc`` builder
+(``vvk.models.trackers.siamfc``) that rebuild the network (the backbone by its registry name and
+builder arguments, the adapter's feature, input normalisation and clip length, the head), so
+``vvk.models.load`` reads it too. The sidecar also keeps ``tracker``: the preset name and the
+caller's metadata.
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ import torch
 
 from vvk.atomic import atomic_write_text
 from vvk.errors import VvkError
-from vvk.methods.tracking.siamfc import PRESETS, SiamFC, build, siamfc
+from vvk.methods.tracking.siamfc import PRESETS, build
 from vvk.models.checkpoint import load_file, load_weights, read_arch, save, sidecar_path
 from vvk.models.pretrained import load as load_model
 from vvk.models.registry import ARCH_ATTR, get_entry
+from vvk.models.registry import build as build_model
+from vvk.models.trackers.siamfc import BACKBONE_TASKS, SiamFC, siamfc
 from vvk.weights import HF_PREFIX, lookup, resolve, verify_file
 
 logger = logging.getLogger("vvk.methods")
@@ -42,11 +44,8 @@ TRACKER_FILE = "tracker.safetensors"
 BACKBONE_FILE = "backbone.safetensors"  # what a `vvk pretrain` run exports (vvk.methods.pretrain)
 ARCH_NAME = "siamfc"
 RANDOM_PREFIX = "random:"
-BACKBONE_TASKS = ("image-backbone", "video-backbone", "multimodal-backbone")
-# vvk's pretraining methods feed their video backbones [-1, 1] (VideoAugment's zero_center), so a
-# pretrained backbone sees its crops so: (x - 0.5) / 0.5.
-ZERO_CENTRED = (0.5, 0.5, 0.5)
 _WHAT = f"a tracker file, a run folder holding {TRACKER_FILE}, a `vvk pretrain` run folder, or random:PRESET"
+_BACKBONE = "a `vvk pretrain` run folder, a backbone checkpoint file, or a name from `vvk weights list`"
 
 
 def tracker_arch(model: SiamFC) -> dict[str, Any]:
@@ -113,10 +112,11 @@ def load_tracker(
 
     - a tracker file (``save_tracker``), or a run folder holding ``tracker.safetensors``;
     - a ``vvk pretrain`` run folder (its ``backbone.safetensors``), a backbone checkpoint file,
-      a name from ``vvk weights list`` or an ``hf-hub:`` spec of one: the backbone, frozen, in a
-      SiamFC with a fresh head (no branch convs, the response adjust at its initial gain), its
-      feature the one a preset on the same backbone uses, and a video backbone fed [-1, 1] as
-      vvk's pretraining fed it;
+      a name from ``vvk weights list`` or an ``hf-hub:`` spec of one (``load_backbone``): the
+      backbone, frozen, in a SiamFC with a fresh head (no branch convs, the response adjust at
+      its initial gain), its feature the one a preset on the same backbone uses, its input
+      normalised as for any backbone of its kind (a video backbone [-1, 1], as vvk's
+      pretraining fed it);
     - ``random:PRESET`` (``random:tiny``): a preset at random initialisation, seeded by ``seed``.
 
     Returns:
@@ -126,13 +126,37 @@ def load_tracker(
     spec = str(weights)
     if spec.startswith(RANDOM_PREFIX):
         model, info = _random(spec, seed)
-    elif lookup(spec) is not None:  # a name from `vvk weights list` (a path of that name wins)
-        backbone = load_model(spec, tasks=BACKBONE_TASKS)  # pulled if needed, its sha256 checked
-        model, info = _on_backbone(spec, backbone), {"source": spec, "kind": "backbone", "preset": None}
+    elif lookup(spec) is None and read_arch(path := _local_file(spec))["name"] == ARCH_NAME:
+        model, info = _tracker_file(path), {"source": spec, "kind": "tracker", "preset": _preset_of(path)}
     else:
-        model, info = _from_file(spec, _local_file(spec))
+        backbone = _backbone(spec, "a tracker or an image or video backbone", _WHAT)
+        model, info = _on_backbone(spec, backbone), {"source": spec, "kind": "backbone", "preset": None}
     info["backbone"] = tracker_arch(model)["kwargs"]["backbone"]
     return model.to(device).eval(), info
+
+
+def load_backbone(weights: str | os.PathLike) -> torch.nn.Module:
+    """The image or video backbone ``weights`` names, with its pretrained weights: a ``vvk
+    pretrain`` run folder (its ``backbone.safetensors``), a backbone checkpoint file, a name from
+    ``vvk weights list`` or an ``hf-hub:`` spec of one. Anything else (a tracker, a detector, a
+    text model) is a one-line ``VvkError`` naming ``weights``."""
+    return _backbone(str(weights), "an image or video backbone", _BACKBONE)
+
+
+def _backbone(spec: str, kind: str, expected: str) -> torch.nn.Module:
+    """``load_backbone``; errors say the weights are not ``kind`` (expected ``expected``)."""
+    if lookup(spec) is not None:  # a name from `vvk weights list` (a path of that name wins)
+        return load_model(spec, tasks=BACKBONE_TASKS)  # pulled if needed, its sha256 checked
+    if spec.startswith(RANDOM_PREFIX):
+        raise VvkError(f"weights={spec}: random weights are no pretrained backbone", params=["weights"])
+    path = _local_file(spec, expected)
+    arch = read_arch(path)  # a file that is no vvk checkpoint: an error naming it
+    task = "a tracker" if arch["name"] == ARCH_NAME else _task(arch["name"])
+    if task not in BACKBONE_TASKS:
+        raise VvkError(
+            f"weights={spec}: holds a '{arch['name']}' model ({task}), not {kind}", params=["weights"]
+        )
+    return load_file(path, verified=spec.startswith(HF_PREFIX))
 
 
 def _random(spec: str, seed: int) -> tuple[SiamFC, dict[str, Any]]:
@@ -147,8 +171,9 @@ def _random(spec: str, seed: int) -> tuple[SiamFC, dict[str, Any]]:
     return model, {"source": spec, "kind": "random", "preset": name}
 
 
-def _local_file(spec: str) -> Path:
-    """The file ``spec`` names: itself, a run folder's tracker or backbone, or a fetched hf-hub file."""
+def _local_file(spec: str, expected: str = _WHAT) -> Path:
+    """The file ``spec`` names: itself, a run folder's tracker or backbone, or a fetched hf-hub
+    file; errors say what was ``expected``."""
     if spec.startswith(HF_PREFIX):
         return resolve(spec)  # downloaded or cached, its sha256 checked
     path = Path(spec).expanduser()
@@ -157,27 +182,12 @@ def _local_file(spec: str) -> Path:
             if (path / name).is_file():
                 return path / name
         raise VvkError(
-            f"weights={spec}: a folder without {TRACKER_FILE} or {BACKBONE_FILE} (expected {_WHAT})",
+            f"weights={spec}: a folder without {TRACKER_FILE} or {BACKBONE_FILE} (expected {expected})",
             params=["weights"],
         )
     if not path.is_file():
-        raise VvkError(f"weights={spec}: no such file or folder (expected {_WHAT})", params=["weights"])
+        raise VvkError(f"weights={spec}: no such file or folder (expected {expected})", params=["weights"])
     return path
-
-
-def _from_file(spec: str, path: Path) -> tuple[SiamFC, dict[str, Any]]:
-    arch = read_arch(path)  # a file that is no vvk checkpoint: an error naming it
-    if arch["name"] == ARCH_NAME:
-        return _tracker_file(path, arch), {"source": spec, "kind": "tracker", "preset": _preset_of(path)}
-    task = _task(arch["name"])
-    if task not in BACKBONE_TASKS:
-        raise VvkError(
-            f"weights={spec}: holds a '{arch['name']}' model ({task}), not a tracker or an image or "
-            "video backbone",
-            params=["weights"],
-        )
-    backbone = load_file(path, verified=spec.startswith(HF_PREFIX))
-    return _on_backbone(spec, backbone), {"source": spec, "kind": "backbone", "preset": None}
 
 
 def _task(name: str) -> str:
@@ -187,21 +197,18 @@ def _task(name: str) -> str:
         return "not in this vvk's model registry"
 
 
-def _tracker_file(path: Path, arch: dict[str, Any]) -> SiamFC:
+def _tracker_file(path: Path) -> SiamFC:
+    arch = read_arch(path)
     if arch["sha256"]:
         verify_file(path, arch["sha256"], what="tracker")
     else:
         logger.warning(
             "%s: no %s sidecar beside it, so its sha256 cannot be checked", path, sidecar_path(path).name
         )
-    kwargs = dict(arch["kwargs"])
-    for key in ("mean", "std"):
-        if kwargs.get(key) is not None:
-            kwargs[key] = tuple(kwargs[key])
     try:
-        model = siamfc(**kwargs)
-    except TypeError as e:  # a file written by another vvk version
-        raise VvkError(f"{path}: its tracker architecture does not build here ({e})") from None
+        model = build_model(ARCH_NAME, **arch["kwargs"])
+    except VvkError as e:  # a file written by another vvk version
+        raise VvkError(f"{path}: its tracker architecture does not build here ({e.message})") from None
     load_weights(model, path)
     return model
 
@@ -219,13 +226,15 @@ def _on_backbone(spec: str, backbone: torch.nn.Module) -> SiamFC:
     task = _task(arch["name"]) if arch else "not a vvk model"
     if task not in BACKBONE_TASKS:
         raise VvkError(f"weights={spec}: {task}, not an image or video backbone", params=["weights"])
-    same = [preset for preset in PRESETS.values() if preset.backbone == arch["name"]]
-    video = task != "image-backbone"
     return siamfc(
         backbone,
-        feature=same[0].feature if same else None,
+        feature=preset_feature(arch["name"]),
         branch_channels=None,  # untrained 1×1 convs would only mix the pretrained features at random
         freeze_backbone=True,
-        mean=ZERO_CENTRED if video else None,
-        std=ZERO_CENTRED if video else None,
     )
+
+
+def preset_feature(backbone: str) -> str | None:
+    """The feature a preset on ``backbone`` uses (``res3`` of r3d-tiny), else None (automatic)."""
+    same = [preset for preset in PRESETS.values() if preset.backbone == backbone]
+    return same[0].feature if same else None

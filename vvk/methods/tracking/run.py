@@ -37,6 +37,7 @@ from vvk.errors import VvkError
 from vvk.eval.tracking import evaluate_otb
 from vvk.methods.tracking.io import load_tracker
 from vvk.methods.tracking.tracker import SiamFCTracker, check_box
+from vvk.models.trackers import SiamFC
 
 Progress = Callable[[int, int], None]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -403,7 +404,7 @@ def sequence_names(sequences: str | Sequence[str] | None, root: str | os.PathLik
 def track_otb(
     root: str | os.PathLike,
     *,
-    weights: str | os.PathLike,
+    weights: str | os.PathLike | SiamFC,
     out: str | os.PathLike,
     sequences: str | Sequence[str] | None = None,
     overwrite: bool = False,
@@ -417,6 +418,8 @@ def track_otb(
     ``overwrite``: an interrupted run continues where it stopped.
 
     Args:
+        weights: what ``load_tracker`` reads, or a network to track with as it is (on its own
+            device, ``device`` unused; the in-training evaluation of ``vvk.methods.tracking.train``).
         sequences: see ``sequence_names``; default every sequence under ``root``.
         progress: called with (frames done, frames in all) after each frame.
         on_sequence: called with each sequence's ``SequenceRun`` as it ends (or is skipped).
@@ -430,8 +433,10 @@ def track_otb(
     real_root = os.path.realpath(root)
     if os.path.realpath(folder) == real_root or os.path.realpath(folder).startswith(real_root + os.sep):
         raise VvkError(f"out={folder}: inside the data folder root={root}", params=["out", "root"])
-    where = pick_device(device)
-    model, _ = load_tracker(weights, device=where)
+    if isinstance(weights, str | os.PathLike):
+        model, _ = load_tracker(weights, device=pick_device(device))
+    else:
+        model = weights
     todo = [seq for seq in seqs if overwrite or not (folder / f"{seq.name}.txt").is_file()]
     total, done, runs = sum(len(seq) for seq in todo), 0, []
     for seq in seqs:

@@ -1,4 +1,4 @@
-"""SiamFC tracking: context crops, the 3-scale search with a cosine window, and training pairs.
+"""SiamFC tracking: the 3-scale search with a cosine window over SiamFC's context crops.
 
 Inference follows ``huanglianghua/siamfc-pytorch: siamfc/siamfc.py`` (``TrackerSiamFC.init`` /
 ``update``, the got10k ``Tracker`` API) and ``bertinetto/siamese-fc: tracking/tracker.m``:
@@ -28,16 +28,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision import tv_tensors
-from torchvision.ops import box_convert, roi_align
+from torchvision.ops import box_convert
 
+from vvk.data.siamfc_crops import (
+    CONTEXT,
+    EXEMPLAR_SIZE,
+    SEARCH_SIZE,
+    box_center,
+    context_size,
+    crop_and_resize,
+)
 from vvk.errors import VvkError
-from vvk.methods.tracking.siamfc import SiamFC
+from vvk.models.trackers import SiamFC
 
 # Defaults of huanglianghua/siamfc-pytorch: siamfc/siamfc.py (TrackerSiamFC.parse_args), the same
-# as bertinetto/siamese-fc: tracking/tracker.m (SiamFC-3S).
-EXEMPLAR_SIZE = 127  # exemplar_sz
-SEARCH_SIZE = 255  # instance_sz
-CONTEXT = 0.5  # context
+# as bertinetto/siamese-fc: tracking/tracker.m (SiamFC-3S); the crop geometry (exemplar_sz 127,
+# instance_sz 255, context 0.5) is vvk.data.siamfc_crops'.
 SCALE_NUM = 3  # scale_num
 SCALE_STEP = 1.0375  # scale_step
 SCALE_PENALTY = 0.9745  # scale_penalty
@@ -47,45 +53,6 @@ RESPONSE_UP = 16  # response_up (bicubic: cv2.INTER_CUBIC there)
 # bertinetto/siamese-fc: tracking/tracker.m, "arbitrary scale saturation": the search size stays
 # within [0.2, 5] times the first frame's (siamfc-pytorch has no bound).
 MIN_SCALE, MAX_SCALE = 0.2, 5.0
-# Training augmentation of bertinetto/siamese-fc: training/experiment.m (augment.maxStretch,
-# augment.maxTranslate, in crop pixels); siamfc-pytorch's SiamFCTransforms does the same with
-# RandomStretch(0.05) and a 239 random crop out of 247.
-MAX_STRETCH = 0.05
-MAX_TRANSLATE = 4
-
-
-def context_size(width: float, height: float, context: float = CONTEXT) -> float:
-    """Side of the square exemplar region: ``sqrt((w + p)(h + p))``, ``p = context·(w + h)``."""
-    pad = context * (width + height)
-    return math.sqrt((width + pad) * (height + pad))
-
-
-def crop_and_resize(image: Tensor, centers: Tensor, sizes: Tensor, out_size: int, fill: Tensor) -> Tensor:
-    """Square crops of ``image`` resized to ``out_size``, padded with ``fill`` beyond the border.
-
-    Crop ``i`` spans ``centers[i] ± sizes[i] / 2`` in 0-based pixel coordinates (pixel ``j``
-    centred on ``j``), so ``centers[i]`` lands on the centre of the output, ``(out_size - 1) / 2``.
-    Bilinear, and averaging several samples per output pixel when shrinking (RoIAlign).
-
-    Args:
-        image: (C, H, W) float.
-        centers: (N, 2) as (x, y).
-        sizes: (N,) side lengths in pixels.
-        fill: (C,) colour outside the image (the image mean in SiamFC).
-
-    Returns:
-        (N, C, out_size, out_size).
-    """
-    centers, sizes = centers.to(image), sizes.to(image)
-    half = sizes[:, None] / 2
-    # aligned=True reads box coordinates with pixel j spanning [j, j + 1); +0.5 makes j its centre
-    boxes = torch.cat([centers - half + 0.5, centers + half + 0.5], dim=1)  # (N, 4) x1, y1, x2, y2
-    fill = fill.to(image).view(-1, 1, 1)
-    # RoIAlign reads 0 beyond the border: subtracting the fill first makes the padding the fill
-    crops = roi_align(
-        (image - fill)[None], [boxes], out_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True
-    )
-    return crops + fill  # (N, C, out_size, out_size)
 
 
 def as_frame(frame) -> Tensor:
@@ -195,7 +162,7 @@ class SiamFCTracker:
         x, y, w, h = check_box(box, tuple(image.shape[-2:]))
         self.model.eval()
         image = image.to(self.device)
-        center = np.array([x - 1 + (w - 1) / 2, y - 1 + (h - 1) / 2])  # 1-based corner -> 0-based centre
+        center = np.array(box_center((x, y, w, h)))  # 1-based corner -> 0-based centre
         z_size = context_size(w, h, self.context)
         self.state = TrackState(
             center, np.array([w, h]), z_size, z_size * self.search_size / self.exemplar_size
@@ -296,46 +263,3 @@ def track(
     if not boxes:
         raise VvkError("frames: empty, nothing to track")
     return np.stack(boxes), len(boxes) / max(elapsed, 1e-9)
-
-
-def pair_crops(
-    exemplar_frame,
-    exemplar_box,
-    search_frame,
-    search_box,
-    *,
-    exemplar_size: int = EXEMPLAR_SIZE,
-    search_size: int = SEARCH_SIZE,
-    context: float = CONTEXT,
-    max_stretch: float = 0.0,
-    max_translate: int = 0,
-    generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor]:
-    """A SiamFC training pair: the exemplar crop from one frame, the search crop from another.
-
-    Both are centred on their frame's box with the tracker's context geometry (so the label
-    map's positives sit at the response centre), each padded with its own frame's mean colour.
-    Augmentation, off by default: each crop's size divided by ``1 + u``, ``u ~ U(-max_stretch,
-    max_stretch)``, and its centre moved by up to ``max_translate`` output pixels per axis
-    (integers); ``MAX_STRETCH`` and ``MAX_TRANSLATE`` are SiamFC's training values.
-
-    Returns:
-        exemplar (3, exemplar_size, exemplar_size) and search (3, search_size, search_size),
-        float 0..1.
-    """
-    out = []
-    for frame, box, size in (
-        (exemplar_frame, exemplar_box, exemplar_size),
-        (search_frame, search_box, search_size),
-    ):
-        image = as_frame(frame)
-        x, y, w, h = check_box(box, tuple(image.shape[-2:]))
-        side = context_size(w, h, context) * size / exemplar_size  # z_sz, or x_sz = z_sz · 255 / 127
-        stretch = 1 + (torch.rand((), generator=generator).item() * 2 - 1) * max_stretch
-        side /= stretch
-        shift = torch.randint(-max_translate, max_translate + 1, (2,), generator=generator).double().numpy()
-        center = np.array([x - 1 + (w - 1) / 2, y - 1 + (h - 1) / 2]) + shift * side / size
-        out.append(
-            crop_and_resize(image, _row(center), torch.tensor([side]), size, image.mean(dim=(1, 2)))[0]
-        )
-    return out[0], out[1]
