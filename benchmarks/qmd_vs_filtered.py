@@ -36,14 +36,14 @@ the multitask model's standard box AP50 at least the standard detector's.
 each training image asks every category, on one backbone pass).
 
 ``--latency`` instead times eval-mode forward passes at 384² on the CPU (random weights, batch
-1, interleaved rounds after a warm-up, the median): ``qmd-spinenet-mobile-tiny`` answering a
-query, in each variant of ``TIMED_VARIANTS``, against the same model with its modulation taken
-out (``over_unmodulated``: what modulating costs, the issue's 5% budget) and against the plain
-``retinanet-spinenet-mobile-tiny``; built for COCO's 80 categories and for the example's 10 (the
-query path's class subnet ends in a one-class layer, the plain one in a K-class layer whose
-decoding runs over K classes); and checks that a text query's embedding is cached per string
-(the model's encoder swapped for a ``TextQueryEncoder`` over a stand-in teacher that counts its
-calls: a query asked twice must reach it once).
+1, interleaved rounds in a new random order each, after a warm-up; the median):
+``qmd-spinenet-mobile-tiny`` answering a query, in each variant of ``TIMED_VARIANTS``, against
+the same model with its modulation taken out (``over_unmodulated``: what modulating costs, the
+issue's 5% budget) and against the plain ``retinanet-spinenet-mobile-tiny``; built for COCO's 80
+categories and for the example's 10 (the query path's class subnet ends in a one-class layer,
+the plain one in a K-class layer whose decoding runs over K classes); and checks that a text
+query's embedding is cached per string (the model's encoder swapped for a ``TextQueryEncoder``
+over a stand-in teacher that counts its calls: a query asked twice must reach it once).
 
 Writes benchmarks/results/qmd_vs_filtered.json, records of earlier invocations kept, keyed by
 ``--label`` (default ``default``; ``latency`` for ``--latency``), with the machine. ``--jobs N``
@@ -54,7 +54,9 @@ shared machine).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import random
 import shutil
 import statistics
 import sys
@@ -213,7 +215,15 @@ def forward_times(categories, args) -> dict:
     variants = {
         name: vvk.models.build(QMD, **options, **extra).eval() for name, extra in TIMED_VARIANTS.items()
     }
-    unmodulated = vvk.models.build(QMD, **options).eval()
+    # One detector's weights in every QMD model: a fresh modulation is the identity, so they all
+    # detect alike and their post-processing (which random weights make data-dependent) costs
+    # the same; only the modulation differs.
+    reference = variants["film_features"].state_dict()
+    for model in variants.values():
+        own = model.state_dict()
+        same = {k: v for k, v in reference.items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(same, strict=False)
+    unmodulated = copy.deepcopy(variants["film_features"])
     unmodulated.adapter.modulation = None  # the adapter then only encodes the query
     query = standard.categories[0]["name"]
     images = [torch.rand(3, LATENCY_SIZE, LATENCY_SIZE)]
@@ -222,10 +232,12 @@ def forward_times(categories, args) -> dict:
              **{name: partial(model, images, queries=[query]) for name, model in variants.items()},
              "label_encoder": lambda: variants["film_features"].adapter.encoder([query])}  # fmt: skip
     times: dict[str, list[float]] = {name: [] for name in calls}
+    order = random.Random(0)
     for round_ in range(args.warmup + args.runs):
-        for name, call in calls.items():
+        # a new order each round: a call timed right after a heavier one runs on colder caches
+        for name in order.sample(list(calls), len(calls)):
             started = time.perf_counter()
-            call()
+            calls[name]()
             if round_ >= args.warmup:
                 times[name].append(time.perf_counter() - started)
     median = {name: statistics.median(t) for name, t in times.items()}
