@@ -28,6 +28,10 @@ RUNNABLE = {
     (
         "vvk augment copy-paste ../shared/data/coco/tiny_coco /tmp/tiny_cp --copies 2 --workers 2 --json"
     ): "images",
+    (
+        "vvk track ../shared/data/tracking/vot/bag/bag.avi --box 312,143,110,102 --weights random:tiny "
+        "--draw bag.mp4"
+    ): "drawn: bag.mp4",
 }
 
 
