@@ -240,8 +240,7 @@ def evaluate(
               vvk track eval --data otb/ --results results/a --results results/b --name pretrained \\
                   --name random --plot otb.png
     """
-    from vvk.eval.tracking import plot_otb
-    from vvk.methods.tracking.run import evaluate_results
+    from vvk.eval.tracking import evaluate_results, plot_otb
 
     human = Output(json_output)
     with as_flags(**_FLAGS):

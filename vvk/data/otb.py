@@ -35,7 +35,7 @@ import itertools
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -302,3 +302,17 @@ def _frames(img: Path) -> list[tuple[int, str]]:
         if a == b:
             raise VvkError(f"{img}: {name_a} and {name_b} are both frame {a}")
     return numbered
+
+
+def sequence_names(sequences: str | Sequence[str] | None, root: str | os.PathLike) -> list[str] | None:
+    """The names ``sequences`` gives: a list file (``tb_50.txt``: the first word of each line;
+    a path, or a name inside ``root``), names separated by commas, or names; None: every one."""
+    if sequences is None or not isinstance(sequences, str):
+        return None if sequences is None else list(sequences)
+    for candidate in (Path(sequences), Path(root) / sequences):
+        if candidate.is_file():
+            return read_sequence_list(candidate)
+    names = [name.strip() for name in sequences.split(",") if name.strip()]
+    if not names:
+        raise VvkError(f"sequences={sequences}: no sequence names", params=["sequences"])
+    return names

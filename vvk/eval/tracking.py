@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from vvk.atomic import atomic_path
-from vvk.data.otb import OtbSequence, read_boxes, read_otb
+from vvk.data.otb import OtbSequence, read_boxes, read_otb, sequence_names
 from vvk.errors import VvkError
 
 IOU_THRESHOLDS = np.linspace(0, 1, 21)  # got10k's values exactly: 0.15 is 0.15000000000000002
@@ -274,3 +274,34 @@ def _check_reports(reports: Mapping[str, Mapping[str, Any]]) -> None:
                     f"reports[{name!r}]: {curve} has {len(report[curve])} points, expected {len(xs)}",
                     params=["reports"],
                 )
+
+
+def evaluate_results(
+    root: str | os.PathLike,
+    results: Sequence[str | os.PathLike],
+    *,
+    names: Sequence[str] | None = None,
+    sequences: str | Sequence[str] | None = None,
+    missing_results: str = "error",
+) -> dict[str, dict[str, Any]]:
+    """``evaluate_otb`` of each results folder, by tracker name (``names``, default each folder's
+    name, or its path where two folders share a name); each report also has ``results``."""
+    if not results:
+        raise VvkError("results_dir=: give at least one results folder", params=["results_dir"])
+    if names is not None and len(names) != len(results):
+        raise VvkError(
+            f"names={','.join(names)}: {len(names)} names for {len(results)} folders of results_dir= "
+            "(one name per folder)",
+            params=["names", "results_dir"],
+        )
+    if names is None:
+        folders = [Path(r).name or str(r) for r in results]
+        names = [str(r) if folders.count(f) > 1 else f for r, f in zip(results, folders, strict=True)]
+    if len(set(names)) != len(names):
+        raise VvkError(f"names={','.join(names)}: each tracker needs a name of its own", params=["names"])
+    chosen = sequence_names(sequences, root)
+    reports = {}
+    for name, folder in zip(names, results, strict=True):
+        report = evaluate_otb(root, folder, sequences=chosen, missing_results=missing_results)
+        reports[name] = {"results": str(folder), **report}
+    return reports

@@ -3,7 +3,8 @@ folder, and the scores of result folders.
 
 ::
 
-    from vvk.methods.tracking.run import evaluate_results, track_otb, track_video
+    from vvk.methods.tracking.run import track_otb, track_video
+    from vvk.eval.tracking import evaluate_results
 
     result = track_video("bag.avi", "300,150,60,80", weights="runs/t1", out="boxes.txt", draw="bag.mp4")
     result.boxes, result.fps                     # (N, 4) x, y, w, h (OTB convention); tracker frames/s
@@ -32,9 +33,8 @@ import numpy as np
 
 from vvk.atomic import atomic_path, atomic_write_text
 from vvk.data.media import VideoMeta
-from vvk.data.otb import read_otb, read_sequence_list
+from vvk.data.otb import read_otb, sequence_names
 from vvk.errors import VvkError
-from vvk.eval.tracking import evaluate_otb
 from vvk.methods.tracking.io import load_tracker
 from vvk.methods.tracking.tracker import SiamFCTracker, check_box
 from vvk.models.trackers import SiamFC
@@ -387,20 +387,6 @@ class SequenceRun:
                 "results": str(self.results), "fps": fps}  # fmt: skip
 
 
-def sequence_names(sequences: str | Sequence[str] | None, root: str | os.PathLike) -> list[str] | None:
-    """The names ``sequences`` gives: a list file (``tb_50.txt``: the first word of each line;
-    a path, or a name inside ``root``), names separated by commas, or names; None: every one."""
-    if sequences is None or not isinstance(sequences, str):
-        return None if sequences is None else list(sequences)
-    for candidate in (Path(sequences), Path(root) / sequences):
-        if candidate.is_file():
-            return read_sequence_list(candidate)
-    names = [name.strip() for name in sequences.split(",") if name.strip()]
-    if not names:
-        raise VvkError(f"sequences={sequences}: no sequence names", params=["sequences"])
-    return names
-
-
 def track_otb(
     root: str | os.PathLike,
     *,
@@ -455,34 +441,3 @@ def track_otb(
         if on_sequence is not None:
             on_sequence(run)
     return runs
-
-
-def evaluate_results(
-    root: str | os.PathLike,
-    results: Sequence[str | os.PathLike],
-    *,
-    names: Sequence[str] | None = None,
-    sequences: str | Sequence[str] | None = None,
-    missing_results: str = "error",
-) -> dict[str, dict[str, Any]]:
-    """``evaluate_otb`` of each results folder, by tracker name (``names``, default each folder's
-    name, or its path where two folders share a name); each report also has ``results``."""
-    if not results:
-        raise VvkError("results_dir=: give at least one results folder", params=["results_dir"])
-    if names is not None and len(names) != len(results):
-        raise VvkError(
-            f"names={','.join(names)}: {len(names)} names for {len(results)} folders of results_dir= "
-            "(one name per folder)",
-            params=["names", "results_dir"],
-        )
-    if names is None:
-        folders = [Path(r).name or str(r) for r in results]
-        names = [str(r) if folders.count(f) > 1 else f for r, f in zip(results, folders, strict=True)]
-    if len(set(names)) != len(names):
-        raise VvkError(f"names={','.join(names)}: each tracker needs a name of its own", params=["names"])
-    chosen = sequence_names(sequences, root)
-    reports = {}
-    for name, folder in zip(names, results, strict=True):
-        report = evaluate_otb(root, folder, sequences=chosen, missing_results=missing_results)
-        reports[name] = {"results": str(folder), **report}
-    return reports

@@ -432,8 +432,7 @@ def _val_names(config: TrackerTrainPreset, val: Path | None) -> list[str] | None
     """The val sequences, read once here so that a bad folder or name fails before training."""
     if val is None:
         return None
-    from vvk.data.otb import read_otb
-    from vvk.methods.tracking.run import sequence_names
+    from vvk.data.otb import read_otb, sequence_names
 
     try:
         names = sequence_names(config.val_sequences or None, val)
