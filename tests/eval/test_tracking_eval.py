@@ -179,6 +179,11 @@ def test_results_with_a_wrong_line_count_name_the_file_and_counts(two_sequences)
     assert message == f"{results / 'A.txt'}: 4 lines, expected 3 (one per frame of A)"
     (results / "A.txt").write_text("1,2,3,4\n1,2,3,4\n1,2,3,4\n\n\n")  # trailing blank lines: fine
     assert evaluate_otb(root, results)["sequences"]["A"]["frames"] == 3
+    # a tracker that lost the target in the last two frames and wrote blank lines for them: the
+    # lines are frames without a prediction (failures), not a short file
+    (results / "A.txt").write_text("1,2,3,4\n\n\n")
+    lost = evaluate_otb(root, results)["sequences"]["A"]
+    assert lost["frames"] == 3 and lost["missing_frames"] == 2
 
 
 @pytest.mark.parametrize(

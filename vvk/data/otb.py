@@ -108,14 +108,15 @@ class OtbSequence:
 def read_boxes(path: str | os.PathLike, *, missing_ok: bool = False) -> np.ndarray:
     """The (N, 4) float64 boxes of a text file, one ``x,y,w,h`` line per frame.
 
-    Separators may be commas, tabs or spaces. Trailing blank lines are ignored. With
-    ``missing_ok`` (tracker results), a blank line or one of NaNs is a frame without a prediction
-    and reads as a row of NaN; otherwise (ground truth) every line must hold 4 finite numbers.
-    A malformed line is a ``VvkError`` naming the file and the line number.
+    Separators may be commas, tabs or spaces. With ``missing_ok`` (tracker results), a blank line
+    or one of NaNs is a frame without a prediction and reads as a row of NaN, trailing ones
+    included (a tracker that lost the target in the last frames); otherwise (ground truth) blank
+    lines at the end are ignored and every line must hold 4 finite numbers. A malformed line is a
+    ``VvkError`` naming the file and the line number.
     """
     path = Path(path)
     lines = _text(path).splitlines()
-    while lines and not lines[-1].strip():
+    while lines and not lines[-1].strip() and not missing_ok:
         lines.pop()
     rows = [line.replace(",", " ").split() for line in lines]
     if all(len(row) == 4 for row in rows):

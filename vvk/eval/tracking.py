@@ -152,10 +152,12 @@ def _results_file(folder: Path, names: Iterable[str], by_lower: dict[str, Path])
 
 
 def _fit(boxes: np.ndarray, seq: OtbSequence, path: Path) -> np.ndarray:
-    if len(boxes) == len(seq):
-        return boxes
-    if len(boxes) == seq.folder_frames:
-        return boxes[seq.offset : seq.offset + len(seq)]  # (folder frames, 4) -> (evaluated frames, 4)
+    # one line per evaluated frame, or per image of the folder; rows past either count that hold
+    # no prediction are blank lines at the end of the file, not frames
+    for count in dict.fromkeys((len(seq), seq.folder_frames)):
+        if len(boxes) >= count and np.isnan(boxes[count:]).all():
+            boxes = boxes[:count]  # (count, 4)
+            return boxes if count == len(seq) else boxes[seq.offset : seq.offset + len(seq)]
     every = f" or {seq.folder_frames} (one per image of its folder)" if seq.folder_frames != len(seq) else ""
     raise VvkError(f"{path}: {len(boxes)} lines, expected {len(seq)} (one per frame of {seq.name}){every}")
 
