@@ -159,15 +159,21 @@ def detector(
         out_.note(f"resolved preset: {json.dumps(plan.record()['resolved'], separators=(',', ':'))}")
     with as_flags(switches=_SWITCHES, **_FLAGS):
         result = run_detector(plan, progress=not json_output)
-    if json_output:
-        out_.record(_record(result))
+    _report(out_, result, what="detector", exported=result.detector_path, summary=_summary(result))
+
+
+def _report(out_: Output, result, *, what: str, exported: Path, summary: str) -> None:
+    """A training run's end: its JSON record, or its summary and exported file; an interrupted
+    run (saved, yet not finished) exits 130, so that a script does not go on as if it were done."""
+    if out_.json_mode:
+        out_.record(_record(result, what, exported))
     else:
-        out_.note(_summary(result))
-        out_.note(f"detector: {result.detector_path}")
-    if result.status == "interrupted":  # saved, yet not finished: a script must not go on as if it were
+        out_.note(summary)
+        out_.note(f"{what}: {exported}")
+    if result.status == "interrupted":
         raise VvkError(
             f"interrupted after step {result.step}; its checkpoint is in {result.run_dir}",
-            hint=f"continue with: vvk train detector --resume --out {result.run_dir}",
+            hint=f"continue with: vvk train {what} --resume --out {result.run_dir}",
             exit_code=130,  # as any interrupted command (vvk.cli.EXIT_INTERRUPTED)
         )
 
@@ -199,14 +205,14 @@ def _summary(result) -> str:
     return f"detector: {done}; val ({scores.get('images', '?')} images): {'; '.join(parts)}"
 
 
-def _record(result) -> dict[str, Any]:
+def _record(result, what: str, exported: Path) -> dict[str, Any]:
     return {
         "status": result.status,
         "step": result.step,
         "losses": result.losses,
         "evaluation": result.evaluation,
         "run_dir": str(result.run_dir),
-        "detector": str(result.detector_path),
+        what: str(exported),
         "data": result.data,
         "val": result.val,
         "seconds": round(result.seconds, 1),
@@ -295,17 +301,7 @@ def tracker(
         out_.note(f"resolved preset: {json.dumps(plan.record()['resolved'], separators=(',', ':'))}")
     with as_flags(switches=_SWITCHES, **_FLAGS):
         result = run_tracker(plan, progress=not json_output)
-    if json_output:
-        out_.record(_tracker_record(result))
-    else:
-        out_.note(_tracker_summary(result))
-        out_.note(f"tracker: {result.tracker_path}")
-    if result.status == "interrupted":  # saved, yet not finished: a script must not go on as if it were
-        raise VvkError(
-            f"interrupted after step {result.step}; its checkpoint is in {result.run_dir}",
-            hint=f"continue with: vvk train tracker --resume --out {result.run_dir}",
-            exit_code=130,  # as any interrupted command (vvk.cli.EXIT_INTERRUPTED)
-        )
+    _report(out_, result, what="tracker", exported=result.tracker_path, summary=_tracker_summary(result))
 
 
 def _tracker_first_line(plan) -> str:
@@ -330,19 +326,3 @@ def _tracker_summary(result) -> str:
         return f"tracker: {done}, {loss} (no --val: not scored)"
     return (f"tracker: {done}, {loss}; val ({scores['sequences']} sequences, {scores['frames']} frames): "
             f"success {scores['success']:.3f}, precision {scores['precision']:.3f}")  # fmt: skip
-
-
-def _tracker_record(result) -> dict[str, Any]:
-    return {
-        "status": result.status,
-        "step": result.step,
-        "losses": result.losses,
-        "evaluation": result.evaluation,
-        "run_dir": str(result.run_dir),
-        "tracker": str(result.tracker_path),
-        "data": result.data,
-        "val": result.val,
-        "seconds": round(result.seconds, 1),
-        "skipped_files": result.summary.get("bad_files", {}).get("count", 0),
-        "preset": result.preset,
-    }

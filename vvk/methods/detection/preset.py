@@ -302,8 +302,9 @@ PRESETS: dict[str, dict[Family, DetectionPreset]] = {
 }
 # Query-modulated detection is a RetinaNet's: each preset's RetinaNet recipe on its qmd-* variant.
 # The paper's asks one query per image; tiny asks ten (all the built-in example's digits): one
-# query per image left the class subnet a tenth of a standard detector's supervision, query AP50
-# 0.002-0.08 at 1,000 steps against 0.32 with ten, at twice the seconds a step (docs/results.md).
+# query per image left the class subnet a tenth of a standard detector's supervision: query AP50
+# 0.04 at 1,000 steps against 0.30 with ten (three seeds), at twice the seconds a step
+# (docs/results.md).
 _QUERIES = {"tiny": QMDSettings(queries_per_image=10), "paper": QMDSettings()}
 for _name, _model in (("tiny", "qmd-spinenet-mobile-tiny"), ("paper", "qmd-spinenet-mobile-49")):
     PRESETS[_name]["qmd"] = dataclasses.replace(

@@ -36,7 +36,7 @@ from vvk.data.media import VideoMeta
 from vvk.data.otb import read_otb, sequence_names
 from vvk.errors import VvkError
 from vvk.methods.tracking.io import load_tracker
-from vvk.methods.tracking.tracker import SiamFCTracker, check_box
+from vvk.methods.tracking.tracker import SiamFCTracker, box_values, check_box
 from vvk.models.trackers import SiamFC
 
 Progress = Callable[[int, int], None]
@@ -56,12 +56,11 @@ def format_boxes(boxes: np.ndarray) -> str:
 def parse_box(box: str | Sequence[float]) -> tuple[float, float, float, float]:
     """``"x,y,w,h"`` (or four numbers) as four floats; checked against a frame by ``check_box``."""
     if not isinstance(box, str):
-        values = [float(v) for v in np.asarray(box, dtype=np.float64).reshape(-1)]
-    else:
-        try:
-            values = [float(v) for v in box.split(",")]
-        except ValueError:
-            values = []
+        return box_values(box)
+    try:
+        values = [float(v) for v in box.split(",")]
+    except ValueError:
+        values = []
     if len(values) != 4:
         raise VvkError(f"box={box}: expected four numbers x,y,w,h separated by commas", params=["box"])
     return values[0], values[1], values[2], values[3]

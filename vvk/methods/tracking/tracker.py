@@ -69,7 +69,7 @@ def as_frame(frame) -> Tensor:
 
 def check_box(box, frame_size: tuple[int, int]) -> tuple[float, float, float, float]:
     """``box`` as four floats (x, y, w, h), or a one-line ``VvkError`` naming what is wrong."""
-    values = _box_values(box)
+    values = box_values(box)
     x, y, w, h = values
     shown = "(" + ", ".join(f"{v:g}" for v in values) + ")"
     if not all(math.isfinite(v) for v in values):
@@ -83,7 +83,8 @@ def check_box(box, frame_size: tuple[int, int]) -> tuple[float, float, float, fl
     return values
 
 
-def _box_values(box) -> tuple[float, float, float, float]:
+def box_values(box) -> tuple[float, float, float, float]:
+    """Four floats x, y, w, h from any box vvk takes: numbers, a tensor, ``BoundingBoxes``."""
     if isinstance(box, tv_tensors.BoundingBoxes) and box.format.name != "XYWH":
         box = box_convert(box.as_subclass(Tensor), box.format.name.lower(), "xywh")
     try:
@@ -256,7 +257,7 @@ def track(
         start = time.perf_counter()
         if i == 0:
             tracker.init(frame, first_box)
-            boxes.append(np.asarray(_box_values(first_box), dtype=np.float64))
+            boxes.append(np.asarray(box_values(first_box), dtype=np.float64))
         else:
             boxes.append(tracker.update(frame))
         elapsed += time.perf_counter() - start

@@ -208,9 +208,9 @@ class QueryModulatedRetinaNet(RetinaNetDetector):
         features, repeated for each of its queries, modulated and through the heads."""
         # each copy of an image is transformed alike, its targets with it
         image_list, targets = self.transform([images[i] for i in sources], targets)
-        unique = list(dict.fromkeys(sources))  # the images, in order of first appearance
-        first = [sources.index(i) for i in unique]
-        position = torch.tensor([unique.index(i) for i in sources], device=image_list.tensors.device)
+        slot = {i: k for k, i in enumerate(dict.fromkeys(sources))}  # image -> its row in the backbone batch
+        first = [sources.index(i) for i in slot]  # the pair whose transformed copy each image runs as
+        position = torch.tensor([slot[i] for i in sources], device=image_list.tensors.device)
         features = self.backbone(image_list.tensors[first])  # {level: (I, C, H, W)}, no query set
         repeated = {level: x[position] for level, x in features.items()}  # (P, C, H, W) each
         with self._answering(queries):
@@ -271,7 +271,9 @@ class QueryModulatedRetinaNet(RetinaNetDetector):
                         f"{name}['labels']: a query's objects are labelled 1 (the queried thing), "
                         f"got {sorted(set(t['labels'].tolist()))}"
                     )
-                sources.append(i), asked.append(q), answers.append(t)
+                sources.append(i)
+                asked.append(q)
+                answers.append(t)
         return sources, asked, answers
 
     def _touch_idle_parameters(
