@@ -169,3 +169,41 @@ def test_interrupted_pretrain_saves_a_checkpoint_and_exits_130(shared_data, tmp_
     assert 1 <= step < 1000
     assert (run / "checkpoints" / "latest").read_text().strip() == f"step-{step:08d}"
     assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+
+
+# --------------------------------------------------------------------------------------------
+# vvk track run, vvk train tracker
+
+
+def test_track_run_stopped_by_sigterm_keeps_the_finished_sequences_whole(shared_data, tmp_path):
+    otb, results = shared_data / "tracking" / "otb", tmp_path / "results"
+    with vvk_process("track", "run", "--data", str(otb), "--weights", "random:tiny", "--out", str(results),
+                     cwd=tmp_path) as proc:  # fmt: skip
+        wait_for(lambda: (results / "Couple.txt").is_file(), timeout=300, what="the first sequence's results")
+        os.killpg(proc.pid, signal.SIGTERM)
+        code, stderr = finish(proc)
+    assert code == 130, stderr
+    assert stderr.splitlines()[-1] == "vvk: error: interrupted" and "Traceback" not in stderr
+    # Couple is whole; Crossing (120 frames at tens of frames/s) was cut short and left no file
+    assert sorted(os.listdir(results)) == ["Couple.txt"]
+    assert len((results / "Couple.txt").read_text().splitlines()) == 140
+
+
+def test_train_tracker_stopped_by_sigterm_saves_a_checkpoint_and_takes_its_workers(shared_data, tmp_path):
+    otb, run = shared_data / "tracking" / "otb", tmp_path / "run"
+    with vvk_process("train", "tracker", "--data", str(otb), "--steps", "1000", "--batch-size", "2",
+                     "--out", str(run), "--set", "train.num_workers=1", "--set", "train.log_every=1",
+                     cwd=tmp_path) as proc:  # fmt: skip
+        metrics = run / "metrics.jsonl"
+        wait_for(lambda: metrics.is_file() and metrics.read_text().count("\n") >= 1, timeout=300,
+                 what="the first training step")  # fmt: skip
+        workers = children(proc.pid)
+        assert workers  # the loader's worker
+        os.killpg(proc.pid, signal.SIGTERM)
+        code, stderr = finish(proc, timeout=120)
+    assert code == 130, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("vvk: error: interrupted after step ") and "--resume" in last
+    step = int(last.split("step ")[1].split(";")[0])
+    assert (run / "checkpoints" / "latest").read_text().strip() == f"step-{step:08d}"
+    wait_for(lambda: not any(running(pid) for pid in workers), timeout=10, what="the loader worker to end")

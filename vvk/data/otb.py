@@ -105,7 +105,7 @@ class OtbSequence:
         return tuple(self.image_dir / name for name in self.frame_files)
 
 
-def read_boxes(path: str | os.PathLike, *, missing_ok: bool = False) -> np.ndarray:
+def read_boxes(path: str | os.PathLike, *, missing_ok: bool = False, skip_bad: bool = False) -> np.ndarray:
     """The (N, 4) float64 boxes of a text file, one ``x,y,w,h`` line per frame.
 
     Separators may be commas, tabs or spaces. With ``missing_ok`` (tracker results), a blank line
@@ -125,12 +125,14 @@ def read_boxes(path: str | os.PathLike, *, missing_ok: bool = False) -> np.ndarr
         except ValueError:
             pass  # a token that is not a number: found, and named, below
         else:
-            if missing_ok or np.isfinite(boxes).all():
+            if missing_ok or skip_bad or np.isfinite(boxes).all():
                 return boxes
-    return _read_rows(path, lines, rows, missing_ok=missing_ok)
+    return _read_rows(path, lines, rows, missing_ok=missing_ok, skip_bad=skip_bad)
 
 
-def _read_rows(path: Path, lines: list[str], rows: list[list[str]], *, missing_ok: bool) -> np.ndarray:
+def _read_rows(
+    path: Path, lines: list[str], rows: list[list[str]], *, missing_ok: bool, skip_bad: bool
+) -> np.ndarray:
     """The line-by-line reading behind ``read_boxes``' fast path, which names the first bad line."""
     boxes = np.full((len(rows), 4), np.nan)
     for k, tokens in enumerate(rows):
@@ -139,7 +141,7 @@ def _read_rows(path: Path, lines: list[str], rows: list[list[str]], *, missing_o
             boxes[k] = values
             continue
         no_prediction = not tokens or (values is not None and all(map(math.isnan, values)))
-        if not (missing_ok and no_prediction):
+        if not (missing_ok and no_prediction) and not skip_bad:
             shown = lines[k].strip()[:60] or "a blank line"
             raise VvkError(
                 f"{path}: line {k + 1}: expected 4 finite numbers x,y,w,h separated by commas, tabs "

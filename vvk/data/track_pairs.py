@@ -51,7 +51,6 @@ videos are looked up among the files under the root, so a pickle key cannot name
 from __future__ import annotations
 
 import logging
-import math
 import os
 import pickle
 from collections import Counter
@@ -69,7 +68,7 @@ from torchvision import tv_tensors
 from vvk.data.decoders import get_decoder
 from vvk.data.images import ImageReadError, load_rgb
 from vvk.data.media import VIDEO_EXTENSIONS, BadVideo, VideoMeta
-from vvk.data.otb import read_otb
+from vvk.data.otb import read_boxes, read_otb
 from vvk.data.paths import PathOutside, inside
 from vvk.data.siamfc_crops import CONTEXT, EXEMPLAR_SIZE, MAX_STRETCH, MAX_TRANSLATE, SEARCH_SIZE, siamfc_crop
 from vvk.errors import VvkError
@@ -240,11 +239,12 @@ def _got10k_tracks(root: Path, counts: Counter[str]) -> list[Track]:
             files = set(os.listdir(folder))
         except OSError:
             files = set()
-        gt = _lines(folder / "groundtruth.txt") if "groundtruth.txt" in files else None
-        if gt is None:
+        try:
+            boxes = read_boxes(folder / "groundtruth.txt", skip_bad=True)
+        except VvkError:  # missing or unreadable
             counts["missing_sequence"] += 1
             continue
-        boxes = _parse_boxes(gt, counts)
+        counts["bad_line"] += int((~np.isfinite(boxes).all(axis=1)).sum())
         present = np.array([GOT10K_FRAME.format(i + 1) in files for i in range(len(boxes))], dtype=bool)
         counts["missing_frame"] += int((~present).sum())
         visible = _visible(folder, files, len(boxes), counts)
@@ -273,30 +273,6 @@ def _lines(path: Path) -> list[str] | None:
     while lines and not lines[-1].strip():
         lines.pop()
     return lines
-
-
-def _parse_boxes(lines: list[str], counts: Counter[str]) -> np.ndarray:
-    """(N, 4) float64 from ``x,y,w,h`` lines (commas, tabs or spaces); a line that is not 4
-    finite numbers is a NaN row, counted, so the rows after it stay on their frames."""
-    rows = [line.replace(",", " ").split() for line in lines]
-    if all(len(r) == 4 for r in rows):
-        try:
-            boxes = np.array(rows, dtype=np.float64).reshape(len(rows), 4)
-            if np.isfinite(boxes).all():
-                return boxes
-        except ValueError:
-            pass  # a token that is not a number: found line by line below
-    boxes = np.full((len(rows), 4), np.nan)
-    for k, tokens in enumerate(rows):
-        try:
-            values = [float(t) for t in tokens]
-        except ValueError:
-            values = []
-        if len(values) == 4 and all(map(math.isfinite, values)):
-            boxes[k] = values
-        else:
-            counts["bad_line"] += 1
-    return boxes
 
 
 def _parse_values(lines: list[str] | None, n: int, default: float, counts: Counter[str]) -> np.ndarray:
