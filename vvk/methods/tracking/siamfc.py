@@ -56,9 +56,11 @@ PRESETS: dict[str, SiamFCPreset] = {
     # Test variant: 1/8-width R3D, res3 at stride 8 (no dilation), trained end to end; CPU-fast.
     # Batch norm on the response (siamfc-pytorch @75a105c's bn_adjust): with the paper's SGD on
     # the shared OTB pairs it took the loss from 0.64 to 0.48 in 60 steps, where the fixed gain
-    # only came down to ln 2 (0.69, a flat response) and the learned one diverged.
+    # only came down to ln 2 (0.69, a flat response) and the learned one diverged. Branch convs
+    # as wide as res3 (64): without them a frozen backbone's tracker trains two numbers, and a
+    # CVRL-pretrained r3d-tiny tracked no better than a random one (docs/results.md).
     "tiny": SiamFCPreset(
-        backbone="r3d-tiny", feature="res3", branch_channels=None, adjust="bn", freeze_backbone=False
+        backbone="r3d-tiny", feature="res3", branch_channels=64, adjust="bn", freeze_backbone=False
     ),
 }
 
