@@ -6,7 +6,6 @@ pair. The crops: tests/data/test_siamfc_crops.py."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import numpy as np
 import pytest
@@ -183,9 +182,8 @@ def test_loss_is_the_balanced_logistic_loss():
 
 def test_loss_decreases_on_a_toy_pair():
     torch.manual_seed(0)
-    # the learned gain: Adam moves it as fast as any weight (the preset's batch norm starts
-    # lower and falls more slowly; the presets' own learning: tests/methods/test_tracking_train.py)
-    model = tracking.build(dataclasses.replace(tracking.PRESETS["tiny"], adjust="conv")).train()
+    # the tiny preset as it is: branch convs and batch norm on the response (1.59 -> 0.38 here)
+    model = tracking.build(tracking.PRESETS["tiny"]).train()
     frame_a = square_image((180, 240), (100, 90), 30)
     frame_b = square_image((180, 240), (112, 84), 30)
     shifts = [((1, -2), (0, 2)), ((-2, 0), (2, 1))]  # crop translations, as training draws them
@@ -200,4 +198,4 @@ def test_loss_decreases_on_a_toy_pair():
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.8 * losses[0], losses
+    assert losses[-1] < 0.5 * losses[0], losses
