@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from vvk.augment import CopyPasteOptions, augment_coco
-from vvk.augment.dataset_writer import _HOST
+from vvk.staging import _HOST
 
 
 def dead_pid() -> int:

@@ -1,6 +1,6 @@
 """Model zoo: the registry, the families registered in it, checkpoint I/O and pretrained loading."""
 
-from vvk.models import backbones, detectors, trackers  # noqa: F401  (importing them fills the registry)
+from vvk.models import backbones, detectors, texture, trackers  # noqa: F401  (importing them fills the registry)
 from vvk.models.checkpoint import save
 from vvk.models.pretrained import load
 from vvk.models.profile import count_params
