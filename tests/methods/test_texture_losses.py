@@ -220,7 +220,6 @@ def test_missing_weights_offline_turn_the_loss_off(caches):
     loss, note = load_perceptual_loss()  # the real registry's vgg19.tv_in1k, in no cache here
     assert loss is None
     assert note == "perceptual loss off: no VGG-19 weights here (`vvk weights pull vgg19.tv_in1k`)"
-    assert "vgg19-dcbb9e9d.pth" in note and "\n" not in note
     with pytest.raises(VvkError, match="vgg19.tv_in1k.*downloads are off"):
         VGGPerceptualLoss.from_registry()
 
