@@ -1,4 +1,4 @@
-"""``vvk augment``: grow datasets by augmentation (``copy-paste``)."""
+"""``vvk augment``: grow datasets by augmentation (``copy-paste``, ``texture``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated
 import click
 import typer
 
-from vvk.commands._options import JsonOpt
+from vvk.commands._options import JsonOpt, as_flags
 from vvk.commands._output import Output, ProgressBar
 from vvk.errors import VvkError
 
@@ -109,3 +109,107 @@ def copy_paste(
     else:
         rows = [{"field": k, "value": v} for k, v in summary.items() if k != "warnings"]
         out.table(rows, [("field", "field"), ("value", "value")], title="copy-paste")
+
+
+# The texture library's parameters as ``vvk augment texture`` spells them (``VvkError.as_flags``)
+_TEXTURE_FLAGS = {
+    "dataset": "DATASET",
+    "out": "--out",
+    "textures": "--textures",
+    "classes": "--classes",
+    "per_class": "--per-class",
+    "max_textures": "--max-textures",
+    "preset": "--preset",
+    "seed": "--seed",
+    "device": "--device",
+}
+
+
+@app.command("texture")
+def texture(
+    dataset: Annotated[
+        Path, typer.Argument(metavar="DATASET", help="ImageFolder dataset: DATASET/<class>/<image>.")
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(metavar="OUT", show_default=False, help="New folder for what is made: empty or absent."),
+    ],
+    textures: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="TEX_DIR", show_default=False, help="Texture exemplars: TEX_DIR/<class>/<image>."
+        ),
+    ] = None,
+    classes: Annotated[
+        str, typer.Option(metavar="tail|all|A,B", help="Classes to augment; tail: below the mean count.")
+    ] = "tail",
+    per_class: Annotated[
+        int | None,
+        typer.Option(min=1, show_default=False, help="New images per class (default: up to the largest)."),
+    ] = None,
+    max_textures: Annotated[
+        int | None,
+        typer.Option(min=1, show_default=False, help="At most K exemplars (texture models) per class."),
+    ] = None,
+    preset: Annotated[
+        str,
+        typer.Option(
+            click_type=click.Choice(["tiny", "paper"]), help="Texture training: tiny (CPU minutes), paper."
+        ),
+    ] = "tiny",
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="KEY=VALUE", help="Override a preset field, e.g. steps=200."),
+    ] = None,
+    seed: Annotated[int, typer.Option(min=0, help="Same seed, same output images and manifest.")] = 0,
+    device: Annotated[
+        str,
+        typer.Option(click_type=click.Choice(["auto", "cpu", "cuda"]), help="auto: the GPU if there is one."),
+    ] = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty OUT.")] = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """SITT texture augmentation: new images for rare classes, made of other classes' images.
+
+    For each chosen class (--classes tail: those with fewer images than the mean class count),
+    one SITT texture model is trained per texture exemplar of the class (TEX_DIR/<class>/, else
+    the class's own images; --max-textures caps them), then images drawn from the other classes
+    are re-textured with it and labelled as the class, until the class has --per-class new
+    images (by default as many as it lacks to reach the largest class).
+
+    OUT holds only what is new: images/<class>/sitt-NNNNN.png (train on DATASET and
+    OUT/images together, matching classes by name), manifest.jsonl (per image: its source
+    image, texture and model), augment.json and models/<class>/ (the texture models, reusable
+    with vvk translate-texture --weights). DATASET and TEX_DIR are never written. OUT is made
+    in a hidden folder beside it and renamed when complete: Ctrl-C leaves no half OUT.
+
+    The perceptual loss needs torchvision's VGG-19 weights (`vvk weights pull vgg19.tv_in1k`);
+    without them it is off and the run says so.
+
+    EXAMPLES: vvk augment texture flowers/ --out flowers-sitt/
+              vvk augment texture plants/ --out plants-sitt/ --classes rust,scab --per-class 200
+              vvk augment texture birds/ --out birds-sitt/ --textures bark/ --preset paper --device cuda
+    """
+    from vvk.augment.texture import augment_texture
+
+    human = Output(json_output)
+    with (
+        as_flags(switches={"overwrite": "--overwrite"}, **_TEXTURE_FLAGS),
+        ProgressBar(human, "texture", show=not json_output) as progress,
+    ):
+        summary = augment_texture(
+            dataset, out, textures=textures, classes=classes, per_class=per_class, max_textures=max_textures,
+            preset=preset, overrides=list(overrides or []), seed=seed, device=device, overwrite=overwrite,
+            progress=progress, train_progress=not json_output, notes=human.note,
+        )  # fmt: skip
+    for reason, count in summary["warnings"].items():
+        human.warn(f"{reason}: {count} (listed in {Path(summary['out']) / 'augment.json'})")
+    if json_output:
+        human.record(summary)
+        return
+    human.table(summary["classes"], [(k, k) for k in ("class", "images", "new", "models")], title="texture")
+    models = Path(summary["out"]) / "models"
+    human.note(
+        f"{summary['images_written']} new image(s) in {summary['images']}, {summary['models_trained']} "
+        f"texture model(s) in {models} ({summary['seconds']} s); {summary['perceptual']}"
+    )

@@ -58,7 +58,7 @@ def fixed_views(images: Sequence[np.ndarray], size: int, *, views: int = VIEWS, 
         image = to_unit_range(images[k % len(images)])  # (3, H, W)
         kind = "plain" if k == views - 1 else int(torch.randint(10, (1,), generator=generator))
         out.append(_view(image, size, kind, generator))
-    return torch.stack(out)
+    return torch.stack(out).clamp_(-1, 1)  # resampling rounds a hair past the ends
 
 
 def _view(image: Tensor, size: int, kind: int | str, generator: torch.Generator) -> Tensor:
