@@ -67,12 +67,13 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[tuple[Path, Path
         if given.is_dir():
             images = sorted(p for p in given.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             if not images:
-                raise VvkError(f"images={given}: no images ({' '.join(IMAGE_SUFFIXES)}) in this folder")
+                suffixes = " ".join(IMAGE_SUFFIXES)
+                raise VvkError(f"images={given}: no images ({suffixes}) in this folder", params=["images"])
             pairs = [(p, p.relative_to(given).with_suffix(".png")) for p in images]
         elif given.exists():
             pairs = [(given, Path(given.name).with_suffix(".png"))]
         else:
-            raise VvkError(f"images={given}: no such file or folder")
+            raise VvkError(f"images={given}: no such file or folder", params=["images"])
         for image, name in pairs:
             if name in found and found[name] != image:
                 raise VvkError(f"images: {found[name]} and {image} would both be written as {name}")
@@ -118,28 +119,30 @@ def translate_texture(
 
     items = collect_inputs(inputs)
     if items and out is None:
-        raise VvkError("out: a folder for the re-textured images is needed", params=["out"])
+        raise VvkError("out=: a folder for the re-textured images is needed", params=["out"])
     if out is not None and not items:
-        raise VvkError("out: given without images to re-texture", params=["out"])
+        raise VvkError(f"out={out}: given without images to re-texture", params=["out"])
     folder = None if out is None else check_destination(Path(out), [p for p, _ in items], overwrite=False)
     run = None
     if weights is not None:
         if texture is not None or save is not None or resume:
             raise VvkError(
-                "weights: a trained model has its texture; give no texture, save or resume with it",
-                params=["weights"],
+                f"weights={weights}: a trained model has its texture; texture=, save= and resume=True "
+                "do not go with it",
+                params=["weights", "texture", "save"],
             )
         model_path = Path(weights)
     else:
         if texture is None and not resume:
             raise VvkError(
-                "texture: the texture image to learn (or weights: a trained model)", params=["texture"]
+                "texture=: the texture image to learn is needed (or weights=: a trained model)",
+                params=["texture", "weights"],
             )
         run_dir = (
             Path(save) if save is not None else default_run_dir(f"texture-{Path(texture or 'run').stem}")
         )
         if resume and save is None:
-            raise VvkError("resume: name the run to continue (save)", params=["resume", "save"])
+            raise VvkError("resume=True: name the run to continue with save=", params=["save"])
         contents = [p for p, _ in items] or demo_photos(run_dir / "contents")
         run = train_texture(
             None if resume else texture, () if resume else contents, preset=preset, overrides=overrides,
