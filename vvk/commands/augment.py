@@ -177,11 +177,12 @@ def texture(
     are re-textured with it and labelled as the class, until the class has --per-class new
     images (by default as many as it lacks to reach the largest class).
 
-    OUT holds only what is new: images/<class>/sitt-NNNNN.png (train on DATASET and
-    OUT/images together, matching classes by name), manifest.jsonl (per image: its source
-    image, texture and model), augment.json and models/<class>/ (the texture models, reusable
-    with vvk translate-texture --weights). DATASET and TEX_DIR are never written. OUT is made
-    in a hidden folder beside it and renamed when complete: Ctrl-C leaves no half OUT.
+    OUT holds only what is new: images/<class>/sitt-NNNNN.png (an ImageFolder), manifest.jsonl
+    (per image: its class, source image, texture and model), augment.json and models/<class>/
+    (the texture models, reusable with vvk translate-texture --weights). Train on DATASET plus
+    OUT/images, classes matched by name. DATASET and TEX_DIR are never written.
+    OUT is made in a hidden folder beside it and renamed when complete: Ctrl-C leaves no
+    half OUT.
 
     The perceptual loss needs torchvision's VGG-19 weights (`vvk weights pull vgg19.tv_in1k`);
     without them it is off and the run says so.
@@ -210,6 +211,6 @@ def texture(
     human.table(summary["classes"], [(k, k) for k in ("class", "images", "new", "models")], title="texture")
     models = Path(summary["out"]) / "models"
     human.note(
-        f"{summary['images_written']} new image(s) in {summary['images']}, {summary['models_trained']} "
+        f"{summary['images_written']} new image(s) in {summary['out']}, {summary['models_trained']} "
         f"texture model(s) in {models} ({summary['seconds']} s); {summary['perceptual']}"
     )
