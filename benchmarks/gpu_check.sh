@@ -28,6 +28,11 @@
 #                  1024² x8) -> detection_train_step_paper_cuda_bf16.json
 #   vild     45 s  benchmarks/vild_embed_regions.py --device cuda: regions/s of ViLD's distillation
 #                  targets, CLIP ViT-B/32 and the stand-in teacher -> in gpu_check.json
+# PART=2 runs instead (deps and env, then; 160 s, a second call of its own):
+#   track    90 s  benchmarks/tracking_speed.py: SiamFC update frames/s, tiny and r3d-50, CPU and
+#                  GPU -> tracking_speed.json
+#   texture  60 s  benchmarks/texture_translation.py --cost-only --device cuda: seconds per SITT
+#                  iteration at 288² and 128², translation images/s -> texture_translation_cuda.json
 # Logs go to $OUT/logs/STEP.log, packed into $OUT/logs.tar.gz at the end (the device tool
 # brings back at most 8 files). Summary: $OUT/gpu_check.json (steps with exit codes and
 # seconds, the benchmark figures, the tail of every log). A failed build turns the cuda backend
@@ -43,9 +48,15 @@ export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-${TMPDIR:-/tmp}/vvk_torch_ex
 STEPS="$OUT/steps.jsonl"
 : >"$STEPS"
 
+PART=${PART:-1}
+PART2="track texture"
 step() { # step NAME LIMIT_S COMMAND...: log to $OUT/NAME.log, record exit code and seconds
     local name=$1 limit=$2 t0 rc
     shift 2
+    case " deps env $PART2 " in  # the steps of part 2; every other step belongs to part 1
+    *" $name "*) [ "$PART" = 2 ] || [ "$name" = deps ] || [ "$name" = env ] || return 0 ;;
+    *) [ "$PART" = 1 ] || return 0 ;;
+    esac
     t0=$(date +%s)
     timeout --kill-after=5 "$limit" "$@" >"$LOGS/$name.log" 2>&1
     rc=$?
@@ -87,6 +98,10 @@ step detect 60 "$PY" benchmarks/detection_inference.py --device cuda --dtype bf1
 step dtrain 60 "$PY" benchmarks/detection_train_step.py --device cuda --dtype bf16 --out "$OUT"
 step vild 45 "$PY" benchmarks/vild_embed_regions.py --device cuda --images 8 --regions 300 \
     --out "$OUT/vild_embed_regions_cuda.json"
+step track 90 "$PY" benchmarks/tracking_speed.py --threads 16 --frames 20 --rounds 2 \
+    --out "$OUT/tracking_speed.json"
+step texture 60 "$PY" benchmarks/texture_translation.py --cost-only --device cuda --cost-iterations 10 \
+    --out "$OUT/texture_translation_cuda.json"
 
 "$PY" - "$OUT" <<'EOF' || echo '{"error": "could not write the summary"}' >"$OUT/gpu_check.json"
 import json, os, sys
@@ -105,7 +120,8 @@ for key, name in (("benchmarks", "kernels_gpu.json"), ("pretrain_throughput", "p
                   ("loop_overhead", "loop_overhead_gpu.json"),
                   ("detection_inference", "detection_inference_cuda_bf16.json"),
                   ("detection_train_step", "detection_train_step_paper_cuda_bf16.json"),
-                  ("vild_embed_regions", "vild_embed_regions_cuda.json")):
+                  ("vild_embed_regions", "vild_embed_regions_cuda.json"),
+                  ("tracking_speed", "tracking_speed.json"), ("texture_translation", "texture_translation_cuda.json")):
     if os.path.exists(os.path.join(out, name)):
         summary[key] = json.load(open(os.path.join(out, name)))
 if os.path.exists(os.path.join(out, "vild_embed_regions_cuda.json")):  # in the summary: 8 files at most

@@ -98,7 +98,7 @@ def trained_model(texture: Path, photos: list[Path], run_dir: Path, args) -> dic
     shutil.rmtree(run_dir, ignore_errors=True)
     overrides = [f"steps={args.steps}"] if args.steps else []
     run = train_texture(texture, photos, preset="tiny", overrides=overrides, out=run_dir, seed=args.seed,
-                        device="cpu", progress=False)  # fmt: skip
+                        device=args.device, progress=False)  # fmt: skip
     if run.status != "finished":
         raise SystemExit(f"texture training of {texture.name} stopped: {run.status}")
     record = {**run.record(), "steps": run.step, "overrides": overrides}
@@ -142,7 +142,7 @@ def quality(args, work: Path, textures: dict[str, Path], photos: dict[str, Path]
             work / "models" / (f"{name}-tiny-s{args.seed}" + (f"-{args.steps}steps" if args.steps else ""))
         )
         training = trained_model(textures[name], list(photos.values()), run_dir, args)
-        model = load_texture_model(run_dir)
+        model = load_texture_model(run_dir, device=args.device)
         reports = []
         for photo, image in contents.items():
             translated = model.translate(image)
@@ -182,7 +182,7 @@ def time_config(name: str, texture: Path, photos: list[Path], work: Path, args) 
     shutil.rmtree(run_dir, ignore_errors=True)
     overrides = [*extra, f"steps={total}", "log_every=1", "checkpoint_every=0"]
     run = train_texture(texture, photos, preset=preset, overrides=overrides, out=run_dir, seed=args.seed,
-                        device="cpu", progress=False)  # fmt: skip
+                        device=args.device, progress=False)  # fmt: skip
     timed = iteration_seconds(run_dir)[args.cost_warmup :]
     if len(timed) != args.cost_iterations:
         raise SystemExit(
@@ -205,7 +205,7 @@ def time_config(name: str, texture: Path, photos: list[Path], work: Path, args) 
     return record
 
 
-def perceptual_seconds(size: int, rounds: int = 3) -> float:
+def perceptual_seconds(size: int, device: str, rounds: int = 3) -> float:
     """Median seconds of SITT's two perceptual terms of one iteration (``x_ab`` vs the content,
     ``x_ba`` vs the texture: targets without gradient, inputs with), forward and backward, at
     ``size``², on a random VGG-19."""
@@ -214,14 +214,16 @@ def perceptual_seconds(size: int, rounds: int = 3) -> float:
 
     from vvk.methods.texture.losses import VGGPerceptualLoss
 
-    loss_fn = VGGPerceptualLoss(torchvision.models.vgg19(weights=None).features)
+    loss_fn = VGGPerceptualLoss(torchvision.models.vgg19(weights=None).features).to(device)
     generator = torch.Generator().manual_seed(0)
-    images = [torch.rand(1, 3, size, size, generator=generator) * 2 - 1 for _ in range(4)]
+    images = [(torch.rand(1, 3, size, size, generator=generator) * 2 - 1).to(device) for _ in range(4)]
     seconds = []
     for _ in range(rounds + 1):  # the first is a warm-up
         x_ab, x_ba = (images[0].clone().requires_grad_(True), images[1].clone().requires_grad_(True))
         started = time.perf_counter()
         (loss_fn(x_ab, images[2]) + loss_fn(x_ba, images[3])).backward()
+        if device != "cpu":
+            torch.cuda.synchronize()
         seconds.append(time.perf_counter() - started)
     return statistics.median(seconds[1:])
 
@@ -240,7 +242,7 @@ def cost(args, work: Path, textures: dict[str, Path], photos: dict[str, Path]) -
             size = out["configs"][name]["size"]
             key = f"seconds_per_iteration_{size}"
             if key not in estimate:
-                estimate[key] = round(perceptual_seconds(size), 4)
+                estimate[key] = round(perceptual_seconds(size, args.device), 4)
             config = out["configs"][name]
             config["full_run_seconds_with_perceptual_estimated"] = round(
                 (config["seconds_per_iteration_median"] + estimate[key]) * config["full_iterations"], 1
@@ -257,6 +259,7 @@ def parse_args() -> argparse.Namespace:
         "--steps", type=int, default=None, help="texture-model iterations (default: tiny's 400)"
     )
     parser.add_argument("--seed", type=int, default=0, help="the texture models' seed")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to train, translate")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the translation speed")
     parser.add_argument("--cost-configs", nargs="+", default=list(COST_CONFIGS), choices=list(COST_CONFIGS))
@@ -284,7 +287,7 @@ def main() -> None:
     work = args.keep or Path(tempfile.mkdtemp(prefix="vvk-texture-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    results.update(machine=machine_info(), threads=torch.get_num_threads())
+    results.update(machine=machine_info(), threads=torch.get_num_threads(), device=args.device)
     try:
         textures, photos = write_demo(work / "inputs")
         results["demo"] = {
