@@ -24,7 +24,8 @@ first box in order, so the crops follow a real target. For each network and thre
 Thread counts run interleaved per round (``torch.set_num_threads``), so load from other jobs
 falls on both alike. With CUDA present, the same on the GPU (synchronised per call).
 
-Writes benchmarks/results/tracking_speed.json (``--out``) with the machine and its load average.
+Writes benchmarks/results/tracking_speed.json (``--out``) with the machine and its load average;
+the runs of presets not given this time stay in it, each with the machine it was measured on.
 """
 
 from __future__ import annotations
@@ -108,7 +109,11 @@ def main() -> None:
     if data is None:
         parser.error(shared_data_reason())
     machine = machine_info()
-    results: dict = {"machine": machine, "box": FIRST_BOX, "runs": {}}
+    # the runs of presets not measured this time stay, each with its own machine and load
+    earlier = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    kept = {key: {"machine": earlier.get("machine"), **run} for key, run in earlier.get("runs", {}).items()
+            if run["preset"] not in args.presets}  # fmt: skip
+    results: dict = {"machine": machine, "box": FIRST_BOX, "runs": kept}
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     for preset in args.presets:
         count = args.frames or (60 if preset == "tiny" else 10)
