@@ -11,7 +11,7 @@
 ``chelsea``, ``coffee`` and ``rocket``. Both are written to PNG files in a work folder and read
 back as ``vvk translate-texture`` reads them. Per texture (``--textures``), one texture model is
 trained with the ``tiny`` preset (``vvk.methods.texture.train.train_texture``: 128² views, ngf 16,
-400 iterations; ``--steps`` overrides the count) on the four photos as contents, on the CPU; then
+400 iterations; ``--steps`` overrides the count, ``--set`` any field) on the four photos as contents; then
 each photo is translated (``TextureModel.translate``) and scored by
 ``vvk.eval.texture.translation_report``: the Gram distance (random-filter network) of the photo
 and of its translation to the texture, and the Sobel-edge correlation of the photo with its
@@ -96,7 +96,7 @@ def trained_model(texture: Path, photos: list[Path], run_dir: Path, args) -> dic
     if (run_dir / MODEL_FILE).is_file() and record_file.is_file():
         return {**json.loads(record_file.read_text()), "reused": True}
     shutil.rmtree(run_dir, ignore_errors=True)
-    overrides = [f"steps={args.steps}"] if args.steps else []
+    overrides = ([f"steps={args.steps}"] if args.steps else []) + list(args.set)
     run = train_texture(texture, photos, preset="tiny", overrides=overrides, out=run_dir, seed=args.seed,
                         device=args.device, progress=False)  # fmt: skip
     if run.status != "finished":
@@ -135,11 +135,17 @@ def translation_speed(model, images: list[np.ndarray], rounds: int) -> dict:
 def quality(args, work: Path, textures: dict[str, Path], photos: dict[str, Path]) -> dict:
     """The "does it translate?" part (module docstring)."""
     contents = {name: read_content(path) for name, path in photos.items()}
-    out: dict = {"textures": {}, "pairs": []}
+    out: dict = {"overrides": list(args.set), "textures": {}, "pairs": []}
     for name in args.textures:
         texture = read_texture(textures[name])
         run_dir = (
-            work / "models" / (f"{name}-tiny-s{args.seed}" + (f"-{args.steps}steps" if args.steps else ""))
+            work
+            / "models"
+            / (
+                f"{name}-tiny-s{args.seed}"
+                + (f"-{args.steps}steps" if args.steps else "")
+                + "".join(f"-{kv}" for kv in args.set)
+            )
         )
         training = trained_model(textures[name], list(photos.values()), run_dir, args)
         model = load_texture_model(run_dir, device=args.device)
@@ -259,6 +265,8 @@ def parse_args() -> argparse.Namespace:
         "--steps", type=int, default=None, help="texture-model iterations (default: tiny's 400)"
     )
     parser.add_argument("--seed", type=int, default=0, help="the texture models' seed")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a field of the quality part's tiny preset, e.g. texture_w=0")  # fmt: skip
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to train, translate")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the translation speed")
