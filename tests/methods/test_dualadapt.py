@@ -1,4 +1,4 @@
-"""DualAdapt's framework-free core (vvk.methods.federate.dualadapt): FedAvg on hand-made states,
+"""DualAdapt's framework-free core (vvk.methods.federate): FedAvg on hand-made states,
 the feature statistics (fit, wire format, validation), the client losses, what the client and
 server steps may change, and a tiny run of every method on real digits (MNIST -> USPS)."""
 
@@ -12,23 +12,18 @@ import pytest
 import torch
 
 from vvk.errors import VvkError
-from vvk.methods.federate import dualadapt as da
+from vvk.methods.federate import rounds
 from vvk.methods.federate.dualadapt import (
-    PRESETS,
-    BadFeatureStats,
-    DigitNet,
-    FeatureStats,
-    accuracy,
-    build_model,
+    _MixtureTable,
     client_adapt,
     client_feature_stats,
-    fedavg,
-    fit_feature_stats,
     information_maximisation_loss,
-    run_rounds,
     server_step,
-    state_nbytes,
 )
+from vvk.methods.federate.memory import measure
+from vvk.methods.federate.models import DigitNet, accuracy, build_model, fedavg, state_nbytes
+from vvk.methods.federate.rounds import PRESETS, run_rounds
+from vvk.methods.federate.stats import BadFeatureStats, FeatureStats, fit_feature_stats
 
 # --- FedAvg and bytes -----------------------------------------------------------------------
 
@@ -185,7 +180,7 @@ def test_sampled_features_come_from_the_labels_class():
     means[:, 0] = [[0, 0], [10, 10], [-10, 5]]
     tight = FeatureStats(means, np.full((3, 1, 2), 1e-10, np.float32), np.array([[1], [1], [0]], np.float32),
                          np.array([4, 2, 0]))  # fmt: skip
-    table = da._MixtureTable([tight, tight], torch.device("cpu"))
+    table = _MixtureTable([tight, tight], torch.device("cpu"))
     feats, found = table.sample(torch.tensor([1, 0, 2, 1]), torch.Generator().manual_seed(0))
     expected = torch.tensor([[10.0, 10.0], [0.0, 0.0], [10.0, 10.0]])
     torch.testing.assert_close(feats[[0, 1, 3]], expected, atol=1e-3, rtol=0)  # std 1e-5
@@ -344,9 +339,9 @@ def test_run_rounds_on_mnist_to_usps(digits, method):
 
 def test_a_client_with_bad_statistics_is_dropped_for_the_round(digits, monkeypatch, caplog):
     source, target = digits
-    clients = da.make_clients([target], clients_per_target=2)
+    clients = rounds.make_clients([target], clients_per_target=2)
     model = build_model("digit-cnn", 10, feature_dim=16)
-    real, sent = da.client_work, {}
+    real, sent = rounds.client_work, {}
 
     def poisoned(method, model, client, preset, *, seed, device=None):
         update = sent[client.name] = real(method, model, client, preset, seed=seed, device=device)
@@ -355,8 +350,8 @@ def test_a_client_with_bad_statistics_is_dropped_for_the_round(digits, monkeypat
             update.state = {k: torch.full_like(v, 1e9) for k, v in update.state.items()}
         return update
 
-    monkeypatch.setattr(da, "client_work", poisoned)
-    record = da.federated_round(
+    monkeypatch.setattr(rounds, "client_work", poisoned)
+    record = rounds.federated_round(
         "dualadapt", model, source.tensors(), clients, PRESETS["tiny"], round=1, seed=0
     )
     assert record.dropped == ["usps-1"] and "client usps-1 dropped for the round" in caplog.text
@@ -369,7 +364,7 @@ def test_a_client_with_bad_statistics_is_dropped_for_the_round(digits, monkeypat
 def test_full_covariance_samples_have_that_covariance():
     cov = np.array([[[[1.0, 0.8], [0.8, 1.0]]], [[[1.0, 1.0], [1.0, 1.0]]]], np.float32)  # the 2nd singular
     stats = FeatureStats(np.zeros((2, 1, 2), np.float32), cov, np.ones((2, 1), np.float32), np.array([5, 5]))
-    table = da._MixtureTable([stats.validate(2, 2)], torch.device("cpu"))
+    table = _MixtureTable([stats.validate(2, 2)], torch.device("cpu"))
     for c in (0, 1):
         feats, _ = table.sample(torch.full((20000,), c), torch.Generator().manual_seed(c))
         np.testing.assert_allclose(np.cov(feats.T.numpy()), cov[c, 0], atol=0.05)
@@ -377,7 +372,7 @@ def test_full_covariance_samples_have_that_covariance():
 
 def test_peak_memory_counts_the_tensors_a_block_allocates():
     outside = torch.zeros(256 * 1024)  # 1 MiB held before: an input, not counted
-    with da._measure(torch.device("cpu")) as usage:
+    with measure(torch.device("cpu")) as usage:
         a = torch.empty(256 * 1024)  # 1 MiB
         a.add_(1)  # in place: no new storage
         view = outside[:10]  # a view of an input: none either
