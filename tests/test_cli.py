@@ -111,6 +111,31 @@ BAD_INPUT: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
         (["train", "tracker", "--data", ".", "--preset", "huge"], "--preset huge: not a tracker preset"),
         (["train", "tracker", "--batch-size", "0"], "Invalid value for '--batch-size'"),
     ],
+    ("translate-texture",): [
+        (["translate-texture", "/no/such.jpg", "--out", "o"], "/no/such.jpg: no such file or folder"),
+        (
+            ["translate-texture", "--texture", "/no/such.jpg", ".", "--out", "o"],
+            "--texture /no/such.jpg: no such file",
+        ),
+        (["translate-texture", ".", "--out", "o"], "--texture: the texture image to learn is needed"),
+        (
+            ["translate-texture", "--weights", "/no/run", ".", "--out", "o"],
+            "no texture model texture.safetensors",
+        ),
+        (["translate-texture", "--size", "10"], "Invalid value for '--size'"),
+    ],
+    ("augment", "texture"): [
+        (["augment", "texture", "/no/such", "--textures", "t", "--out", "o"], "/no/such: no such folder"),
+        (
+            ["augment", "texture", ".", "--textures", "/no/t", "--out", "o"],
+            "--textures /no/t: no such folder",
+        ),
+        (["augment", "texture", ".", "--textures", ".", "--out", "./x"], "may not be inside, or contain"),
+        (
+            ["augment", "texture", ".", "--textures", ".", "--per-class", "0"],
+            "Invalid value for '--per-class'",
+        ),
+    ],
     ("eval", "detections"): [
         (["eval", "detections", "--gt", "/no/such.json", "--dt", "x.json"], "/no/such.json: cannot read"),
         (["eval", "detections", "--gt", "a.json"], "Missing option '--dt'"),
