@@ -4,6 +4,8 @@
         [--arms plain balanced sitt] [--keep DIR] [--label NAME] [--out PATH]
     python benchmarks/texture_longtail.py --seeds 0 --steps 20 --arms plain balanced \
         --label smoke --out /tmp/longtail_smoke.json                # smoke: the figures mean nothing
+    python benchmarks/texture_longtail.py --data domains/office_caltech10/amazon --shots 5 \
+        --test-per-class 20 --sitt-to double --max-textures 1      # the few-shot repeat
 
 Data: ``textures/dtd`` of the shared data, 10 DTD classes × 20 images. Test set, the same for
 every seed: per class, the last 4 images of a shuffle seeded by the class name (``TEST_SEED``),
@@ -12,6 +14,12 @@ are ranked in an order shuffled by the seed, and the class of rank r (0..9) gets
 ``n_r = round(16 * (2/16) ** (r/9))`` images (16, 13, 10, 8, 6, 5, 4, 3, 3, 2: 70 in all), the
 first n_r of a seeded shuffle of its 16 non-test images. Tail classes: those below the median
 count (the last five ranks). The split is checked as it is made (disjoint, the right counts).
+
+Few-shot (``--shots N``, any ImageFolder of the shared data with ``--data``, e.g.
+``domains/office_caltech10/amazon``): every class gets N training images (the first N of a
+seeded shuffle of its non-test images), ``--test-per-class`` test images as above, and every
+class counts as a tail class; ``--sitt-to double`` gives each class N SITT images and
+``--max-textures`` bounds the texture models per class (each is a few CPU minutes).
 
 Classifier, the same recipe in every arm (``train_classifier``): a small CNN from scratch (four
 conv3x3-BN-ReLU blocks 32-64-128-256 wide, 2×2 max pooling between them, global average
@@ -121,38 +129,45 @@ def rank_counts(classes: int, head: int = HEAD, tail: int = TAIL) -> list[int]:
     return [round(head * (tail / head) ** (r / (classes - 1))) for r in range(classes)]
 
 
-def make_split(images: dict[str, list[Path]], seed: int) -> Split:
-    """The long-tailed split of ``seed`` (module docstring), checked."""
+def train_counts(classes: int, shots: int | None) -> list[int]:
+    """Training images of rank 0..classes-1: ``shots`` each (few-shot) or :func:`rank_counts`."""
+    return [shots] * classes if shots else rank_counts(classes)
+
+
+def make_split(images: dict[str, list[Path]], seed: int, shots: int | None = None,
+               test_per_class: int = TEST_PER_CLASS) -> Split:  # fmt: skip
+    """The long-tailed (or ``shots``-shot) split of ``seed`` (module docstring), checked."""
     test, pool = {}, {}
     for name, paths in images.items():
         order = np.random.default_rng([TEST_SEED, zlib.crc32(name.encode())]).permutation(len(paths))
-        test[name] = [paths[i] for i in order[-TEST_PER_CLASS:]]
-        pool[name] = [paths[i] for i in order[:-TEST_PER_CLASS]]
+        test[name] = [paths[i] for i in order[-test_per_class:]]
+        pool[name] = [paths[i] for i in order[:-test_per_class]]
     rng = np.random.default_rng(seed)
     ranks = [str(name) for name in rng.permutation(sorted(images))]
     train = {}
-    for name, count in zip(ranks, rank_counts(len(ranks)), strict=True):
+    for name, count in zip(ranks, train_counts(len(ranks), shots), strict=True):
         if count > len(pool[name]):
             raise SystemExit(f"{name}: {len(pool[name])} images besides the test ones, {count} needed")
         train[name] = [pool[name][i] for i in rng.permutation(len(pool[name]))[:count]]
     median = statistics.median(len(v) for v in train.values())
-    split = Split(train, test, ranks, [name for name in ranks if len(train[name]) < median])
-    check_split(split, images)
+    tail = [name for name in ranks if len(train[name]) < median] or list(ranks)  # few-shot: every class
+    split = Split(train, test, ranks, tail)
+    check_split(split, images, shots, test_per_class)
     return split
 
 
-def check_split(split: Split, images: dict[str, list[Path]]) -> None:
+def check_split(split: Split, images: dict[str, list[Path]], shots: int | None, test_per_class: int) -> None:
     """Refuse a split whose training and test images overlap or whose counts are off."""
     seen_train = {p for paths in split.train.values() for p in paths}
     seen_test = {p for paths in split.test.values() for p in paths}
     if seen_train & seen_test:
         raise AssertionError(f"training and test images overlap: {sorted(seen_train & seen_test)[:3]}")
     for name, paths in split.test.items():
-        if len(set(paths)) != TEST_PER_CLASS or not set(paths) <= set(images[name]):
+        if len(set(paths)) != test_per_class or not set(paths) <= set(images[name]):
             raise AssertionError(f"{name}: test images {paths}")
-    counts = [len(split.train[name]) for name in split.ranks]
-    if counts != rank_counts(len(split.ranks)) or any(len(set(v)) != len(v) for v in split.train.values()):
-        raise AssertionError(f"training counts {counts}, expected {rank_counts(len(split.ranks))}")
+    counts, expected = [len(split.train[name]) for name in split.ranks], train_counts(len(split.ranks), shots)
+    if counts != expected or any(len(set(v)) != len(v) for v in split.train.values()):
+        raise AssertionError(f"training counts {counts}, expected {expected}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,7 +257,10 @@ def predict(model: nn.Module, images: list[torch.Tensor]) -> list[int]:
 
 
 def sitt_counts(split: Split, to: str) -> dict[str, int]:
-    """New images per tail class: up to ceil(median) (``median``) or the head count (``head``)."""
+    """New images per tail class: up to ceil(median) (``median``) or the head count (``head``),
+    or as many as it has (``double``)."""
+    if to == "double":
+        return {name: len(split.train[name]) for name in split.tail}
     goal = math.ceil(split.median) if to == "median" else max(len(v) for v in split.train.values())
     return {name: goal - len(split.train[name]) for name in split.tail if goal > len(split.train[name])}
 
@@ -262,7 +280,9 @@ def sitt_images(split: Split, seed: int, work: Path, args) -> tuple[dict[str, li
     split (listed in ``OUT/manifest.jsonl``), or those an earlier run of the same seed and settings
     left in ``work`` (``--keep``); and what making them took (models, seconds, per class)."""
     counts = sitt_counts(split, args.sitt_to)
-    key = f"s{seed}-{args.sitt_to}-" + (f"{args.sitt_steps}steps" if args.sitt_steps else "tiny")
+    key = "-".join([args.data_name.replace("/", "_"), f"s{seed}", f"{args.shots}shot" if args.shots else "lt",
+                    args.sitt_to, f"{args.sitt_steps}steps" if args.sitt_steps else "tiny",
+                    f"{args.max_textures}tex" if args.max_textures else "alltex"])  # fmt: skip
     folder = work / "sitt" / key
     done = folder / "made.json"
     made = json.loads(done.read_text()) if done.is_file() else None
@@ -279,7 +299,8 @@ def sitt_images(split: Split, seed: int, work: Path, args) -> tuple[dict[str, li
         made = {"counts": counts, "classes": {}}
         for name, count in counts.items():  # one call per class: each has its own count
             summary = augment_texture(train_root, folder / name, classes=[name], per_class=count,
-                                      preset="tiny", overrides=overrides, seed=seed)  # fmt: skip
+                                      max_textures=args.max_textures, preset="tiny", overrides=overrides,
+                                      seed=seed)  # fmt: skip
             made["classes"][name] = {
                 "models": summary["models_trained"],
                 "seconds": summary["seconds"],
@@ -321,7 +342,7 @@ def accuracy(pairs: list[tuple[int, int]]) -> float:
 
 def run_one(arm: str, seed: int, work: Path, args) -> dict:
     """Train arm ``arm`` on seed ``seed``'s split and score it on the test images."""
-    split = make_split(class_images(args.dtd), seed)
+    split = make_split(class_images(args.images), seed, args.shots, args.test_per_class)
     names = sorted(split.train)
     paths = [(p, names.index(c)) for c in names for p in split.train[c]]
     record: dict = {"seed": seed, "arm": arm, "train_images": {c: len(split.train[c]) for c in split.ranks},
@@ -342,10 +363,11 @@ def run_one(arm: str, seed: int, work: Path, args) -> dict:
     predicted = predict(model, [load_small(p) for p, _ in test])
     pairs = [(guess, label) for guess, (_, label) in zip(predicted, test, strict=True)]
     tail = {names.index(c) for c in split.tail}
+    head = [pair for pair in pairs if pair[1] not in tail]  # none in a few-shot split
     record.update(
         top1=accuracy(pairs),
         tail_top1=accuracy([pair for pair in pairs if pair[1] in tail]),
-        head_top1=accuracy([pair for pair in pairs if pair[1] not in tail]),
+        **({"head_top1": accuracy(head)} if head else {}),
         per_class={c: accuracy([pair for pair in pairs if pair[1] == names.index(c)]) for c in split.ranks},
         loss_last=round(loss, 4),
         load_average_1min=round(os.getloadavg()[0], 2),
@@ -361,7 +383,7 @@ def summarise(runs: list[dict]) -> dict:
         mine = sorted((r for r in runs if r["arm"] == arm), key=lambda r: r["seed"])
         if mine:
             out[arm] = {key: {**spread([r[key] for r in mine]), "per_seed": [r[key] for r in mine]}
-                        for key in ("top1", "tail_top1", "head_top1")}  # fmt: skip
+                        for key in ("top1", "tail_top1", "head_top1") if key in mine[0]}  # fmt: skip
     base = {r["seed"]: r for r in runs if r["arm"] == "balanced"}
     for arm in ("plain", "sitt"):
         pairs = sorted(((r, base[r["seed"]]) for r in runs if r["arm"] == arm and r["seed"] in base),
@@ -385,8 +407,24 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=600, help="classifier steps of batch 32, every arm")
     parser.add_argument("--sitt-steps", type=int, default=None,
                         help="texture-model iterations for SITT (default: tiny's 400)")  # fmt: skip
-    parser.add_argument("--sitt-to", default="median", choices=["median", "head"],
-                        help="SITT images fill a tail class up to the median or the head count")  # fmt: skip
+    parser.add_argument("--sitt-to", default="median", choices=["median", "head", "double"],
+                        help="SITT images fill a tail class up to the median or the head count, "
+                             "or double it")  # fmt: skip
+    parser.add_argument("--data", dest="data_name", default="textures/dtd",
+                        help="an ImageFolder (class/image.jpg) under the shared data")  # fmt: skip
+    parser.add_argument(
+        "--shots",
+        type=int,
+        default=None,
+        help="a few-shot split: this many training images per class (default: long-tailed)",
+    )
+    parser.add_argument("--test-per-class", type=int, default=TEST_PER_CLASS)
+    parser.add_argument(
+        "--max-textures",
+        type=int,
+        default=None,
+        help="at most this many texture models per class (default: one per new image)",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="seeds at a time, one thread each")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--keep", type=Path, default=None,
@@ -399,7 +437,7 @@ def parse_args() -> argparse.Namespace:
     data = shared_data_root()
     if data is None:
         parser.error(shared_data_reason())
-    args.dtd = data / "textures" / "dtd"
+    args.images = data / args.data_name
     args.label = args.label or f"cnn-{args.steps}steps" + (
         f"-sitt{args.sitt_steps}" if args.sitt_steps else ""
     )
@@ -413,17 +451,19 @@ def main() -> None:
     work = args.keep or Path(tempfile.mkdtemp(prefix="vvk-longtail-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     arms = [arm for arm in ARMS if arm in args.arms]
-    images = class_images(args.dtd)
+    images = class_images(args.images)
     protocol = {
-        "data": "textures/dtd: " + ", ".join(f"{c} {len(v)}" for c, v in images.items()),
-        "test": f"{TEST_PER_CLASS} per class, the same for every seed (shuffle seeded by {TEST_SEED}, name)",
-        "train_counts_by_rank": rank_counts(len(images)),
+        "data": f"{args.data_name}: " + ", ".join(f"{c} {len(v)}" for c, v in images.items()),
+        "test": f"{args.test_per_class} per class, the same for every seed "
+                f"(shuffle seeded by {TEST_SEED}, name)",
+        "train_counts_by_rank": train_counts(len(images), args.shots),
         "classifier": f"CNN {'-'.join(map(str, WIDTHS))}, {SIDE}px short side, {CROP}px crops, "
                       f"batch {BATCH}, AdamW lr {LR} wd {WEIGHT_DECAY} cosine, {args.steps} steps",
         "sitt": {"to": args.sitt_to, "texture_steps": args.sitt_steps or "tiny preset (400)",
+                 "texture_models_per_class": args.max_textures or "one per new image",
                  "maker": "vvk.augment.texture.augment_texture, training split only"},
     }  # fmt: skip
-    splits = {seed: make_split(images, seed) for seed in args.seeds}
+    splits = {seed: make_split(images, seed, args.shots, args.test_per_class) for seed in args.seeds}
     protocol["splits"] = {seed: {"train_images": {c: len(s.train[c]) for c in s.ranks}, "tail": s.tail}
                           for seed, s in splits.items()}  # fmt: skip
     results: dict = {"machine": machine_info(), "records": {}}
