@@ -10,9 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vvk.errors import VvkError
+from vvk.models.detectors.common import IMAGE_MEAN, IMAGE_STD
+from vvk.models.registry import build, get_entry
 
 
 class DigitNet(nn.Module):
@@ -50,16 +53,63 @@ class DigitNet(nn.Module):
         return self.classifier(self.features(x))
 
 
+class BackboneNet(nn.Module):
+    """A vvk image backbone (``vvk models list``, task ``image-backbone``) with ``DigitNet``'s
+    head, for image domains such as Office-Caltech::
+
+        x (B, 3, S, S) in [0, 1] -> ImageNet normalisation -> backbone   {level: (B, C, h, w)}
+          -> its deepest level, global average pool                      (B, C)
+          -> Linear - BN1d        = features                             (B, d)
+          -> Linear               = classifier                           (B, num_classes)
+
+    The backbone is part of ``features``, so a client that adapts the features adapts it.
+    """
+
+    def __init__(self, backbone: str, *, num_classes: int = 10, feature_dim: int = 128):
+        super().__init__()
+        task = get_entry(backbone).task  # an unknown name: "did you mean ...?"
+        if task != "image-backbone":
+            raise VvkError(
+                f"backbone={backbone}: a {task} model, not an image backbone", params=("backbone",)
+            )
+        net = build(backbone)
+        shapes = net.output_shape()
+        level = max(shapes, key=lambda name: shapes[name].stride)  # the deepest, coarsest level
+        self.features = nn.Sequential(
+            _PooledLevel(net, level),
+            nn.Linear(shapes[level].channels, feature_dim),
+            nn.BatchNorm1d(feature_dim),
+        )
+        self.classifier = nn.Linear(feature_dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+
+class _PooledLevel(nn.Module):
+    """(B, 3, S, S) in [0, 1] -> (B, C): one level of a backbone's outputs, averaged over space."""
+
+    def __init__(self, backbone: nn.Module, level: str):
+        super().__init__()
+        self.backbone, self.level = backbone, level
+        self.register_buffer("mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = (x - self.mean) / self.std
+        # SpineNets take sides that are multiples of 2**max_block_level (128): pad the bottom and
+        # right with the mean colour (0 once normalised) rather than refuse other sizes
+        m = 2 ** getattr(self.backbone, "max_block_level", 0)
+        x = F.pad(x, (0, -x.shape[-1] % m, 0, -x.shape[-2] % m))
+        return self.backbone(x)[self.level].mean(dim=(-2, -1))
+
+
 def build_model(kind: str, num_classes: int, *, feature_dim: int = 128) -> nn.Module:
-    """The network for ``kind``: ``digit-cnn`` (``DigitNet``). vvk image backbones (for
-    Office-Caltech) are not wrapped yet, and asking for one is an error, not a stand-in."""
+    """The network for ``kind``: ``digit-cnn`` (``DigitNet``) or the name of a vvk image
+    backbone (``BackboneNet``)."""
     if kind == "digit-cnn":
         return DigitNet(num_classes=num_classes, feature_dim=feature_dim)
-    raise VvkError(
-        f"kind={kind}: DualAdapt builds only digit-cnn so far",
-        hint="wrapping a vvk image backbone (features + linear classifier) for Office-Caltech is to come",
-        params=("kind",),
-    )
+    return BackboneNet(kind, num_classes=num_classes, feature_dim=feature_dim)
 
 
 def model_device(model: nn.Module, device) -> torch.device:
