@@ -288,7 +288,9 @@ def test_accuracy_and_build_model():
     assert accuracy(model, X, pred, batch_size=7) == 1.0
     assert accuracy(model, X, (pred + 1) % 10) == 0.0
     assert isinstance(build_model("digit-cnn", 10), DigitNet)
-    with pytest.raises(VvkError, match="unknown model 'resnet18'"):  # image backbones: test_federate_models
+    with pytest.raises(
+        VvkError, match="backbone=resnet18: unknown model"
+    ):  # image backbones: test_federate_models
         build_model("resnet18", 10)
 
 

@@ -34,7 +34,10 @@ def test_adapting_the_features_adapts_the_backbone_and_not_the_classifier():
 
 @pytest.mark.parametrize(
     "name,message",
-    [("r3d-tiny", "a video-backbone model, not an image backbone"), ("eff-spinenet-tny", "unknown model")],
+    [
+        ("r3d-tiny", "a video-backbone model, not an image backbone"),
+        ("eff-spinenet-tny", "backbone=eff-spinenet-tny: unknown model"),
+    ],
 )
 def test_build_model_refuses_what_is_not_an_image_backbone(name, message):
     with pytest.raises(VvkError, match=message):

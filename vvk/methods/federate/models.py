@@ -67,7 +67,10 @@ class BackboneNet(nn.Module):
 
     def __init__(self, backbone: str, *, num_classes: int = 10, feature_dim: int = 128):
         super().__init__()
-        task = get_entry(backbone).task  # an unknown name: "did you mean ...?"
+        try:
+            task = get_entry(backbone).task
+        except VvkError as e:  # said of the parameter: "backbone=x: unknown model (did you mean ...?)"
+            raise VvkError(f"backbone={backbone}: unknown model", hint=e.hint, params=("backbone",)) from None
         if task != "image-backbone":
             raise VvkError(
                 f"backbone={backbone}: a {task} model, not an image backbone", params=("backbone",)
