@@ -288,9 +288,8 @@ def test_accuracy_and_build_model():
     assert accuracy(model, X, pred, batch_size=7) == 1.0
     assert accuracy(model, X, (pred + 1) % 10) == 0.0
     assert isinstance(build_model("digit-cnn", 10), DigitNet)
-    with pytest.raises(
-        VvkError, match="backbone=resnet18: unknown model"
-    ):  # image backbones: test_federate_models
+    # image backbones: tests/methods/test_federate_models.py
+    with pytest.raises(VvkError, match="backbone=resnet18: unknown model"):
         build_model("resnet18", 10)
 
 
