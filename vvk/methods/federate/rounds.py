@@ -1,6 +1,12 @@
 """DualAdapt's rounds, in one process: the presets, the clients, one round of a method
 (``federated_round``) and the whole run from source pretraining (``run_rounds``).
 
+A round is split where a network would split it: ``client_work`` is what one client does, and
+``server_round`` what the server does with the updates that came back (validate, drop, FedAvg,
+server step). ``federated_round`` calls both in this process; the Flower apps of
+``vvk.federated`` call the same two on either side of the wire, with the same seeds
+(``round_seed``, ``client_seed``) and the same choice of clients (``choose_clients``).
+
 A round, for ``method``:
 
 - ``dualadapt``: clients adapt and fit statistics -> FedAvg of the adapted parts -> server step;
@@ -109,13 +115,18 @@ def make_clients(targets: Sequence, *, clients_per_target: int = 1, seed: int = 
     """Each target domain (a ``DomainDataset``) as ``clients_per_target`` clients (iid parts)."""
     from vvk.data.domains import partition
 
-    clients = []
+    clients, names = [], iter(client_names([d.name for d in targets], clients_per_target=clients_per_target))
     for domain in targets:
         parts = [domain] if clients_per_target == 1 else partition(domain, clients_per_target, seed=seed)
-        for k, part in enumerate(parts):
-            name = domain.name if clients_per_target == 1 else f"{domain.name}-{k}"
-            clients.append(Client(name, *part.tensors()))
+        clients += [Client(next(names), *part.tensors()) for part in parts]
     return clients
+
+
+def client_names(domains: Sequence[str], *, clients_per_target: int = 1) -> list[str]:
+    """The names ``make_clients`` gives, in its order, from the target domains' names alone."""
+    if clients_per_target == 1:
+        return list(domains)
+    return [f"{d}-{k}" for d in domains for k in range(clients_per_target)]
 
 
 def client_work(method: str, model: nn.Module, client: Client, preset: DualAdaptPreset, *, seed: int,
@@ -139,43 +150,124 @@ def client_work(method: str, model: nn.Module, client: Client, preset: DualAdapt
                    params=("method",))  # fmt: skip
 
 
+def client_trains(method: str, preset: DualAdaptPreset) -> str | None:
+    """The part of the model whose state entries a client of ``method`` sends back (``model``, or a
+    child module such as ``features``), or None when it sends statistics only: what the server
+    expects of a reply."""
+    check_choice("method", method, METHODS)
+    if method in ("dualadapt", "fedavg-st"):
+        return preset.client_trains
+    return "model" if method == "oracle" else None
+
+
+@dataclass
+class ClientFailure:
+    """A chosen client whose update the server cannot use this round: no reply (it died, or timed
+    out), an error reply, or content that does not decode. Its ``nbytes``: what arrived of it."""
+
+    reason: str
+    nbytes: int = 0
+
+
+def round_seed(seed: int, round: int) -> int:
+    """The seed of round ``round`` of a run seeded ``seed``: all of a round's randomness comes from it."""
+    return derive_seed(seed, round)
+
+
+def client_seed(round_seed: int, position: int) -> int:
+    """The seed of the client at ``position`` among the round's chosen clients (sorted)."""
+    return derive_seed(round_seed, position)
+
+
+def choose_clients(num_clients: int, clients_per_round: int, rounds: int, seed: int) -> list[np.ndarray]:
+    """The clients of rounds 1..``rounds`` (sorted indices into the client list), drawn without
+    replacement within a round from one generator seeded by ``seed``: round r's choice depends on
+    ``seed`` and r only, so a resumed run (or the Flower server) draws what run_rounds draws."""
+    if not 1 <= clients_per_round <= num_clients:
+        raise VvkError(f"clients_per_round={clients_per_round}: must be 1..{num_clients} (the clients)",
+                       params=("clients_per_round",))  # fmt: skip
+    rng = np.random.default_rng(derive_seed(seed, "clients"))
+    return [np.sort(rng.choice(num_clients, clients_per_round, replace=False)) for _ in range(rounds)]
+
+
 def federated_round(
     method: str, model: nn.Module, source: tuple[Tensor, Tensor], clients: Sequence[Client],
     preset: DualAdaptPreset, *, round: int, seed: int, device=None,
 ) -> RoundRecord:  # fmt: skip
     """One round of ``method`` on ``model`` (updated in place), without evaluation: clients work
-    from the global model, statistics that fail ``FeatureStats.validate`` drop their client for
-    the round (logged), FedAvg merges the rest, then the server step where the method has one."""
+    from the global model in this process, then ``server_round``. ``seed``: the round's seed."""
     down = state_nbytes(model.state_dict())  # clients keep nothing between rounds: all of it
-    updates = [client_work(method, model, c, preset, seed=_derive(seed, i), device=device)
+    updates = [client_work(method, model, c, preset, seed=client_seed(seed, i), device=device)
                for i, c in enumerate(clients)]  # fmt: skip
+    return server_round(method, model, source, [c.name for c in clients], updates, preset, round=round,
+                        seed=seed, bytes_down=[down] * len(clients), device=device)  # fmt: skip
+
+
+def server_round(
+    method: str, model: nn.Module, source: tuple[Tensor, Tensor], names: Sequence[str],
+    updates: Sequence[ClientUpdate | ClientFailure], preset: DualAdaptPreset, *, round: int, seed: int,
+    bytes_down: Sequence[int], bytes_up: Sequence[int] | None = None, device=None,
+) -> RoundRecord:  # fmt: skip
+    """The server's side of a round, given what the chosen clients ``names`` sent: ``model`` is
+    updated in place. The in-process loop and the Flower ServerApp both call this, so a round is
+    the same code whichever carried the updates.
+
+    A ``ClientFailure``, or statistics that fail ``FeatureStats.validate``, drop their client for
+    the round (one log line each); FedAvg merges the rest, then the server step where the method
+    has one (on the source alone when every client was dropped). ``bytes_up``: the payload that
+    arrived per client (default: each update's ``nbytes``); ``seed``: the round's seed.
+    """
     start = time.perf_counter()
     num_classes, dim = model.classifier.out_features, model.classifier.in_features
     kept, dropped = [], []
-    for c, u in zip(clients, updates, strict=True):
-        try:
-            kept.append(u if u.stats is None else replace(u, stats=u.stats.validate(num_classes, dim)))
-        except BadFeatureStats as e:
-            logger.warning(f"round {round}: client {c.name} dropped for the round: {e}")
-            dropped.append(c.name)
+    for name, u in zip(names, updates, strict=True):
+        reason = u.reason if isinstance(u, ClientFailure) else None
+        if reason is None and u.stats is not None:
+            try:
+                u = replace(u, stats=u.stats.validate(num_classes, dim))
+            except BadFeatureStats as e:
+                reason = str(e)
+        if reason is not None:
+            logger.warning(f"round {round}: client {name} dropped for the round: {reason}")
+            dropped.append(name)
+        else:
+            kept.append(u)
     if kept and method in ("dualadapt", "fedavg-st", "oracle"):
         merged = model.state_dict() | fedavg([(u.state, u.num_samples) for u in kept])
         model.load_state_dict(merged)
     if method in ("dualadapt", "server-only"):
         p = preset
         server_step(model, *source, [u.stats for u in kept], steps=p.server_steps, batch_size=p.batch_size,
-                    lr=p.server_lr, mixup_alpha=p.mixup_alpha, seed=_derive(seed, "server"),
+                    lr=p.server_lr, mixup_alpha=p.mixup_alpha, seed=derive_seed(seed, "server"),
                     trains=p.server_trains, device=device)  # fmt: skip
+    failed = [isinstance(u, ClientFailure) for u in updates]
     return RoundRecord(
         round=round,
-        clients=[c.name for c in clients],
-        bytes_up=[u.nbytes for u in updates],
-        bytes_down=[down] * len(clients),
-        client_seconds=[u.seconds for u in updates],
-        client_peak_bytes=[u.peak_memory_bytes for u in updates],
+        clients=list(names),
+        bytes_up=list(bytes_up) if bytes_up is not None else [u.nbytes for u in updates],
+        bytes_down=list(bytes_down),
+        client_seconds=[0.0 if f else u.seconds for u, f in zip(updates, failed, strict=True)],
+        client_peak_bytes=[0 if f else u.peak_memory_bytes for u, f in zip(updates, failed, strict=True)],
         server_seconds=time.perf_counter() - start,
         dropped=dropped,
     )
+
+
+def pretrained_model(
+    source, preset: DualAdaptPreset, *, seed: int, device="cpu"
+) -> tuple[nn.Module, RoundRecord]:
+    """The model every method starts from for ``seed``: built under ``seed``, trained on the
+    ``source`` domain (a ``DomainDataset``) by ``preset.pretrain_steps`` server steps. Returns it
+    (on ``device``, in eval mode) and round 0's record, without accuracy."""
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(preset.model, len(source.classes), feature_dim=preset.feature_dim).to(device)
+    p = preset
+    pretrain = server_step(model, *source.tensors(), [], steps=p.pretrain_steps, batch_size=p.batch_size,
+                           lr=p.server_lr, mixup_alpha=p.mixup_alpha, seed=derive_seed(seed, "pre"),
+                           trains="model", device=device)  # fmt: skip
+    return model, RoundRecord(0, server_seconds=pretrain["seconds"])
 
 
 def run_rounds(
@@ -200,38 +292,32 @@ def run_rounds(
     ``source-only`` stops there (one record). ``on_round`` sees each record as it is made.
     """
     check_choice("method", method, METHODS)
-    preset = _preset(preset)
+    preset = resolve_preset(preset)
     if rounds < 0:
         raise VvkError(f"rounds={rounds}: must be >= 0", params=("rounds",))
     device = torch.device(device)
     clients = make_clients(targets, clients_per_target=clients_per_target, seed=seed)
-    if not 1 <= clients_per_round <= len(clients):
-        raise VvkError(f"clients_per_round={clients_per_round}: must be 1..{len(clients)} (the clients)",
-                       params=("clients_per_round",))  # fmt: skip
-    evals = _eval_sets(source, eval_targets if eval_targets is not None else targets)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_model(preset.model, len(source.classes), feature_dim=preset.feature_dim).to(device)
-    xy = source.tensors()
-    pretrain = server_step(model, *xy, [], steps=preset.pretrain_steps, batch_size=preset.batch_size,
-                           lr=preset.server_lr, mixup_alpha=preset.mixup_alpha, seed=_derive(seed, "pre"),
-                           trains="model", device=device)  # fmt: skip
-    records = [RoundRecord(0, _evaluate(model, evals, device), server_seconds=pretrain["seconds"])]
+    run = rounds if method != "source-only" else 0
+    schedule = choose_clients(len(clients), clients_per_round, run, seed)
+    evals = eval_sets(source, eval_targets if eval_targets is not None else targets)
+    model, first = pretrained_model(source, preset, seed=seed, device=device)
+    first.accuracy = evaluate(model, evals, device)
+    records = [first]
     if on_round is not None:
-        on_round(records[0])
-    rng = np.random.default_rng(_derive(seed, "clients"))
-    for r in range(1, (rounds if method != "source-only" else 0) + 1):
-        chosen = np.sort(rng.choice(len(clients), clients_per_round, replace=False))
+        on_round(first)
+    xy = source.tensors()
+    for r, chosen in enumerate(schedule, 1):
         record = federated_round(method, model, xy, [clients[i] for i in chosen], preset, round=r,
-                                 seed=_derive(seed, r), device=device)  # fmt: skip
-        record.accuracy = _evaluate(model, evals, device)
+                                 seed=round_seed(seed, r), device=device)  # fmt: skip
+        record.accuracy = evaluate(model, evals, device)
         records.append(record)
         if on_round is not None:
             on_round(record)
     return records
 
 
-def _preset(preset: str | DualAdaptPreset) -> DualAdaptPreset:
+def resolve_preset(preset: str | DualAdaptPreset) -> DualAdaptPreset:
+    """``preset`` itself, or the one of ``PRESETS`` it names."""
     if isinstance(preset, DualAdaptPreset):
         return preset
     if preset not in PRESETS:
@@ -239,7 +325,8 @@ def _preset(preset: str | DualAdaptPreset) -> DualAdaptPreset:
     return PRESETS[preset]
 
 
-def _eval_sets(source, domains: Sequence) -> dict[str, tuple[Tensor, Tensor]]:
+def eval_sets(source, domains: Sequence) -> dict[str, tuple[Tensor, Tensor]]:
+    """``{name: (X, y)}`` of the evaluation ``domains``, checked against ``source``'s classes."""
     sets = {}
     for d in domains:
         if list(d.classes) != list(source.classes):
@@ -250,11 +337,12 @@ def _eval_sets(source, domains: Sequence) -> dict[str, tuple[Tensor, Tensor]]:
     return sets
 
 
-def _evaluate(model: nn.Module, evals: Mapping[str, tuple[Tensor, Tensor]], device) -> dict[str, float]:
+def evaluate(model: nn.Module, evals: Mapping[str, tuple[Tensor, Tensor]], device) -> dict[str, float]:
+    """Accuracy of ``model`` per evaluation set."""
     return {name: accuracy(model, X, y, device=device) for name, (X, y) in evals.items()}
 
 
-def _derive(seed: int, *keys: int | str) -> int:
+def derive_seed(seed: int, *keys: int | str) -> int:
     """A seed of its own for each (seed, round, client...), stable across runs."""
     words = [seed, *(k if isinstance(k, int) else int.from_bytes(k.encode()[:8], "little") for k in keys)]
     return int(np.random.SeedSequence(words).generate_state(1)[0])
