@@ -136,6 +136,21 @@ BAD_INPUT: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
             "Invalid value for '--per-class'",
         ),
     ],
+    ("federate",): [
+        (["federate", "--targets", "usps"], "--source: the labelled source domain is needed"),
+        (["federate", "--source", "/no/such", "--targets", "x"], "--source /no/such: not a domain"),
+        (["federate", "--source", "sklearn-digits"], "--targets: give at least one target domain"),
+        (
+            ["federate", "--source", "sklearn-digits", "--targets", "/no/such"],
+            "--targets /no/such: not a domain",
+        ),
+        (
+            ["federate", "--source", "sklearn-digits", "sklearn-digits"],
+            "a second domain named 'sklearn-digits'",
+        ),
+        (["federate", "--method", "nope"], "Invalid value for '--method'"),
+        (["federate", "--rounds", "-1"], "Invalid value for '--rounds'"),
+    ],
     ("eval", "detections"): [
         (["eval", "detections", "--gt", "/no/such.json", "--dt", "x.json"], "/no/such.json: cannot read"),
         (["eval", "detections", "--gt", "a.json"], "Missing option '--dt'"),

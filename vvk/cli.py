@@ -22,7 +22,20 @@ import click
 import typer
 
 from vvk import __version__
-from vvk.commands import augment, data, detect, eval, info, models, pretrain, texture, track, train, weights
+from vvk.commands import (
+    augment,
+    data,
+    detect,
+    eval,
+    federate,
+    info,
+    models,
+    pretrain,
+    texture,
+    track,
+    train,
+    weights,
+)
 from vvk.commands._log import log_to_stderr
 from vvk.errors import VvkError
 
@@ -85,6 +98,7 @@ app.command("info")(info.info)
 app.command("detect", cls=CommandWithSubcommands)(detect.detect)
 app.command("track", cls=track.with_subcommands(CommandWithSubcommands))(track.track)
 app.command("translate-texture")(texture.translate_texture)
+app.command("federate")(federate.federate)
 _embed_regions_app = typer.Typer(context_settings={"help_option_names": ["-h", "--help"]})
 _embed_regions_app.command("embed-regions")(detect.embed_regions)
 app.add_typer(models.app, name="models")
