@@ -4,7 +4,7 @@
     python benchmarks/federate_overhead.py --rounds 1 --set pretrain_steps=5 --set client_steps=2 \
         --set server_steps=2 --out /tmp/fed_overhead_smoke.json      # smoke: the figures mean nothing
 
-The digits setting of ``benchmarks/federate_digits.py`` (source MNIST; clients USPS, MNIST-M,
+The digits setting of ``benchmarks/federate_adaptation.py`` (source MNIST; clients USPS, MNIST-M,
 scikit-learn's digits at 32x32; the ``digits`` preset, ``--set`` to change it), one seed, run
 twice in this process:
 
@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _machine import machine_info  # noqa: E402
-from federate_digits import SIZE, SOURCE, TARGETS  # noqa: E402
+from federate_adaptation import SIZE, SOURCE, TARGETS  # noqa: E402
 
 from vvk.testing import shared_data_reason, shared_data_root  # noqa: E402
 

@@ -1,8 +1,8 @@
-"""Does DualAdapt adapt? Every method of `vvk federate` on the digit domains, several seeds.
+"""Does DualAdapt adapt? Every method of `vvk federate` on the digit domains or Office-Caltech.
 
-    python benchmarks/federate_digits.py [--seeds 0 1 2] [--arms ...] [--rounds R] [--jobs N]
+    python benchmarks/federate_adaptation.py [--seeds 0 1 2] [--arms ...] [--rounds R] [--jobs N]
         [--set KEY=VALUE ...] [--label NAME] [--out PATH]
-    python benchmarks/federate_digits.py --seeds 0 --rounds 1 --set pretrain_steps=5 \
+    python benchmarks/federate_adaptation.py --seeds 0 --rounds 1 --set pretrain_steps=5 \
         --set client_steps=2 --set server_steps=2 --label smoke --out /tmp/fed_smoke.json  # smoke
 
 Setting (issue 20): the server holds labelled MNIST (the 2,000 digits of
@@ -25,12 +25,18 @@ field for every arm):
   information maximisation (entropy with the diversity term), or both;
 - ``oracle``: clients train on their true labels, FedAvg (the upper bound, federated).
 
+``--setting office``: the same arms on Office-Caltech-10 (``domains/office_caltech10``): source
+amazon (958 images), clients caltech10 (1,123), dslr (157), webcam (295), at 128x128 (short side
+resized, centre crop), the network ``eff-spinenet-tiny`` (0.27M parameters, the smallest vvk
+image backbone) under DualAdapt's head, trained from scratch (no pretrained weights can be
+downloaded here), batch 32; ``--set`` and ``--rounds`` make it fit the machine.
+
 Per run: per-target accuracy after every round, the mean over rounds of bytes up and down per
 client (payload only: the arrays), client seconds and peak tensor memory per round, and the
 run's wall seconds. Summary per arm: mean ± sample std over seeds of the mean target accuracy
 and per target, and each arm's per-seed difference from ``source-only`` and from ``fedavg-st``.
 ``--jobs N`` runs N seeds at a time, each a process of one thread. Writes
-benchmarks/results/federate_digits.json (``--out``), one record per ``--label``.
+benchmarks/results/federate_adaptation.json (``--out``), one record per ``--label``.
 """
 
 from __future__ import annotations
@@ -54,9 +60,17 @@ from _seeds import seed_results  # noqa: E402
 
 from vvk.testing import shared_data_reason, shared_data_root  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results" / "federate_digits.json"
+RESULTS = Path(__file__).parent / "results" / "federate_adaptation.json"
 SIZE = 32
 SOURCE, TARGETS = "mnist", ("usps", "mnist-m", "sklearn-digits")
+OFFICE = "domains/office_caltech10"
+# --setting -> (source, targets, image side, preset fields): the digits, or Office-Caltech-10 with
+# a vvk image backbone trained from scratch (no pretrained weights can be had here)
+SETTINGS = {
+    "digits": (SOURCE, TARGETS, SIZE, {}),
+    "office": (f"{OFFICE}/amazon", tuple(f"{OFFICE}/{d}" for d in ("caltech10", "dslr", "webcam")), 128,
+               {"model": "eff-spinenet-tiny", "batch_size": 32}),
+}  # fmt: skip
 # arm -> (method, preset fields it changes)
 ARMS = {
     "source-only": ("source-only", {}),
@@ -76,9 +90,11 @@ def run_one(arm: str, seed: int, work: Path, args) -> dict:
     from vvk.methods.overrides import apply_overrides
 
     method, fields = ARMS[arm]
-    preset = replace(apply_overrides(PRESETS[args.preset], list(args.overrides)), **fields)
-    source = load_domain(SOURCE, size=SIZE)
-    targets = [load_domain(name, size=SIZE) for name in TARGETS]
+    source_spec, target_specs, size, setting_fields = SETTINGS[args.setting]
+    preset = replace(PRESETS[args.preset], **setting_fields)
+    preset = replace(apply_overrides(preset, list(args.overrides)), **fields)
+    source = load_domain(_shared(source_spec), size=size)
+    targets = [load_domain(_shared(spec), size=size) for spec in target_specs]
     started = time.perf_counter()
     records = run_rounds(method, source, targets, rounds=args.rounds, clients_per_round=len(targets),
                          seed=seed, preset=preset)  # fmt: skip
@@ -103,6 +119,11 @@ def run_one(arm: str, seed: int, work: Path, args) -> dict:
     }
 
 
+def _shared(spec: str) -> str:
+    """A folder domain of the shared data as a path; a named domain (``mnist``) as it is."""
+    return str(shared_data_root() / spec) if "/" in spec else spec
+
+
 def _mean(values: list, digits: int = 0):
     return round(float(np.mean(values)), digits) if values else None
 
@@ -117,7 +138,7 @@ def summarise(runs: list[dict]) -> dict:
             continue
         out[arm] = {"mean_accuracy": {**spread([r["mean_accuracy"] for r in mine]),
                                       "per_seed": [r["mean_accuracy"] for r in mine]},
-                    **{t: spread([r["accuracy"][t] for r in mine]) for t in TARGETS},
+                    **{t: spread([r["accuracy"][t] for r in mine]) for t in mine[0]["accuracy"]},
                     "bytes_up_per_client_round": mine[0]["bytes_up_per_client_round"],
                     "bytes_down_per_client_round": mine[0]["bytes_down_per_client_round"]}  # fmt: skip
         for base in ("source-only", "fedavg-st"):
@@ -133,6 +154,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--setting", default="digits", choices=list(SETTINGS))
     parser.add_argument("--preset", default="digits")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--jobs", type=int, default=1, help="seeds at a time, one thread each")
@@ -142,7 +164,9 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if shared_data_root() is None:
         parser.error(shared_data_reason())
-    args.label = args.label or f"{args.preset}-{args.rounds}rounds" + "".join(f"-{o}" for o in args.overrides)
+    args.label = args.label or f"{args.setting}-{args.preset}-{args.rounds}rounds" + "".join(
+        f"-{o}" for o in args.overrides
+    )
     return args
 
 
@@ -159,8 +183,10 @@ def main() -> None:
             results["records"][args.label] = {
                 "summary": summarise(runs),
                 "runs": sorted(runs, key=lambda r: (r["seed"], list(ARMS).index(r["arm"]))),
-                "protocol": {"source": SOURCE, "targets": list(TARGETS), "size": SIZE, "rounds": args.rounds,
-                             "clients_per_round": len(TARGETS), "preset": args.preset,
+                "protocol": {"setting": args.setting, "source": SETTINGS[args.setting][0],
+                             "targets": list(SETTINGS[args.setting][1]), "size": SETTINGS[args.setting][2],
+                             "setting_fields": SETTINGS[args.setting][3], "rounds": args.rounds,
+                             "clients_per_round": len(SETTINGS[args.setting][1]), "preset": args.preset,
                              "overrides": args.overrides, "loop": "vvk.methods.federate.rounds.run_rounds"},
                 "machine": machine_info(),
             }  # fmt: skip
