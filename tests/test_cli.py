@@ -18,7 +18,8 @@ from vvk.testing import link_videos, run_vvk
 
 
 def leaf_commands() -> list[tuple[str, ...]]:
-    """Every runnable command path, e.g. ('weights', 'pull'), walked from the Typer app."""
+    """Every runnable command path, e.g. ('weights', 'pull'), walked from the Typer app; a command
+    with subcommands (``vvk track`` and ``vvk track run``) is one, and each of them."""
     paths = []
 
     def walk(cmd: click.Command, prefix: tuple[str, ...]) -> None:
@@ -27,10 +28,17 @@ def leaf_commands() -> list[tuple[str, ...]]:
                 walk(sub, (*prefix, name))
         else:
             paths.append(prefix)
+            for name, sub in getattr(cmd, "subcommands", {}).items():
+                walk(sub, (*prefix, name))
 
     walk(typer.main.get_command(app), ())
     return paths
 
+
+_TRACK_RUN = ["track", "run", "--weights", "random:tiny", "--out", "o"]
+_EMBED = ["detect", "embed-regions", "--teacher", "t", "--proposals", "p"]
+_SERVE = ["federate", "server", "--address", "127.0.0.1:9091", "--insecure"]
+_CLIENT = ["federate", "client", "--data", "usps", "--insecure"]
 
 # Bad input for every command: (argv, text the one-line error must contain). A test below fails
 # when a command is added without an entry here.
@@ -94,6 +102,24 @@ BAD_INPUT: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
             "--box 1,2,3: expected four numbers",
         ),
     ],
+    ("track", "run"): [
+        ([*_TRACK_RUN, "--data", "/no/such"], "--data /no/such: no such folder"),
+        (_TRACK_RUN, "Missing option '--data'"),
+        ([*_TRACK_RUN, "--data", ".", "--device", "tpu"], "Invalid value for '--device'"),
+    ],
+    ("track", "eval"): [
+        (["track", "eval", "--data", "/no/such", "--results", "r"], "--data /no/such: no such folder"),
+        (["track", "eval", "--data", "."], "Missing option '--results'"),
+        (
+            ["track", "eval", "--data", ".", "--results", "r", "--missing", "no"],
+            "Invalid value for '--missing'",
+        ),
+    ],
+    ("detect", "embed-regions"): [
+        ([*_EMBED, "--data", "/no/such", "--out", "o"], "--data /no/such: no such folder or file"),
+        ([*_EMBED, "--data", "x"], "Missing option '--out'"),
+        ([*_EMBED, "--data", "x", "--out", "o", "--max-regions", "0"], "Invalid value for '--max-regions'"),
+    ],
     ("detect",): [
         (["detect", "x.jpg"], "Missing option '--weights'"),
         (["detect", "x.jpg", "--weights", "retinanet-spinenet-49"], "architecture, not trained weights"),
@@ -150,6 +176,41 @@ BAD_INPUT: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
         ),
         (["federate", "--method", "nope"], "Invalid value for '--method'"),
         (["federate", "--rounds", "-1"], "Invalid value for '--rounds'"),
+    ],
+    ("federate", "server"): [
+        (["federate", "server", "--source", "mnist"], "Missing option '--address'"),
+        (["federate", "server", "--address", "127.0.0.1"], "--address 127.0.0.1: expected HOST:PORT"),
+        (
+            ["federate", "server", "--address", "127.0.0.1:x"],
+            "--address 127.0.0.1:x: the port must be a number",
+        ),
+        (
+            ["federate", "server", "--address", "no.such.invalid:1"],
+            "--address no.such.invalid:1: unknown host",
+        ),
+        (["federate", "server", "--address", "127.0.0.1:9091"], "--certificates CA CERT KEY: TLS needs"),
+        (
+            ["federate", "server", "--address", "[::1]:1", "--certificates", "/no/ca", "c", "k"],
+            "--certificates /no/ca: no such file",
+        ),
+        (["federate", "server", "--certificates", "ca.pem"], "'--certificates' requires 3 arguments"),
+        ([*_SERVE, "--targets", "usps"], "--source: the labelled source domain is needed"),
+        ([*_SERVE, "--source", "/no/such", "--targets", "x"], "--source /no/such: not a domain"),
+        ([*_SERVE, "--source", "sklearn-digits"], "--targets: give at least one target domain"),
+        (
+            [*_SERVE, "--source", "sklearn-digits", "--targets", "/no/such"],
+            "--targets /no/such: not a domain",
+        ),
+    ],
+    ("federate", "client"): [
+        (["federate", "client", "--server", "127.0.0.1:9091"], "Missing option '--data'"),
+        (["federate", "client", "--data", "usps"], "Missing option '--server'"),
+        ([*_CLIENT, "--server", "9091"], "--server 9091: expected HOST:PORT"),
+        ([*_CLIENT, "--server", "[::1]:0"], "--server [::1]:0: the port must be a number"),
+        (["federate", "client", "--data", "x", "--server", "[::1]:1"], "--root-certificates CA: TLS needs"),
+        ([*_CLIENT, "--server", "[::1]:1", "--root-certificates", "ca"], "give one of them"),
+        ([*_CLIENT, "--server", "[::1]:1", "--data", "/no/such"], "--data /no/such: not a domain"),
+        ([*_CLIENT, "--server", "[::1]:1", "--part", "-1"], "Invalid value for '--part'"),
     ],
     ("eval", "detections"): [
         (["eval", "detections", "--gt", "/no/such.json", "--dt", "x.json"], "/no/such.json: cannot read"),
@@ -347,7 +408,7 @@ def _commands_by_path() -> dict[tuple[str, ...], click.Command]:
 
     def walk(cmd: click.Command, prefix: tuple[str, ...]) -> None:
         found[prefix] = cmd
-        for name, sub in getattr(cmd, "commands", {}).items():
+        for name, sub in {**getattr(cmd, "commands", {}), **getattr(cmd, "subcommands", {})}.items():
             walk(sub, (*prefix, name))
 
     walk(typer.main.get_command(app), ())

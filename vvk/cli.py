@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cached_property
 from typing import Annotated
 
 import click
@@ -76,11 +77,28 @@ def root(
 
 
 class CommandWithSubcommands(typer.core.TyperCommand):
-    """A command whose first argument may name a subcommand instead: ``vvk detect IMAGES...``
-    runs ``detect``, ``vvk detect embed-regions ...`` the subcommand (a click group cannot take
-    positional arguments of its own)."""
+    """A command whose first argument may name a subcommand instead: ``vvk track VIDEO`` runs
+    ``track``, ``vvk track run ...`` the subcommand (a click group cannot take positional
+    arguments of its own). ``of`` makes one whose subcommands are a Typer app's commands."""
 
     subcommands: dict[str, click.Command] = {}
+
+    @classmethod
+    def of(cls, subcommands: typer.Typer) -> type[CommandWithSubcommands]:
+        """This class with the commands of the Typer app ``subcommands`` as its subcommands:
+        ``app.command("track", cls=CommandWithSubcommands.of(track.subcommands))(track.track)``
+        (``vvk track``, ``vvk track run``, ``vvk track eval``). They are made from the app when
+        first looked up, once per command object."""
+
+        class Command(cls):  # type: ignore[misc, valid-type]
+            @cached_property
+            def subcommands(self) -> dict[str, click.Command]:
+                command = typer.main.get_command(subcommands)
+                if isinstance(command, click.Group):
+                    return dict(command.commands)
+                return {command.name: command}  # Typer makes an app of one command that command
+
+        return Command
 
     def make_context(self, info_name, args, parent=None, **extra):
         if args and args[0] in self.subcommands:
@@ -94,13 +112,13 @@ class CommandWithSubcommands(typer.core.TyperCommand):
         return ctx.command.invoke(ctx) if ctx.command is not self else super().invoke(ctx)
 
 
-app.command("info")(info.info)
-app.command("detect", cls=CommandWithSubcommands)(detect.detect)
-app.command("track", cls=track.with_subcommands(CommandWithSubcommands))(track.track)
-app.command("translate-texture")(texture.translate_texture)
-app.command("federate")(federate.federate)
 _embed_regions_app = typer.Typer(context_settings={"help_option_names": ["-h", "--help"]})
 _embed_regions_app.command("embed-regions")(detect.embed_regions)
+app.command("info")(info.info)
+app.command("detect", cls=CommandWithSubcommands.of(_embed_regions_app))(detect.detect)
+app.command("track", cls=CommandWithSubcommands.of(track.subcommands))(track.track)
+app.command("translate-texture")(texture.translate_texture)
+app.command("federate", cls=CommandWithSubcommands.of(federate.subcommands))(federate.federate)
 app.add_typer(models.app, name="models")
 app.add_typer(weights.app, name="weights")
 app.add_typer(augment.app, name="augment")
@@ -149,7 +167,6 @@ def _reflow(text: str) -> str:
 def _command() -> click.Command:
     """The click command tree of ``app``, its help texts reflowed."""
     root = typer.main.get_command(app)
-    root.commands["detect"].subcommands = {"embed-regions": typer.main.get_command(_embed_regions_app)}
     todo = [root]
     while todo:
         command = todo.pop()

@@ -4,7 +4,6 @@ sequence of an OTB folder, ``vvk track eval`` scores result folders (OTB success
 from __future__ import annotations
 
 import sys
-from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -145,10 +144,11 @@ def track(
             human.note(f"{what}: {path}")
 
 
-_subcommands = typer.Typer(context_settings={"help_option_names": ["-h", "--help"]})
+subcommands = typer.Typer(context_settings={"help_option_names": ["-h", "--help"]})
+"""``vvk track run`` and ``vvk track eval`` (``vvk.cli.CommandWithSubcommands.of``)."""
 
 
-@_subcommands.command("run")
+@subcommands.command("run")
 def run(
     data: DataOpt,
     weights: WeightsOpt,
@@ -192,7 +192,7 @@ def run(
     human.note(f"{len(runs) - skipped} sequence(s) tracked{also}: {out}")
 
 
-@_subcommands.command("eval")
+@subcommands.command("eval")
 def evaluate(
     data: DataOpt,
     results: Annotated[
@@ -264,15 +264,3 @@ def evaluate(
 def _row(tracker: str, scores: dict[str, Any], **extra: str) -> dict[str, Any]:
     return {**scores, **extra, "name": tracker,
             "success": f"{scores['success']:.3f}", "precision": f"{scores['precision']:.3f}"}  # fmt: skip
-
-
-def with_subcommands(base: type[click.Command]) -> type[click.Command]:
-    """``base`` (``vvk.cli.CommandWithSubcommands``) whose subcommands are ``run`` and ``eval``:
-    ``vvk track VIDEO`` runs ``track``, ``vvk track run ...`` the subcommand."""
-
-    class TrackCommand(base):  # type: ignore[misc, valid-type]
-        @cached_property
-        def subcommands(self) -> dict[str, click.Command]:
-            return dict(typer.main.get_command(_subcommands).commands)
-
-    return TrackCommand

@@ -21,8 +21,16 @@ Entry points::
     write_app(folder, run_config=None) -> Path
     serve(grid, plan_run(...), on_round=None)   # the loop itself, on any Flower Grid
 
-Deployment (Flower 1.42's console scripts ``flower-superlink``, ``flower-supernode``, ``flwr``;
-every machine needs vvk and ``flwr`` installed: the app bundle carries only a pyproject.toml):
+Deployment. ``vvk federate server`` and ``vvk federate client`` (``launch``) run the steps
+below for the user, start and stop every process, and turn failures into exit codes::
+
+    vvk federate server --source mnist --targets usps --clients-per-target 3 --rounds 10 \
+        --address 0.0.0.0:9091 --out /runs/usps --insecure
+    vvk federate client --data usps --part 0 --server SERVER:9091 --insecure     # one per client
+
+What they run (Flower 1.42's console scripts ``flower-superlink``, ``flower-supernode``,
+``flwr``; every machine needs vvk and ``flwr`` installed: the app bundle carries only a
+pyproject.toml):
 
 1. On the server machine, the SuperLink. It runs the ServerApp, so the run folder (``out``) and
    the source domain are read and written there::
