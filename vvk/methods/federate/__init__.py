@@ -6,11 +6,12 @@ adaptation; Yao et al., WACV 2022).
 - ``stats``: the per-class feature statistics that clients send, their checks and their fit;
 - ``models``: the network, its predictions, FedAvg of state dicts and their bytes;
 - ``rounds``: the presets, one round of each method and the in-process round loop;
-- ``memory``: the seconds and peak tensor memory of a client's work.
+- ``memory``: the seconds and peak tensor memory of a client's work;
+- ``run``: ``vvk federate``'s run (domains read and checked, settings, the Flower simulation).
 
 Everything that crosses the wire is a state dict of tensors or ``FeatureStats`` arrays, so the
-Flower apps (``vvk.federated``, per DESIGN.md, a ``ServerApp``/``ClientApp``) can wrap these
-functions unchanged; nothing in this package imports Flower."""
+Flower apps (``vvk.federated``: a ``ServerApp`` and a ``ClientApp``) wrap these functions
+unchanged; only ``run.federate`` imports Flower, when it is called."""
 
 from vvk.methods.federate.dualadapt import (
     ClientUpdate,
