@@ -17,9 +17,11 @@ as Python objects in this process, which is what lets ``simulate`` take in-memor
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from vvk.errors import VvkError
@@ -91,10 +93,36 @@ def simulate(
         client_app = make_client_app(SavedClients(tuple(files)), device="cpu", mods=mods)
         server_app = make_server_app(plan, on_round=on_round, records=records)
         try:
-            run_simulation(server_app, client_app, num_supernodes=len(clients), backend_config=backend)
+            with _quiet_runtime():
+                run_simulation(server_app, client_app, num_supernodes=len(clients), backend_config=backend)
         finally:
             if pythonpath is None:
                 os.environ.pop("PYTHONPATH", None)
             else:
                 os.environ["PYTHONPATH"] = pythonpath
     return records
+
+
+class _NotRunSimulationDeprecation(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (str(record.msg).startswith("DEPRECATED FEATURE") and "run_simulation" in str(record.args))
+
+
+@contextlib.contextmanager
+def _quiet_runtime() -> Iterator[None]:
+    """Two notices that say nothing to a ``vvk federate`` user, off while the simulation runs:
+    Flower's deprecation of ``run_simulation`` (called here, not by the user; see the module
+    docstring) and Ray's FutureWarning that it will stop hiding GPUs from workers that ask for
+    none, which ``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0`` accepts now (clients run on the CPU)."""
+    flwr_logger, quiet = logging.getLogger("flwr"), _NotRunSimulationDeprecation()
+    flwr_logger.addFilter(quiet)
+    before = os.environ.get("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO")
+    os.environ["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] = "0"
+    try:
+        yield
+    finally:
+        flwr_logger.removeFilter(quiet)
+        if before is None:
+            os.environ.pop("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", None)
+        else:
+            os.environ["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] = before
