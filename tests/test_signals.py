@@ -23,13 +23,19 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def _terminal_sigint() -> None:
+    """SIGINT as a terminal gives it: a test run in the background of a non-interactive shell
+    (``pytest ... &``) inherits SIGINT ignored, and Python keeps an inherited SIG_IGN."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextmanager
 def vvk_process(*args: str, cwd: Path) -> Iterator[subprocess.Popen]:
     """``python -m vvk ARGS`` in a session of its own (a terminal's Ctrl-C reaches the whole
     group: ``os.killpg``); whatever is left of the group is killed afterwards."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "vvk", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, start_new_session=True,
+        text=True, start_new_session=True, preexec_fn=_terminal_sigint,
     )  # fmt: skip
     try:
         yield proc
