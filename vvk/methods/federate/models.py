@@ -53,6 +53,13 @@ class DigitNet(nn.Module):
         return self.classifier(self.features(x))
 
 
+# The zoo's SpineNets keep the TF reference's batch-norm decay (0.997: PyTorch momentum 0.003),
+# made for runs of 100k+ steps. DualAdapt's runs are a few hundred steps: the running statistics
+# would still be mostly their initial values, and eval-mode predictions collapsed to a few classes
+# (eff-spinenet-tiny on Office-Caltech's amazon: 0.5 batch accuracy in train mode, chance in eval).
+SHORT_RUN_BN_MOMENTUM = 0.1  # PyTorch's default
+
+
 class BackboneNet(nn.Module):
     """A vvk image backbone (``vvk models list``, task ``image-backbone``) with ``DigitNet``'s
     head, for image domains such as Office-Caltech::
@@ -76,6 +83,9 @@ class BackboneNet(nn.Module):
                 f"backbone={backbone}: a {task} model, not an image backbone", params=("backbone",)
             )
         net = build(backbone)
+        for module in net.modules():  # see SHORT_RUN_BN_MOMENTUM
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = SHORT_RUN_BN_MOMENTUM
         shapes = net.output_shape()
         level = max(shapes, key=lambda name: shapes[name].stride)  # the deepest, coarsest level
         self.features = nn.Sequential(
