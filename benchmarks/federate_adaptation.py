@@ -33,7 +33,8 @@ downloaded here), batch 32; ``--set`` and ``--rounds`` make it fit the machine.
 
 Per run: per-target accuracy after every round, the mean over rounds of bytes up and down per
 client (payload only: the arrays), client seconds and peak tensor memory per round, and the
-run's wall seconds. Summary per arm: mean ± sample std over seeds of the mean target accuracy
+run's wall seconds (the arms of a seed share one pretraining, ``pretrain_seconds``, which the
+run's seconds leave out). Summary per arm: mean ± sample std over seeds of the mean target accuracy
 and per target, and each arm's per-seed difference from ``source-only`` and from ``fedavg-st``.
 ``--jobs N`` runs N seeds at a time, each a process of one thread. Writes
 benchmarks/results/federate_adaptation.json (``--out``), one record per ``--label``.
@@ -83,10 +84,16 @@ ARMS = {
 }
 
 
+# (seed, the preset's pretraining fields) -> pretrained_model's result: the arms of a seed run in
+# one process one after another (``_seeds.run_seed``) and start from the same pretrained model
+_PRETRAINED: dict = {}
+PRETRAIN_FIELDS = ("model", "feature_dim", "pretrain_steps", "batch_size", "server_lr", "mixup_alpha")
+
+
 def run_one(arm: str, seed: int, work: Path, args) -> dict:
     """One arm on one seed: ``run_rounds`` and what its records say."""
     from vvk.data.domains import load_domain
-    from vvk.methods.federate.rounds import PRESETS, run_rounds
+    from vvk.methods.federate.rounds import PRESETS, pretrained_model, run_rounds
     from vvk.methods.overrides import apply_overrides
 
     method, fields = ARMS[arm]
@@ -95,9 +102,12 @@ def run_one(arm: str, seed: int, work: Path, args) -> dict:
     preset = replace(apply_overrides(preset, list(args.overrides)), **fields)
     source = load_domain(_shared(source_spec), size=size)
     targets = [load_domain(_shared(spec), size=size) for spec in target_specs]
+    key = (seed, *(getattr(preset, f) for f in PRETRAIN_FIELDS))
+    if key not in _PRETRAINED:
+        _PRETRAINED[key] = pretrained_model(source, preset, seed=seed)
     started = time.perf_counter()
     records = run_rounds(method, source, targets, rounds=args.rounds, clients_per_round=len(targets),
-                         seed=seed, preset=preset)  # fmt: skip
+                         seed=seed, preset=preset, pretrained=_PRETRAINED[key])  # fmt: skip
     seconds = time.perf_counter() - started
     rounds = records[1:]  # record 0 is the pretrained model
     return {

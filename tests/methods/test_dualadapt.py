@@ -338,6 +338,20 @@ def test_run_rounds_on_mnist_to_usps(digits, method):
         assert all(s > 0 for s in r.client_seconds) and all(b > 0 for b in r.client_peak_bytes)
 
 
+def test_methods_can_share_one_pretraining(digits):
+    """``pretrained=``: the run equals the one that pretrains itself, and leaves the shared model as it was."""
+    source, target = digits
+    shared = rounds.pretrained_model(source, PRESETS["tiny"], seed=3)
+    before = {k: v.clone() for k, v in shared[0].state_dict().items()}
+    kwargs = {"rounds": 2, "clients_per_round": 1, "seed": 3, "preset": "tiny"}
+    alone = run_rounds("dualadapt", source, [target], **kwargs)
+    reused = run_rounds("dualadapt", source, [target], pretrained=shared, **kwargs)
+    assert [r.accuracy for r in reused] == [r.accuracy for r in alone]
+    assert [r.bytes_up for r in reused] == [r.bytes_up for r in alone]
+    assert all(torch.equal(v, before[k]) for k, v in shared[0].state_dict().items())
+    assert shared[1].accuracy == {}  # round 0's record is copied, not filled in
+
+
 def test_a_client_with_bad_statistics_is_dropped_for_the_round(digits, monkeypatch, caplog):
     source, target = digits
     clients = rounds.make_clients([target], clients_per_target=2)

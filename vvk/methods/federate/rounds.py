@@ -23,6 +23,7 @@ memory its work allocated (``vvk.methods.federate.memory.measure``).
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -283,6 +284,7 @@ def run_rounds(
     eval_targets: Sequence | None = None,
     device="cpu",
     on_round: Callable[[RoundRecord], None] | None = None,
+    pretrained: tuple[nn.Module, RoundRecord] | None = None,
 ) -> list[RoundRecord]:
     """Pretrain on ``source`` and run ``rounds`` rounds of ``method`` in this process.
 
@@ -290,6 +292,8 @@ def run_rounds(
     per ``eval_targets`` domain (default: the targets themselves, the transductive protocol of
     unsupervised adaptation). Every method starts from the same pretrained model for a ``seed``;
     ``source-only`` stops there (one record). ``on_round`` sees each record as it is made.
+    ``pretrained``: what ``pretrained_model`` returned for this ``source``, ``preset`` and
+    ``seed`` (copied, not changed), so that several methods share one pretraining.
     """
     check_choice("method", method, METHODS)
     preset = resolve_preset(preset)
@@ -300,7 +304,10 @@ def run_rounds(
     run = rounds if method != "source-only" else 0
     schedule = choose_clients(len(clients), clients_per_round, run, seed)
     evals = eval_sets(source, eval_targets if eval_targets is not None else targets)
-    model, first = pretrained_model(source, preset, seed=seed, device=device)
+    if pretrained is None:
+        model, first = pretrained_model(source, preset, seed=seed, device=device)
+    else:
+        model, first = copy.deepcopy(pretrained[0]).to(device), replace(pretrained[1])
     first.accuracy = evaluate(model, evals, device)
     records = [first]
     if on_round is not None:
