@@ -339,7 +339,7 @@ def test_run_rounds_on_mnist_to_usps(digits, method):
 
 
 def test_methods_can_share_one_pretraining(digits):
-    """``pretrained=``: the run equals the one that pretrains itself, and leaves the shared model as it was."""
+    """``pretrained=``: the same run as pretraining itself; the shared model is left as it was."""
     source, target = digits
     shared = rounds.pretrained_model(source, PRESETS["tiny"], seed=3)
     before = {k: v.clone() for k, v in shared[0].state_dict().items()}
