@@ -1,7 +1,7 @@
 """Does DualAdapt adapt? Every method of `vvk federate` on the digit domains or Office-Caltech.
 
-    python benchmarks/federate_adaptation.py [--seeds 0 1 2] [--arms ...] [--rounds R] [--jobs N]
-        [--set KEY=VALUE ...] [--label NAME] [--out PATH]
+    python benchmarks/federate_adaptation.py [--setting digits|office] [--seeds 0 1 2] [--arms ...]
+        [--rounds R] [--size PIXELS] [--jobs N] [--set KEY=VALUE ...] [--label NAME] [--out PATH]
     python benchmarks/federate_adaptation.py --seeds 0 --rounds 1 --set pretrain_steps=5 \
         --set client_steps=2 --set server_steps=2 --label smoke --out /tmp/fed_smoke.json  # smoke
 
@@ -29,7 +29,7 @@ field for every arm):
 amazon (958 images), clients caltech10 (1,123), dslr (157), webcam (295), at 128x128 (short side
 resized, centre crop), the network ``eff-spinenet-tiny`` (0.27M parameters, the smallest vvk
 image backbone) under DualAdapt's head, trained from scratch (no pretrained weights can be
-downloaded here), batch 32; ``--set`` and ``--rounds`` make it fit the machine.
+downloaded here), batch 32; ``--set``, ``--rounds`` and ``--size`` make it fit the machine.
 
 Per run: per-target accuracy after every round, the mean over rounds of bytes up and down per
 client (payload only: the arrays), client seconds and peak tensor memory per round, and the
@@ -98,6 +98,7 @@ def run_one(arm: str, seed: int, work: Path, args) -> dict:
 
     method, fields = ARMS[arm]
     source_spec, target_specs, size, setting_fields = SETTINGS[args.setting]
+    size = args.size or size
     preset = replace(PRESETS[args.preset], **setting_fields)
     preset = replace(apply_overrides(preset, list(args.overrides)), **fields)
     source = load_domain(_shared(source_spec), size=size)
@@ -166,6 +167,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--setting", default="digits", choices=list(SETTINGS))
     parser.add_argument("--preset", default="digits")
+    parser.add_argument("--size", type=int, default=None, help="image side (default: the setting's)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--jobs", type=int, default=1, help="seeds at a time, one thread each")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -194,7 +196,8 @@ def main() -> None:
                 "summary": summarise(runs),
                 "runs": sorted(runs, key=lambda r: (r["seed"], list(ARMS).index(r["arm"]))),
                 "protocol": {"setting": args.setting, "source": SETTINGS[args.setting][0],
-                             "targets": list(SETTINGS[args.setting][1]), "size": SETTINGS[args.setting][2],
+                             "targets": list(SETTINGS[args.setting][1]),
+                             "size": args.size or SETTINGS[args.setting][2],
                              "setting_fields": SETTINGS[args.setting][3], "rounds": args.rounds,
                              "clients_per_round": len(SETTINGS[args.setting][1]), "preset": args.preset,
                              "overrides": args.overrides, "loop": "vvk.methods.federate.rounds.run_rounds"},
