@@ -201,6 +201,10 @@ BAD_INPUT: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
             [*_SERVE, "--source", "sklearn-digits", "--targets", "/no/such"],
             "--targets /no/such: not a domain",
         ),
+        (
+            [*_SERVE, "--source", "sklearn-digits", "--targets", "my digits"],
+            "--targets 'my digits': a domain with a space in its name cannot be deployed",
+        ),
     ],
     ("federate", "client"): [
         (["federate", "client", "--server", "127.0.0.1:9091"], "Missing option '--data'"),

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -33,7 +28,6 @@ _FLAGS = {"source": "--source", "targets": "--targets", "method": "--method", "r
 # tests/federated/test_deploy.py)
 NODE_TIMEOUT_S, REPLY_TIMEOUT_S = 300.0, 1800.0
 SERVER_GONE_S = 30.0  # a client stops once its server has not answered for this long
-CONNECTION = "vvk"  # the SuperLink connection `flwr run` is given, in a FLWR_HOME of the server's own
 
 
 SourceOpt = Annotated[
@@ -234,7 +228,14 @@ def server(
               vvk federate server --source mnist --targets usps mnist-m --address 127.0.0.1:9091 --insecure
     """
     from vvk.federated import launch
-    from vvk.federated.deploy import APP_NAME, write_app
+    from vvk.federated.deploy import (
+        APP_NAME,
+        CONNECTION,
+        prepare_server_run,
+        run_status,
+        stream_run,
+        write_app,
+    )
 
     human = Output(False)
     host, port = launch.parse_address(address, "--address")
@@ -243,7 +244,7 @@ def server(
         raise VvkError("--source: the labelled source domain is needed", hint="e.g. --source mnist")
     domains = [*(targets or []), *(more_targets or [])]
     with as_flags(**_FLAGS):
-        run_dir, config, clients = _server_run(
+        run_dir, config, clients = prepare_server_run(
             source, domains, method=method, rounds=rounds, clients_per_round=clients_per_round,
             clients_per_target=clients_per_target, preset=preset, size=size, seed=seed, out=out,
             node_timeout=node_timeout, reply_timeout=reply_timeout,
@@ -262,8 +263,8 @@ def server(
         launch.wait_for_port(local, port, link, log=log)
         human.note(f"server on {address}, run folder {run_dir}: waiting for {clients} client(s) "
                    f"(vvk federate client --server HOST:{port} ...)")  # fmt: skip
-        run_id = _stream_run(procs, app, env)
-        status, details = _run_status(run_id, env)
+        run_id = stream_run(procs, app, env)
+        status, details = run_status(run_id, env)
     if status != "finished:completed":
         raise VvkError(f"the run ended {status}{f' ({details})' if details else ''}",
                        hint=f"its log is above; the SuperLink's is {log}")  # fmt: skip
@@ -287,83 +288,6 @@ def _existing(path: Path, flag: str) -> str:
     if not path.is_file():
         raise VvkError(f"{flag} {path}: no such file")
     return str(path.resolve())
-
-
-def _server_run(source: str, targets: list[str], *, method: str, rounds: int, clients_per_round: int | None,
-                clients_per_target: int, preset: str, size: int | None, seed: int, out: Path | None,
-                node_timeout: float, reply_timeout: float) -> tuple[Path, dict, int]:  # fmt: skip
-    """The run folder, run config and number of clients of a deployed run, checked here as its
-    ServerApp will check them (the domains read, a run already in the folder the same run), so
-    that bad input fails before a process starts."""
-    from vvk.federated.checkpoints import RoundCheckpoints
-    from vvk.federated.server import plan_from_run_config
-    from vvk.methods.federate.run import DIGIT_SIZE, IMAGE_SIZE, read_domains, resolve_settings
-    from vvk.paths import default_run_dir
-
-    model = resolve_settings(preset).model
-    size = size or (DIGIT_SIZE if model == "digit-cnn" else IMAGE_SIZE)
-    for spec in (source, *targets):
-        if not spec.strip() or len(spec.split()) > 1:  # the run config lists the targets by spaces
-            flag = "--source" if spec is source else "--targets"
-            raise VvkError(f"{flag} {spec!r}: a domain with a space in its name cannot be deployed",
-                           hint="give the folder a name without spaces, or a link to it")  # fmt: skip
-    read_domains(source, targets, size=size)  # errors name source= or targets=
-    clients = len(targets) * clients_per_target
-    out = (out if out is not None else default_run_dir(f"federate-{method}")).resolve()
-    config = {"method": method, "source": source, "targets": " ".join(targets), "size": size,
-              "rounds": rounds, "clients-per-round": clients_per_round or clients,
-              "clients-per-target": clients_per_target, "seed": seed, "preset": preset, "out": str(out),
-              "node-timeout": node_timeout, "reply-timeout": reply_timeout}  # fmt: skip
-    plan = plan_from_run_config(config)
-    RoundCheckpoints(out, plan.identity()).check()
-    out.mkdir(parents=True, exist_ok=True)
-    return out, config, clients
-
-
-_STARTED = re.compile(r"started run (\d+)")
-_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _stream_run(procs, app: Path, env: dict[str, str]) -> int:
-    """Submit the run (`flwr run APP CONNECTION --stream`) and copy its log to stderr until it
-    ends; its Flower run id."""
-    from vvk.federated import launch
-
-    run = procs.start([launch.console_script("flwr"), "run", str(app), CONNECTION, "--stream"],
-                      env=env, output=subprocess.PIPE)  # fmt: skip
-    plain = not sys.stderr.isatty()
-    run_id = None
-    for line in run.stdout:
-        sys.stderr.write(_COLOURS.sub("", line) if plain else line)
-        sys.stderr.flush()
-        if run_id is None and (found := _STARTED.search(line)):
-            run_id = int(found.group(1))
-    if run.wait() != 0 or run_id is None:
-        raise VvkError(f"flwr run failed (exit code {run.returncode}; its output is above)")
-    return run_id
-
-
-def _run_status(run_id: int, env: dict[str, str], wait: float = 30.0) -> tuple[str, str]:
-    """The run's status (``finished:completed``, ``finished:failed``...) and its details, from
-    `flwr ls`; the log stream ends as the run does, the status may follow a moment later."""
-    from vvk.federated import launch
-
-    args = [launch.console_script("flwr"), "ls", CONNECTION, "--run-id", str(run_id), "--format", "json"]
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            listed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
-        except subprocess.TimeoutExpired:
-            raise VvkError(f"flwr ls: no answer about run {run_id} in 120 s") from None
-        try:
-            run = json.loads(listed.stdout)["runs"][0]
-        except (ValueError, KeyError, IndexError):
-            raise VvkError(
-                f"flwr ls: no status for run {run_id} ({' '.join(listed.stderr.split())[-300:]})"
-            ) from None
-        if run["status"].startswith("finished") or time.monotonic() >= deadline:
-            return run["status"], run.get("status-details") or ""
-        time.sleep(1.0)
 
 
 @subcommands.command("client")
