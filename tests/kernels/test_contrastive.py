@@ -258,7 +258,9 @@ def test_no_pass_materialises_the_similarity_matrix():
         )
     # ... and around it (normalisation, positives, gather, reduction, autograd).
     with _LargestTensor() as outer:
-        contrastive_loss(q, k, 0.1, groups=groups, symmetric=True, block_size=128).backward()
+        contrastive_loss(
+            q, k, 0.1, groups=groups, symmetric=True, block_size=128, plain_below_bytes=0
+        ).backward()
     with _LargestTensor() as plain:
         plain_contrastive_loss(q, k, 0.1, groups=groups, symmetric=True).backward()
     assert plain.largest >= n * n  # the detector sees a materialised matrix
@@ -266,6 +268,39 @@ def test_no_pass_materialises_the_similarity_matrix():
     assert inner.largest <= max(128 * 128, n * (16 + 1))
     # ... and nothing near N x M around the op either.
     assert outer.largest < n * n // 8
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_small_logits_take_the_plain_path_with_the_same_results(mode):
+    """The automatic choice materialises logits of at most ``plain_below_bytes`` (faster on the
+    CPU at small N): loss and gradients equal the tiles' on both sides of the threshold."""
+    n = 96
+    m, kwargs = mode_kwargs(mode, n)
+    q, k = _features(n, m, 16, torch.float32)
+    if mode == "simclr":
+        k = q
+    at_threshold = n * m * 4  # float32 logits of one direction
+    results = {}
+    for budget in (at_threshold, at_threshold - 1):
+        leaves = [
+            q.clone().requires_grad_(),
+            k.clone().requires_grad_(),
+            torch.tensor(0.1, requires_grad=True),
+        ]
+        qq, kk = (leaves[0], leaves[0]) if mode == "simclr" else leaves[:2]
+        with _LargestTensor() as seen:
+            loss = contrastive_loss(qq, kk, leaves[2], **kwargs, plain_below_bytes=budget, block_size=32)
+            loss.backward()
+        results[budget] = (loss.detach(), [t.grad for t in leaves if t.grad is not None], seen.largest)
+    (plain_loss, plain_grads, plain_largest), (tiled_loss, tiled_grads, tiled_largest) = results.values()
+    assert plain_largest >= n * m > tiled_largest  # the path taken on each side
+    torch.testing.assert_close(plain_loss, tiled_loss, rtol=1e-6, atol=1e-6)
+    for a, b in zip(plain_grads, tiled_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # an explicit backend is honoured: the tiles, whatever the budget
+    with _LargestTensor() as explicit:
+        contrastive_loss(q, k if mode != "simclr" else q, 0.1, **kwargs, backend="reference", block_size=32)
+    assert explicit.largest < n * m
 
 
 def test_bad_arguments_name_the_argument():
