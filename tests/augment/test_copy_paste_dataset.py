@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,9 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from vvk.augment import CopyPasteOptions, augment_coco
+from vvk.augment import CopyPasteOptions, augment_coco, dataset_writer
 from vvk.augment.copy_paste import survives_occlusion
-from vvk.augment.dataset_writer import build_plan
+from vvk.augment.dataset_writer import auto_workers, build_plan
 from vvk.augment.jitter import jitter_image
 from vvk.augment.render import annotation_record, draw_copy, jitter_objects, render_copy
 from vvk.data.coco import check_instances, find_coco_layout, load_coco
@@ -112,16 +113,40 @@ def test_pixel_truth_and_per_object_occlusion_on_real_data(tiny_coco, tmp_path):
     assert pasted_copies > 20
 
 
-def test_same_seed_same_bytes_whatever_the_workers(tiny_coco, tmp_path):
+def test_same_seed_same_bytes_whatever_the_workers(tiny_coco, tmp_path, monkeypatch):
     options = CopyPasteOptions(copies=2, size=128, seed=7, blend_sigma=1.0)
-    augment_coco(tiny_coco, tmp_path / "w1", options=options, workers=1)
-    augment_coco(tiny_coco, tmp_path / "w2", options=options, workers=2)
-    one, two = output_files(tmp_path / "w1"), output_files(tmp_path / "w2")
-    assert len(one) == 101 and one == two
+    assert augment_coco(tiny_coco, tmp_path / "w1", options=options, workers=1)["workers"] == 1
+    one = output_files(tmp_path / "w1")
+    assert len(one) == 101
+    # auto: 50 small images are far less work than a helper's start-up, so this process alone
+    auto = augment_coco(tiny_coco, tmp_path / "auto", options=options)
+    assert auto["workers"] == 1 and output_files(tmp_path / "auto") == one
+    assert auto["images_per_second"] == pytest.approx(100 / auto["seconds"], rel=0.02)
+    # two: slowed down here (the helper imports the real renderer), the helper comes up in time
+    # and renders part of the images, which must change no byte
+    real = dataset_writer.render_copy
+
+    def slow_render_copy(*args, **kwargs):
+        time.sleep(0.15)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dataset_writer, "render_copy", slow_render_copy)
+    assert augment_coco(tiny_coco, tmp_path / "w2", options=options, workers=2)["workers"] == 2
+    assert output_files(tmp_path / "w2") == one
+    monkeypatch.undo()
     augment_coco(
         tiny_coco, tmp_path / "s8", options=CopyPasteOptions(copies=2, size=128, seed=8, blend_sigma=1.0)
     )
     assert output_files(tmp_path / "s8") != one
+
+
+def test_auto_workers_start_helpers_only_when_the_work_repays_them():
+    start = dataset_writer.WORKER_START_S
+    assert auto_workers(200, 0.02, cores=2) == 1  # 4 s of work: less than two start-ups
+    assert auto_workers(10, 2 * start / 10, cores=4) == 2  # exactly two start-ups: one helper
+    assert auto_workers(10_000, 0.1, cores=2) == 2  # capped by the cores
+    assert auto_workers(10_000, 0.1, cores=8) == 8
+    assert auto_workers(0, 1.0, cores=8) == 1
 
 
 def test_destination_rules_and_interrupted_runs(tiny_coco, tmp_path, monkeypatch):

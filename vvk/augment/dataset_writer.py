@@ -23,7 +23,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -56,7 +56,7 @@ def augment_coco(
     images: str | os.PathLike | None = None,
     annotations: str | os.PathLike | None = None,
     source: str | os.PathLike | None = None,
-    workers: int = 1,
+    workers: int | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
@@ -74,14 +74,15 @@ def augment_coco(
     dst = check_destination(Path(dst), src_roots, overwrite=overwrite)
     dataset = load_coco(ann_path, images_dir)
     paste_from = load_coco(*source_layout) if source_layout is not None else dataset
-    if workers < 1:
-        raise VvkError(f"--workers must be at least 1, got {workers}")
+    if workers is not None and workers < 1:
+        raise VvkError(f"workers={workers}: must be at least 1 (None: chosen)", params=("workers",))
     # Contexts exit in reverse: workers stop before the staging folder is renamed or removed.
     with staged_folder(dst) as stage, _one_torch_thread():
         plan, categories, issues = build_plan(dataset, paste_from, options)
         image_dir = stage / dataset.split
         image_dir.mkdir()
-        with _rendering(plan, image_dir, workers) as rendered:
+        used: dict[str, int] = {}
+        with _rendering(plan, image_dir, workers, used) as rendered:
             copies = _gather(rendered, len(plan.destinations), progress)
         instances = _coco_json(dataset, paste_from, plan, categories, copies, source=source)
         ann_out = stage / "annotations" / f"instances_{dataset.split}.json"
@@ -89,6 +90,7 @@ def augment_coco(
         ann_out.write_text(json.dumps(instances, separators=(",", ":")) + "\n", encoding="utf-8")
     for copy in copies:
         issues.update(copy["issues"])
+    seconds = time.perf_counter() - start
     return {
         "dst": str(dst),
         "annotations": str(dst / "annotations" / ann_out.name),
@@ -97,7 +99,9 @@ def augment_coco(
         "objects_pasted": sum(c["num_pasted"] for c in copies),
         "objects_dropped": sum(c["num_dropped"] for c in copies),
         "objects_cropped_out": sum(c["num_cropped_out"] for c in copies),
-        "seconds": round(time.perf_counter() - start, 3),
+        "seconds": round(seconds, 3),
+        "images_per_second": round(len(copies) / seconds, 2),  # the effective rate, start-up included
+        "workers": used["workers"],
         "warnings": dict(sorted((+issues).items())),
     }
 
@@ -298,28 +302,93 @@ def _copy_record(plan: Plan, dst: PlannedImage, rendered: RenderedCopy) -> dict[
     }
 
 
-@contextmanager
-def _rendering(plan: Plan, image_dir: Path, workers: int) -> Iterator[Iterable[list[dict[str, Any]]]]:
-    """Rendered destinations, in order, from this process or from ``workers`` spawned ones."""
-    if workers == 1:
-        _init_worker(plan, image_dir, None)
-        yield map(_render_destination, range(len(plan.destinations)))
-        return
-    import multiprocessing
+# A spawned worker imports torch and vvk and unpickles the plan before its first image: 4.4 s
+# on the 2-core AMD EPYC of docs/benchmarks.md. A run of 200 small outputs takes less than two
+# of those on one core, which is why two workers started up front were slower than one.
+WORKER_START_S = 4.4
 
-    # The plan goes to each worker once, through the initializer, not with every task.
-    executor = ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(plan, image_dir, 1, os.getpid()),
-    )
+
+def auto_workers(remaining: int, seconds_each: float, *, cores: int) -> int:
+    """Processes worth rendering ``remaining`` destinations of ``seconds_each``: this one, plus
+    a worker for every two start-ups of work left (a worker must repay its start-up and the
+    core it takes from this process meanwhile), at most ``cores``."""
+    helpers = int(remaining * seconds_each // (2 * WORKER_START_S))
+    return max(1, min(cores, 1 + helpers))
+
+
+@contextmanager
+def _rendering(
+    plan: Plan, image_dir: Path, workers: int | None, used: dict[str, int]
+) -> Iterator[Iterable[list[dict[str, Any]]]]:
+    """Rendered destinations, in order. This process renders; ``workers - 1`` spawned helpers
+    join as they come up (``None``: as many as ``auto_workers`` finds worth it after timing the
+    first destination here), so that a run too short to repay their start-up is not slowed by
+    it. ``used["workers"]``: this process and the helpers that came up before the work ran out."""
+    _init_worker(plan, image_dir, None)
+    pool = _LazyPool(plan, image_dir)
     try:
-        with _spawning():  # map() submits every task, which starts the workers
-            results = executor.map(_render_destination, range(len(plan.destinations)), chunksize=1)
-        yield results
+        yield pool.results(len(plan.destinations), workers, used)
     finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+        pool.close()
+
+
+def _ready() -> int:
+    """A worker's first task: done once it has started (imports, plan unpickled)."""
+    return os.getpid()
+
+
+class _LazyPool:
+    """Spawned helpers that take destinations once they have started, while this process
+    renders the others; results come back in destination order."""
+
+    def __init__(self, plan: Plan, image_dir: Path):
+        self.plan, self.image_dir = plan, image_dir
+        self.executor: ProcessPoolExecutor | None = None
+
+    def _start(self, helpers: int) -> list:
+        import multiprocessing
+
+        # The plan goes to each worker once, through the initializer, not with every task.
+        self.executor = ProcessPoolExecutor(
+            max_workers=helpers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(self.plan, self.image_dir, 1, os.getpid()),
+        )
+        with _spawning():  # each submit while no worker is idle starts one
+            return [self.executor.submit(_ready) for _ in range(helpers)]
+
+    def results(self, total: int, workers: int | None, used: dict[str, int]) -> Iterator[list[dict]]:
+        done: dict[int, list[dict]] = {}
+        pending: dict[int, Any] = {}  # destination -> future
+        ahead, emitted = 0, 0  # the next destination to hand out; the next to yield
+        helpers, starting = 0, []
+        used["workers"] = 1
+        if workers is None and total > 1:  # time one destination here, then decide
+            started = time.perf_counter()
+            done[0], ahead = _render_destination(0), 1
+            workers = auto_workers(total - 1, time.perf_counter() - started, cores=os.cpu_count() or 1)
+        helpers = min((workers or 1) - 1, total - ahead)
+        if helpers > 0:
+            starting = self._start(helpers)
+        while emitted < total:
+            ready = sum(f.done() for f in starting)  # helpers up: keep two destinations queued for each
+            while ahead < total and len(pending) < 2 * ready:
+                pending[ahead], ahead = self.executor.submit(_render_destination, ahead), ahead + 1
+            for index in [i for i, f in pending.items() if f.done()]:
+                done[index] = pending.pop(index).result()
+            while emitted in done:
+                yield done.pop(emitted)
+                emitted += 1
+            if ahead < total:  # this process renders the next one meanwhile
+                done[ahead], ahead = _render_destination(ahead), ahead + 1
+            elif pending:
+                wait(pending.values(), return_when=FIRST_COMPLETED)
+        used["workers"] += sum(f.done() for f in starting)
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 @contextmanager

@@ -46,7 +46,10 @@ def copy_paste(
         typer.Option("--format", click_type=click.Choice(["rle", "polygon"]), help="How masks are written."),
     ] = "rle",
     seed: Annotated[int, typer.Option(min=0, help="Same seed, same output bytes.")] = 0,
-    workers: Annotated[int, typer.Option(min=1, help="Rendering processes.")] = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, show_default=False, help="Rendering processes (default: what the work repays)."),
+    ] = None,
     images: Annotated[Path | None, typer.Option(help="Images folder, if not in SRC.")] = None,
     annotations: Annotated[Path | None, typer.Option(help="Instances json, if not in SRC.")] = None,
     occluded_box_px: Annotated[
@@ -66,7 +69,9 @@ def copy_paste(
     top. Covered objects lose the covered pixels; one is occluded when an edge of its box moves
     more than --occluded-box-px, and dropped when it then keeps at most --occluded-area-px
     pixels. --blend is the std of a Gaussian blur of the paste edges. --format polygon cannot
-    hold holes: crowd regions stay RLE. The output does not depend on --workers.
+    hold holes: crowd regions stay RLE. The output does not depend on --workers. Without
+    --workers, vvk times the first image and starts helper processes (a few seconds each to
+    start) only when the rest of the work repays them; helpers join as they come up.
 
     SRC is never written. The output is made in a hidden folder beside DST and renamed into
     place when complete: Ctrl-C or a kill leaves no half dataset.
