@@ -27,6 +27,7 @@ CropOpt = Annotated[int | None, typer.Option(min=8, help="Centre crop (default: 
 SeedOpt = Annotated[int, typer.Option(help="Seed of the augmentation and random init.")]
 # How the library's parameters are spelled on these commands' command lines.
 FLAGS = {name: f"--{name}" for name in ("data", "val", "weights", "backbone", "crop", "size")}
+LOCALIZATION_FLAGS = ("annotations", "train_annotations", "label_map", "excluded", "head")
 
 
 def _setup(weights, backbone, seed, decoder, **clip_options):
@@ -92,6 +93,69 @@ def retrieval(
             result.update({f"random_{k}": baseline[k] for k in ("recall@1", "recall@5")})
     shown = [k for k in ("recall@1", "recall@5", "random_recall@1", "random_recall@5") if k in result]
     _print(Output(json_output), {"protocol": "retrieval", "weights": info["source"], **result}, shown)
+
+
+@app.command("text-retrieval")
+def text_retrieval(
+    data: DataOpt,
+    captions: Annotated[
+        str,
+        typer.Option(metavar="TABLE|FOLDER", help="A caption table, or a folder of .srt/.vtt files."),
+    ],
+    weights: Annotated[
+        str | None, typer.Option(metavar="RUN", help="A `vvk pretrain vatt` run folder.")
+    ] = None,
+    backbone: Annotated[
+        str | None,
+        typer.Option(help="VATT at random init: its video transformer (vatt-video-tiny, vatt-ut-tiny, ...)."),
+    ] = None,
+    frames: Annotated[int | None, typer.Option(min=1, help="Frames (default: the preset's).")] = None,
+    stride: Annotated[int | None, typer.Option(min=1, help="Frame stride (default: the preset's).")] = None,
+    size: Annotated[int | None, typer.Option(min=8, help="Short side (default: the preset's).")] = None,
+    crop: Annotated[int | None, typer.Option(min=8, help="Centre crop (default: the preset's).")] = None,
+    num_clips: Annotated[int, typer.Option(min=1, help="Clips averaged per video.")] = 4,
+    compare_random: Annotated[
+        bool, typer.Option("--compare-random", help="Also evaluate the run's VATT at random initialisation.")
+    ] = False,
+    seed: SeedOpt = 0,
+    decoder: DecoderOpt = "auto",
+    json_output: JsonOpt = False,
+) -> None:
+    """Zero-shot text-video retrieval with VATT: text->video and video->text recall@1/5/10 and
+    median rank (t2v_*, v2t_*), by cosine similarity in VATT's video-text space (video transformer
+    and FAC head for the clips, averaged over --num-clips per video; text transformer for the
+    captions). Ranks count ties against the model.
+
+    --captions names videos by file name without extension (the table of `vvk pretrain vatt
+    --captions`); captions of videos not in --data are ignored. The model is --weights, a VATT
+    run folder (its latest checkpoint: text transformer and FAC head included), or --backbone,
+    the VATT preset with that video transformer at random initialisation (seeded with --seed), a
+    baseline; --compare-random also evaluates the run's own VATT at random initialisation. The
+    clips' shape defaults to the run's (or the preset's), sampled at its frame rate.
+
+    EXAMPLES: vvk eval text-retrieval --data set/val.csv --captions set/captions.tsv --weights runs/vatt-1
+              vvk eval text-retrieval --data clips/ --captions captions.tsv --backbone vatt-video-tiny --json
+    """
+    from vvk.eval.text_retrieval import clip_spec, load_vatt, random_vatt
+    from vvk.eval.text_retrieval import text_retrieval as run_text_retrieval
+
+    if compare_random and weights is None:
+        raise VvkError("--compare-random needs --weights (the VATT run to compare)")
+    videos = read_data(data)
+    with as_flags(**FLAGS, captions="--captions"):
+        model, preset, source = load_vatt(weights, backbone=backbone, seed=seed)
+        clips = clip_spec(preset, frames=frames, stride=stride, size=size, crop=crop)
+        common = {"clips": clips, "fps": preset.fps, "num_clips": num_clips, "decoder": decoder,
+                  "progress": not json_output}  # fmt: skip
+        result = run_text_retrieval(model, videos, captions, **common)
+        metrics = [k for k in result if k.startswith(("t2v_", "v2t_"))]
+        if compare_random:
+            baseline = run_text_retrieval(
+                random_vatt(preset, seed=seed), videos, captions, label="random init", **common
+            )
+            result.update({f"random_{k}": baseline[k] for k in metrics})
+            metrics += [f"random_{k}" for k in metrics]
+    _print(Output(json_output), {"protocol": "text-retrieval", "weights": source, **result}, metrics)
 
 
 @app.command("linear-probe")
@@ -247,3 +311,94 @@ def _read_stdin_json():
         return json.loads(sys.stdin.read())
     except json.JSONDecodeError as e:
         raise VvkError(f"<stdin>:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from None
+
+
+@app.command("action-localization")
+def action_localization(
+    annotations: Annotated[
+        str, typer.Option(metavar="CSV|PKL", help="Key frames scored: an AVA CSV or UCF101-24's .pkl.")
+    ],
+    data: DataOpt = None,
+    train_annotations: Annotated[
+        str | None,
+        typer.Option(metavar="CSV|PKL", help="Key frames trained on (default: a per-frame split)."),
+    ] = None,
+    label_map: Annotated[
+        str | None, typer.Option(metavar="PBTXT|CSV", help="AVA label map (.pbtxt, or id,name CSV).")
+    ] = None,
+    excluded: Annotated[str | None, typer.Option(metavar="CSV", help="AVA excluded timestamps.")] = None,
+    weights: WeightsOpt = None,
+    backbone: BackboneOpt = None,
+    preset: Annotated[
+        str, typer.Option(click_type=click.Choice(["default", "tiny"]), help="Protocol settings.")
+    ] = "default",
+    frames: Annotated[int | None, typer.Option(min=1, help="Frames per clip (default: preset's).")] = None,
+    stride: Annotated[int | None, typer.Option(min=1, help="Frame stride (default: preset's).")] = None,
+    size: Annotated[int | None, typer.Option(min=8, help="Short side (default: preset's).")] = None,
+    head: Annotated[
+        str | None,
+        typer.Option(click_type=click.Choice(["linear", "transformer"]), help="RoI head (default: linear)."),
+    ] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Training steps (default: preset's).")] = None,
+    finetune_backbone: Annotated[
+        bool, typer.Option("--finetune-backbone", help="Train the backbone too (default: frozen).")
+    ] = False,
+    seed: SeedOpt = 0,
+    decoder: DecoderOpt = "auto",
+    out: Annotated[str | None, typer.Option(metavar="FILE.json", help="Also write the result here.")] = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Frame-mAP at IoU 0.5 of spatio-temporal action localization with ground-truth boxes
+    (ConST-CL's AVA / UCF101-24 protocol): a clip centred on each key frame goes through the
+    backbone, each person box is pooled by RoIAlign-3D, and a classifier (sigmoid per action for
+    AVA, softmax for UCF101-24) is trained on the training key frames, the backbone frozen unless
+    --finetune-backbone. Every box of the evaluated key frames is then scored for every action,
+    and the AP of each action is computed as the AVA evaluator computes it.
+
+    --annotations is an AVA CSV (video_id, timestamp, x1, y1, x2, y2, action_id[, person_id]),
+    with --label-map and --excluded as AVA ships them, or UCF101-24's
+    pyannot_with_class_names.pkl; a video id is a --data file's name without extension,
+    alone or after its folder's (Biking/v_Biking_g01_c01).
+    Without --train-annotations, a seeded half of the key frames trains the head: neighbouring
+    frames then land on both sides, so the score only shows that the pipeline runs. Rows of
+    missing videos, past a video's end, with boxes outside 0..1 or unknown actions are skipped
+    and counted. The backbone is --weights, or --backbone at random initialisation, as for
+    `vvk eval retrieval`.
+
+    EXAMPLES: vvk eval action-localization --data ucf24/ --backbone r3d-tiny
+                --annotations ucf24/pyannot_with_class_names.pkl --preset tiny
+              vvk eval action-localization --data ava/videos --weights runs/c1
+                --annotations val.csv --train-annotations train.csv
+                --label-map ava_action_list_v2.2.pbtxt --excluded excluded.csv
+    """
+    import dataclasses
+    import json
+
+    from vvk.atomic import atomic_write_text
+    from vvk.data.index import ensure_outside
+    from vvk.data.sources import data_paths
+    from vvk.eval.features import load_backbone
+    from vvk.methods.localization import PRESETS
+    from vvk.methods.localization import action_localization as run_localization
+
+    if data is None:
+        raise VvkError("--data: the videos the annotations name are needed")
+    given = {"frames": frames, "stride": stride, "size": size, "head": head, "steps": steps,
+             "finetune_backbone": finetune_backbone or None}  # fmt: skip
+    settings = dataclasses.replace(PRESETS[preset], **{k: v for k, v in given.items() if v is not None})
+    videos = read_data(data)
+    with as_flags(**FLAGS, **{name: f"--{name.replace('_', '-')}" for name in LOCALIZATION_FLAGS}):
+        for source in data_paths(videos) if out is not None else ():
+            ensure_outside(out, source)
+        model, info = load_backbone(weights, backbone=backbone, seed=seed)
+        record = run_localization(
+            model, videos, annotations=annotations, train_annotations=train_annotations, label_map=label_map,
+            excluded=excluded, preset=settings, seed=seed, decoder=decoder, progress=not json_output,
+        )  # fmt: skip
+    record = {"protocol": "action-localization", "weights": info["source"], **record}
+    if out is not None:
+        atomic_write_text(out, json.dumps(record, indent=2) + "\n")
+    output = Output(json_output)
+    aps = {f"AP {name}": ap for name, ap in record["per_class"].items()}
+    table = {k: v for k, v in record.items() if k not in ("per_class", "preset")}
+    _print(output, record if json_output else {**table, **aps}, ["frame_mAP", *aps])

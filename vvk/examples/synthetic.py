@@ -6,6 +6,20 @@ out) with two or three sprites cut from other photographs moving on their own bo
 so that appearance, camera motion and object motion all vary between videos. The set is written
 once as real H.264 mp4 files (``class/video.mp4``, the Kinetics/UCF101 layout) into the user
 cache, and read back through vvk's normal video pipeline.
+
+With ``SyntheticSpec(actions=True)`` (``action_example_dir``) the sprites show whole photographs
+and each performs one action (``vvk.examples.sprite_actions``), and the set also holds what a
+localisation and a video-text-audio method need::
+
+    manifest.json              the spec, the classes, the actions, the train/val split
+    train.csv, val.csv         the split as video lists (``path,label``), for ``data=``
+    captions.tsv               a caption per video (video_id, start, end, caption, split)
+    annotations/train.csv      AVA-style boxes and actions at key frames (and val.csv)
+    annotations/label_map.pbtxt
+    annotations/tracks.json    every sprite's box in every frame, in pixels
+    CLASS/CLASS_NNN.mp4        with an AAC sound track: a tone per sprite (pitch: its height)
+
+The last quarter of each class is the validation split.
 """
 
 from __future__ import annotations
@@ -15,13 +29,15 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vvk.examples import sprite_actions as acts
 from vvk.paths import cache_dir
 
 CLASSES = ("pan-left", "pan-right", "zoom-in", "zoom-out")
@@ -44,9 +60,18 @@ class SyntheticSpec:
     size: int = 112
     fps: int = 12
     seed: int = 0
+    actions: bool = False  # sprites with actions, boxes, captions and sound (the module docstring)
+
+    def record(self) -> dict[str, Any]:
+        """The spec as the manifest records it. Without actions, the fields the set had before
+        ``actions`` existed: its folder name and its manifest stay what they were."""
+        fields = asdict(self)
+        if not self.actions:
+            del fields["actions"]
+        return fields
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        return hashlib.sha256(json.dumps(self.record(), sort_keys=True).encode()).hexdigest()[:10]
 
 
 def example_dir(spec: SyntheticSpec = SyntheticSpec()) -> Path:
@@ -57,6 +82,12 @@ def example_dir(spec: SyntheticSpec = SyntheticSpec()) -> Path:
     return dest
 
 
+def action_example_dir(spec: SyntheticSpec = SyntheticSpec(actions=True)) -> Path:
+    """The example set with sprite actions, boxes, captions and sound (``spec`` with
+    ``actions=True``), synthesised into the user cache on first use."""
+    return example_dir(replace(spec, actions=True))
+
+
 def synthesize(dest: str | os.PathLike, spec: SyntheticSpec = SyntheticSpec()) -> Path:
     """Write the example set to ``dest`` (built in a temporary folder, then renamed into place)."""
     dest = Path(dest)
@@ -65,12 +96,15 @@ def synthesize(dest: str | os.PathLike, spec: SyntheticSpec = SyntheticSpec()) -
     rng = np.random.default_rng(spec.seed)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        for motion in CLASSES:
-            (tmp / motion).mkdir()
-            for i in range(spec.videos_per_class):
-                video = render_video(photos, motion, spec, rng)  # (T, H, W, 3) uint8
-                write_mp4(tmp / motion / f"{motion}_{i:03d}.mp4", video, fps=spec.fps)
-        manifest = {"spec": asdict(spec), "classes": list(CLASSES), "photos": list(PHOTOS)}
+        manifest: dict[str, Any] = {"spec": spec.record(), "classes": list(CLASSES), "photos": list(PHOTOS)}
+        if spec.actions:
+            manifest.update(_write_action_set(tmp, photos, spec, rng))
+        else:
+            for motion in CLASSES:
+                (tmp / motion).mkdir()
+                for i in range(spec.videos_per_class):
+                    video = render_video(photos, motion, spec, rng)  # (T, H, W, 3) uint8
+                    write_mp4(tmp / motion / f"{motion}_{i:03d}.mp4", video, fps=spec.fps)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         if dest.exists():  # another process finished first: keep its copy
             shutil.rmtree(tmp)
@@ -80,6 +114,44 @@ def synthesize(dest: str | os.PathLike, spec: SyntheticSpec = SyntheticSpec()) -
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def _write_action_set(
+    root: Path, photos: list[np.ndarray], spec: SyntheticSpec, rng: np.random.Generator
+) -> dict[str, Any]:
+    """Write the action set's videos and the files that describe them (the module docstring);
+    returns what the manifest adds."""
+    held = acts.held_out(spec.videos_per_class)
+    split: dict[str, list[str]] = {"train": [], "val": []}
+    ava: dict[str, list[list[str]]] = {"train": [], "val": []}
+    captions = [["video_id", "start", "end", "caption", "split"]]
+    tracks: dict[str, list[dict[str, Any]]] = {}
+    geometry = {"frames": spec.frames, "fps": spec.fps, "size": spec.size}
+    for motion in CLASSES:
+        (root / motion).mkdir()
+        for i in range(spec.videos_per_class):
+            part = "val" if i >= spec.videos_per_class - held else "train"
+            video_id = f"{motion}/{motion}_{i:03d}"  # AVA's id: the path without extension
+            video = render_action_video(photos, motion, spec, rng)
+            wave = acts.sound(video.tracks, **geometry)
+            write_mp4(root / f"{video_id}.mp4", video.frames, fps=spec.fps, audio=wave)
+            split[part].append(video_id)
+            ava[part] += acts.ava_rows(video_id, video.tracks, **geometry)
+            text = acts.caption(motion, video.background, video.tracks)
+            # Caption tables name a video by its file stem (vvk.data.sources.VideoItem.video_id).
+            captions.append([Path(video_id).name, "0", f"{spec.frames / spec.fps:g}", text, part])
+            tracks[video_id] = [
+                {"photo": t.photo, "action": t.action, "boxes": t.boxes.tolist()} for t in video.tracks
+            ]
+    for part, ids in split.items():
+        listed = [[f"{video_id}.mp4", video_id.split("/")[0]] for video_id in ids]
+        acts.write_csv(root / f"{part}.csv", [["path", "label"], *listed])
+        acts.write_csv(root / "annotations" / f"{part}.csv", ava[part])
+    acts.write_csv(root / "captions.tsv", captions, delimiter="\t")
+    acts.write_label_map(root / "annotations" / "label_map.pbtxt")
+    boxes = {"size": spec.size, "box_format": "x1,y1,x2,y2 pixels, x2 and y2 exclusive", "videos": tracks}
+    (root / "annotations" / "tracks.json").write_text(json.dumps(boxes) + "\n")
+    return {"actions": list(acts.ACTIONS), "audio_rate": acts.AUDIO_RATE, "split": split}
 
 
 def _load_photos() -> list[np.ndarray]:
@@ -101,7 +173,33 @@ def render_video(
     others = [p for i, p in enumerate(photos) if i != background_idx]
     for _ in range(int(rng.integers(2, 4))):
         _add_sprite(frames, others[int(rng.integers(len(others)))], rng)
-    # (T, 3, H, W) -> (T, H, W, 3)
+    return _to_uint8(frames)
+
+
+class ActionVideo(NamedTuple):
+    frames: np.ndarray  # (T, H, W, 3) uint8
+    background: str  # the photograph the camera moves over
+    tracks: list[acts.SpriteTrack]
+
+
+def render_action_video(
+    photos: list[np.ndarray], motion: str, spec: SyntheticSpec, rng: np.random.Generator
+) -> ActionVideo:
+    """One video of the action set: camera ``motion`` over one photo, two or three sprites
+    showing other photos (a different one each), each with its own action."""
+    background = int(rng.integers(len(photos)))
+    frames = _camera_frames(photos[background], motion, spec, rng)  # (T, 3, H, W) float in [0, 1]
+    others = [i for i in range(len(photos)) if i != background]
+    tracks = []
+    for i in rng.choice(others, size=int(rng.integers(2, 4)), replace=False).tolist():
+        track = acts.draw_track(PHOTOS[i], frames=spec.frames, size=spec.size, rng=rng)
+        acts.paint(frames, photos[i], track)
+        tracks.append(track)
+    return ActionVideo(_to_uint8(frames), PHOTOS[background], tracks)
+
+
+def _to_uint8(frames: torch.Tensor) -> np.ndarray:
+    # (T, 3, H, W) float in [0, 1] -> (T, H, W, 3) uint8
     return (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
@@ -162,17 +260,30 @@ def _add_sprite(frames: torch.Tensor, photo: np.ndarray, rng: np.random.Generato
                 pos[axis] = min(max(pos[axis], 0), size - d)
 
 
-def write_mp4(path: str | os.PathLike, video: np.ndarray, *, fps: int) -> None:
-    """Encode (T, H, W, 3) uint8 frames as H.264 in an mp4 container."""
+def write_mp4(
+    path: str | os.PathLike,
+    video: np.ndarray,
+    *,
+    fps: int,
+    audio: np.ndarray | None = None,
+    audio_rate: int = acts.AUDIO_RATE,
+) -> None:
+    """Encode (T, H, W, 3) uint8 frames as H.264 in an mp4 container, with ``audio`` (a mono
+    float waveform in [-1, 1] from time 0) as AAC when given."""
     import av
+
+    from vvk.data.synth import _write_audio
 
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.height, stream.width = video.shape[1:3]
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": "18", "preset": "veryfast", "g": str(fps)}
+        sound = None if audio is None else container.add_stream("aac", rate=audio_rate, layout="mono")
         for frame in video:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+        if sound is not None:
+            _write_audio(container, sound, audio, audio_rate)
