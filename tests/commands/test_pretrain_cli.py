@@ -99,6 +99,17 @@ def test_demo_on_the_built_in_example_set(cli, tmp_path, monkeypatch):
     assert all(0 <= retrieval[k] <= 1 for k in ("recall@1", "random_recall@1"))
     assert "random initialisation" in result.stderr and "pretrained" in result.stderr
 
+    # The same figure from a set made again in a fresh cache: the same bytes, the same training
+    monkeypatch.setenv("VVK_CACHE", str(tmp_path / "cache2"))
+    fresh = cli("pretrain", "cvrl", "--steps", "2", "--batch-size", "4", "--out", str(tmp_path / "run2"),
+                "--json")  # fmt: skip
+    assert fresh.code == 0, fresh.stderr
+    assert json.loads(fresh.stdout)["demo_retrieval"] == retrieval
+    again_data = Path(json.loads(fresh.stdout)["data"])
+    videos = sorted(p.relative_to(record["data"]) for p in Path(record["data"]).rglob("*.mp4"))
+    assert len(videos) == 32
+    assert all((Path(record["data"]) / v).read_bytes() == (again_data / v).read_bytes() for v in videos)
+
     # An explicit step count wins over the demo's default.
     again = cli("pretrain", "cvrl", "--batch-size", "4", "--set", "train.steps=1",
                 "--out", str(tmp_path / "run1"), "--json")  # fmt: skip

@@ -278,7 +278,11 @@ def write_mp4(
         stream = container.add_stream("libx264", rate=fps)
         stream.height, stream.width = video.shape[1:3]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18", "preset": "veryfast", "g": str(fps)}
+        # One thread and no macroblock tree: with either, libx264 (PyAV 16's) wrote different
+        # bytes for the same frames from one call to the next, and the demo's retrieval figure
+        # moved with them (issue 22); the set is now the same bytes wherever it is made.
+        stream.options = {"crf": "18", "preset": "veryfast", "g": str(fps), "threads": "1",
+                          "x264-params": "mbtree=0"}  # fmt: skip
         sound = None if audio is None else container.add_stream("aac", rate=audio_rate, layout="mono")
         for frame in video:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
