@@ -25,9 +25,7 @@ RUNNABLE = {
     "vvk weights list --model 'open_clip:*'": "clip-vit-b-32.openai",
     "vvk weights verify": "",
     "vvk data check ../shared/data/video --frames 16 --stride 2": "test.wav",
-    (
-        "vvk augment copy-paste ../shared/data/coco/tiny_coco /tmp/tiny_cp --copies 2 --workers 2 --json"
-    ): "images",
+    "vvk augment copy-paste ../shared/data/coco/tiny_coco /tmp/tiny_cp --copies 2 --json": "images",
     (
         "vvk track ../shared/data/tracking/vot/bag/bag.avi --box 312,143,110,102 --weights random:tiny "
         "--draw bag.mp4"
