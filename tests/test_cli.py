@@ -39,6 +39,8 @@ _TRACK_RUN = ["track", "run", "--weights", "random:tiny", "--out", "o"]
 _EMBED = ["detect", "embed-regions", "--teacher", "t", "--proposals", "p"]
 _SERVE = ["federate", "server", "--address", "127.0.0.1:9091", "--insecure"]
 _CLIENT = ["federate", "client", "--data", "usps", "--insecure"]
+_LOCALIZE = ["eval", "action-localization", "--annotations", "a.csv"]
+_TEXT = ["eval", "text-retrieval", "--data", "."]
 
 # Bad input for every command: (argv, text the one-line error must contain). A test below fails
 # when a command is added without an entry here.
@@ -75,6 +77,25 @@ BAD_INPUT: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
             ["eval", "retrieval", "--data", ".", "--backbone", "r3d-tiny", "--compare-random"],
             "needs --weights",
         ),
+    ],
+    # Captions that name no video of --data, and another method's run: tests/eval/test_text_retrieval.py.
+    ("eval", "text-retrieval"): [
+        (
+            [*_TEXT, "--captions", "/no/such.tsv", "--backbone", "vatt-video-tiny"],
+            "--captions /no/such.tsv: no such file or folder",
+        ),
+        (
+            [*_TEXT, "--captions", "c.tsv", "--weights", os.path.dirname(__file__)],
+            "not a pretrain run folder; text retrieval needs a vvk pretrain vatt run folder",
+        ),
+        ([*_TEXT, "--captions", "c", "--weights", "/no/such"], "--weights /no/such: no such run folder"),
+        (
+            [*_TEXT, "--captions", "c.tsv", "--backbone", "r3d-tiny"],
+            "--backbone r3d-tiny: not the video transformer of a VATT preset (one of",
+        ),
+        ([*_TEXT, "--captions", "c.tsv"], "give --weights"),
+        (_TEXT, "Missing option '--captions'"),
+        ([*_TEXT, "--captions", "c", "--num-clips", "0"], "Invalid value for '--num-clips'"),
     ],
     ("pretrain", "cvrl"): [
         (["pretrain", "cvrl", "--data", "/no/such"], "--data /no/such: no such folder or file"),
@@ -177,6 +198,18 @@ BAD_INPUT: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
         (["federate", "--method", "nope"], "Invalid value for '--method'"),
         (["federate", "--rounds", "-1"], "Invalid value for '--rounds'"),
     ],
+    # A data folder of one class, --val classes the training data lacks: tests/commands/test_finetune_cli.py.
+    ("finetune",): [
+        (["finetune"], "--data: give the labelled training videos"),
+        (["finetune", "--data", "/no/such"], "--data /no/such: no such folder or file"),
+        (["finetune", "--preset", "huge"], "Invalid value for '--preset'"),
+        (["finetune", "--data", ".", "--weights", "/no/such"], "--weights /no/such: no such run folder"),
+        (["finetune", "--data", ".", "--views", "4x3"], "--views 4x3: expected CLIPS,CROPS"),
+        (["finetune", "--data", ".", "--views", "10,0"], "--views 10,0: expected CLIPS,CROPS"),
+        (["finetune", "--data", ".", "--set", "eval_crop=999"], "--set eval_crop=999: must be <= eval_size"),
+        (["finetune", "--steps", "0"], "Invalid value for '--steps'"),
+        (["finetune", "--out", "/no/such/run", "--resume"], "/no/such/run holds no run"),
+    ],
     ("federate", "server"): [
         (["federate", "server", "--source", "mnist"], "Missing option '--address'"),
         (["federate", "server", "--address", "127.0.0.1"], "--address 127.0.0.1: expected HOST:PORT"),
@@ -220,6 +253,15 @@ BAD_INPUT: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
         (["eval", "detections", "--gt", "/no/such.json", "--dt", "x.json"], "/no/such.json: cannot read"),
         (["eval", "detections", "--gt", "a.json"], "Missing option '--dt'"),
         (["eval", "detections", "--gt", "a", "--dt", "b", "--iou-type", "mask"], "Invalid value"),
+    ],
+    # Malformed and unmatched annotation files: tests/methods/test_localization.py.
+    ("eval", "action-localization"): [
+        ([*_LOCALIZE, "--data", "/no/such", "--backbone", "r3d-tiny"], "--data /no/such: no such folder"),
+        (["eval", "action-localization", "--data", "."], "Missing option '--annotations'"),
+        (_LOCALIZE, "--data: the videos the annotations name are needed"),
+        ([*_LOCALIZE, "--data", ".", "--head", "mlp"], "Invalid value for '--head'"),
+        ([*_LOCALIZE, "--data", ".", "--out", "./r.json"], "vvk never writes into its input"),
+        ([*_LOCALIZE, "--data", ".", "--backbone", "r3d-tny"], "did you mean r3d-tiny"),
     ],
 }
 

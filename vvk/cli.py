@@ -29,6 +29,7 @@ from vvk.commands import (
     detect,
     eval,
     federate,
+    finetune,
     info,
     models,
     pretrain,
@@ -119,6 +120,7 @@ app.command("detect", cls=CommandWithSubcommands.of(_embed_regions_app))(detect.
 app.command("track", cls=CommandWithSubcommands.of(track.subcommands))(track.track)
 app.command("translate-texture")(texture.translate_texture)
 app.command("federate", cls=CommandWithSubcommands.of(federate.subcommands))(federate.federate)
+app.command("finetune")(finetune.finetune)
 app.add_typer(models.app, name="models")
 app.add_typer(weights.app, name="weights")
 app.add_typer(augment.app, name="augment")
