@@ -158,7 +158,7 @@ def test_a_short_run_exports_a_tracker_that_tracks_and_resumes(otb, tmp_path):
 
     with pytest.raises(VvkError, match="keeps its model and data fields"):
         plan_tracker(out=run, resume=True, overrides=["model.branch_channels=8"])
-    with pytest.raises(VvkError, match="preset=paper: the run was trained with preset tiny"):
+    with pytest.raises(VvkError, match=f"preset=paper: {run} was trained with preset tiny"):
         plan_tracker(out=run, resume=True, preset="paper")
     resumed = train_tracker(out=run, resume=True, steps=3, progress=False)
     assert resumed.status == "finished" and resumed.step == 3

@@ -67,6 +67,21 @@ def recorded_run(run_dir: Path, method: str, preset_file: str, *, command: str) 
     return record
 
 
+def recorded_preset(
+    record: dict[str, Any], preset: str | None, run_dir: Path, *, presets: Sequence[str], what: str
+) -> str:
+    """The preset name a resumed run was trained with (``record``: its ``recorded_run``), which a
+    given ``preset`` must equal and ``presets`` (of ``what``: "detection", ...) must still hold."""
+    if preset is not None and preset != record["preset"]:
+        raise VvkError(
+            f"preset={preset}: {run_dir} was trained with preset {record['preset']}",
+            hint="leave preset= out to resume it", params=("preset",),
+        )  # fmt: skip
+    if record["preset"] not in presets:
+        raise VvkError(f"{run_dir}: its preset '{record['preset']}' is not a {what} preset any more")
+    return record["preset"]
+
+
 def check_unchanged(base: Any, config: Any, run_dir: Path, *, allowed: Sequence[str]) -> None:
     """A resumed run keeps its model and data fields: its checkpoint and its samples follow them."""
     old, new = to_dict(base), to_dict(config)

@@ -54,6 +54,7 @@ from vvk.methods.runs import (
     check_new_run_dir,
     check_unchanged,
     fit_warmup,
+    recorded_preset,
     recorded_run,
     resumed_data,
 )
@@ -228,7 +229,7 @@ def plan_detector(
     ]
     if resume:
         record = recorded_run(run_dir, METHOD, PRESET_FILE, command="vvk train detector")
-        preset = _recorded_preset(record, preset, run_dir)
+        preset = recorded_preset(record, preset, run_dir, presets=PRESETS, what="detection")
         base = from_dict(preset_for(preset, record["resolved"].get("model")), record["resolved"],
                          what=str(run_dir / PRESET_FILE))  # fmt: skip
         config = resolve_detection_preset(
@@ -279,17 +280,6 @@ def _is_demo(source: Path) -> bool:
     from vvk.examples.digits_on_photos import detection_example_path
 
     return source == detection_example_path() / "train"
-
-
-def _recorded_preset(record: dict[str, Any], preset: str | None, run_dir: Path) -> str:
-    if preset is not None and preset != record["preset"]:
-        raise VvkError(
-            f"preset={preset}: {run_dir} was trained with preset {record['preset']}",
-            hint="leave preset= out to resume it", params=("preset",),
-        )  # fmt: skip
-    if record["preset"] not in PRESETS:
-        raise VvkError(f"{run_dir / PRESET_FILE}: '{record['preset']}' is not a detection preset any more")
-    return record["preset"]
 
 
 def _sources(data: str | os.PathLike | None, val: str | os.PathLike | None) -> tuple[Path, Path | None]:

@@ -48,6 +48,7 @@ from vvk.methods.runs import (
     check_exists,
     check_new_run_dir,
     check_unchanged,
+    recorded_preset,
     recorded_run,
     resumed_data,
 )
@@ -186,7 +187,7 @@ def _resumed(run_dir: Path, *, preset, data, weights, overrides, shortcut) -> _S
     """The run in ``run_dir`` goes on: its preset, data, classes, backbone and weights; only
     ``train.*`` and the test's fields may change."""
     record = recorded_run(run_dir, METHOD, PRESET_FILE, command="vvk finetune")
-    preset = _recorded_preset(record, preset, run_dir)
+    preset = recorded_preset(record, preset, run_dir, presets=PRESETS, what="finetune")
     base = from_dict(PRESETS[preset], record["resolved"], what=str(run_dir / PRESET_FILE))
     config = resolve(overrides=overrides, base=base, **shortcut)
     check_unchanged(base, config, run_dir, allowed=EVAL_FIELDS)
@@ -203,17 +204,6 @@ def _shown(data: Path | tuple[Path, ...] | None) -> str | list[str] | None:
     if data is None or isinstance(data, Path):
         return None if data is None else str(data)
     return [str(p) for p in data]
-
-
-def _recorded_preset(record: dict[str, Any], preset: str | None, run_dir: Path) -> str:
-    if preset is not None and preset != record["preset"]:
-        raise VvkError(
-            f"preset={preset}: {run_dir} was trained with preset {record['preset']}",
-            hint="leave preset= out to resume it", params=("preset",),
-        )  # fmt: skip
-    if record["preset"] not in PRESETS:
-        raise VvkError(f"{run_dir / PRESET_FILE}: '{record['preset']}' is not a finetune preset any more")
-    return record["preset"]
 
 
 def _same_weights(weights: str | os.PathLike | None, recorded: str | None, run_dir: Path) -> str | None:

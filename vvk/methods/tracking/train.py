@@ -52,6 +52,7 @@ from vvk.methods.runs import (
     check_new_run_dir,
     check_unchanged,
     fit_warmup,
+    recorded_preset,
     recorded_run,
     resumed_data,
 )
@@ -312,7 +313,7 @@ def _resumed(run_dir: Path, *, preset, data, val, weights, options) -> _Start:
     """The run in ``run_dir`` goes on: its preset, data, backbone and weights; only ``train.*``
     and the evaluation may change (``val`` may name another folder to score on)."""
     record = recorded_run(run_dir, METHOD, PRESET_FILE, command="vvk train tracker")
-    preset = _recorded_preset(record, preset)
+    preset = recorded_preset(record, preset, run_dir, presets=PRESETS, what="tracker")
     base = from_dict(PRESETS[preset], record["resolved"], what=str(run_dir / PRESET_FILE))
     config = resolve_tracker_preset(preset, **options, base=base)
     check_unchanged(base, config, run_dir, allowed=("eval_every", "val_sequences"))
@@ -332,17 +333,6 @@ def _resumed(run_dir: Path, *, preset, data, val, weights, options) -> _Start:
 
 def _shortcuts_of(options: dict[str, Any]) -> list[str]:
     return shortcuts(options["backbone"], options["freeze_backbone"], options["steps"], options["batch_size"])
-
-
-def _recorded_preset(record: dict[str, Any], preset: str | None) -> str:
-    if preset is not None and preset != record["preset"]:
-        raise VvkError(
-            f"preset={preset}: the run was trained with preset {record['preset']}",
-            hint="leave preset= out to resume it", params=["preset"],
-        )  # fmt: skip
-    if record["preset"] not in PRESETS:
-        raise VvkError(f"preset.json: '{record['preset']}' is not a tracker preset any more")
-    return record["preset"]
 
 
 def _sources(data, val) -> tuple[Path, Path | None]:
