@@ -154,12 +154,14 @@ def read_ava(
     skipped: Counter[str] = Counter()
     # (video, timestamp) -> box corners -> [action ids, person id]
     found: dict[tuple[str, float], dict[tuple[float, ...], tuple[set[int], int]]] = {}
-    for row, (number, cells) in enumerate(_rows(path)):
+    for row, (number, cells) in enumerate(csv_rows(path)):
         if len(cells) not in (7, 8):
             raise VvkError(f"{path}:{number}: expected {', '.join(AVA_COLUMNS)}, got {len(cells)} fields")
-        if row == 0 and not _is_number(cells[1]):
+        if row == 0 and not is_number(cells[1]):
             continue  # a header line
-        time, *box = (_number(path, number, name, cells[i]) for i, name in enumerate(AVA_COLUMNS[1:6], 1))
+        time, *box = (
+            parse_number(path, number, name, cells[i]) for i, name in enumerate(AVA_COLUMNS[1:6], 1)
+        )
         action = _integer(path, number, "action_id", cells[6])
         person = _integer(path, number, "person_id", cells[7]) if len(cells) == 8 else -1
         key = (cells[0], time)
@@ -212,8 +214,8 @@ def read_label_map(path: str | os.PathLike) -> dict[int, str]:
         classes = _pbtxt_labels(path, text)
     else:
         classes = {}
-        for number, cells in _rows(path, text):
-            if number == 1 and not _is_number(cells[0]):
+        for number, cells in csv_rows(path, text):
+            if number == 1 and not is_number(cells[0]):
                 continue  # a header line
             if len(cells) < 2 or not cells[1]:
                 raise VvkError(f"{path}:{number}: expected id,name, got {len(cells)} field(s)")
@@ -244,10 +246,10 @@ def read_excluded(path: str | os.PathLike) -> set[tuple[str, float]]:
     """The ``(video_id, timestamp)`` key frames of an excluded-timestamps file."""
     path = Path(path)
     keys = set()
-    for number, cells in _rows(path):
+    for number, cells in csv_rows(path):
         if len(cells) != 2:
             raise VvkError(f"{path}:{number}: expected video_id,timestamp, got {len(cells)} fields")
-        keys.add((cells[0], _number(path, number, "timestamp", cells[1])))
+        keys.add((cells[0], parse_number(path, number, "timestamp", cells[1])))
     return keys
 
 
@@ -339,16 +341,19 @@ def _read_text(path: Path, what: str) -> str:
         raise VvkError(f"{what} {path}: cannot read ({reason})") from None
 
 
-def _rows(path: Path, text: str | None = None) -> Iterable[tuple[int, list[str]]]:
-    """(line number, stripped cells) of the CSV rows that are not blank or ``#`` comments."""
-    text = _read_text(path, "annotations") if text is None else text
+def csv_rows(
+    path: Path, text: str | None = None, *, what: str = "annotations"
+) -> Iterable[tuple[int, list[str]]]:
+    """(line number, stripped cells) of the CSV rows that are not blank or ``#`` comments; a file
+    that cannot be read is an error naming it as ``what``."""
+    text = _read_text(path, what) if text is None else text
     for number, row in enumerate(csv.reader(text.splitlines()), start=1):
         cells = [cell.strip() for cell in row]
         if any(cells) and not cells[0].startswith("#"):
             yield number, cells
 
 
-def _is_number(cell: str) -> bool:
+def is_number(cell: str) -> bool:
     try:
         float(cell)
     except ValueError:
@@ -356,7 +361,8 @@ def _is_number(cell: str) -> bool:
     return True
 
 
-def _number(path: Path, line: int, name: str, cell: str) -> float:
+def parse_number(path: Path, line: int, name: str, cell: str) -> float:
+    """``cell`` as a finite float, or an error naming the file, line and field."""
     try:
         value = float(cell)
     except ValueError:

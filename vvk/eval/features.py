@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,7 +170,9 @@ class ClipReader:
             dataset, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=collate
         )
         chunks, labels = [], []
-        for number, batch in enumerate(_counted(loader, len(dataset), progress)):
+        for number, batch in enumerate(
+            with_progress(loader, len(dataset), progress, size=lambda b: len(b["label"]))
+        ):
             video = batch["video"]  # (B, N, C, T, H, W): N clips per video
             b, n = video.shape[:2]
             flat = video.flatten(0, 1)  # (B, N, C, T, H, W) -> (B*N, C, T, H, W)
@@ -181,17 +183,18 @@ class ClipReader:
         return torch.cat(chunks), torch.cat(labels)
 
 
-def _counted(loader: DataLoader, videos: int, label: str | None):
-    """The loader's batches, advancing a transient bar of ``videos`` on stderr when ``label``."""
+def with_progress(items: Iterable, total: int, label: str | None, size: Callable[[Any], int] | None = None):
+    """``items``, advancing a transient bar of ``total`` on stderr when ``label`` is given, by
+    ``size(item)`` per item (default 1)."""
     if label is None:
-        yield from loader
+        yield from items
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(label, total=videos)
-        for batch in loader:
-            yield batch
-            bar.advance(task, len(batch["label"]))
+        task = bar.add_task(label, total=total)
+        for item in items:
+            yield item
+            bar.advance(task, size(item) if size is not None else 1)

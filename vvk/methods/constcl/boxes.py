@@ -17,7 +17,6 @@ then view b's, N instances, one box for each of the S pooled feature steps.
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vvk.data.ava import csv_rows, is_number, parse_number
 from vvk.data.video_transforms import VideoAugment
 from vvk.errors import VvkError
 
@@ -118,21 +118,14 @@ class BoxTable:
     def read(cls, path: str | os.PathLike) -> BoxTable:
         """Malformed lines are a ``VvkError`` naming the file, line and field."""
         path = Path(path)
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise VvkError(f"boxes file {path}: cannot read ({e})") from e
         rows: dict[str, dict[float, list[list[float]]]] = {}
-        for number, row in enumerate(csv.reader(lines), start=1):
-            cells = [cell.strip() for cell in row]
-            if not any(cells) or cells[0].startswith("#"):
-                continue
+        for number, cells in csv_rows(path, what="boxes file"):
             if len(cells) < len(_COLUMNS):
                 raise VvkError(f"{path}:{number}: expected {', '.join(_COLUMNS)}, got {len(cells)} fields")
-            if not rows and not _is_number(cells[1]):
+            if not rows and not is_number(cells[1]):
                 continue  # a header line
             fields = zip(_COLUMNS[1:], cells[1 : len(_COLUMNS)], strict=True)
-            time, *box = (_number(path, number, name, cell) for name, cell in fields)
+            time, *box = (parse_number(path, number, name, cell) for name, cell in fields)
             if not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
                 corners = ", ".join(cells[2 : len(_COLUMNS)])
                 raise VvkError(
@@ -152,21 +145,6 @@ class BoxTable:
             if abs(times[nearest] - seconds) <= max_gap:
                 return self.boxes[video_id][nearest]
         return np.zeros((0, 4), np.float32)
-
-
-def _is_number(cell: str) -> bool:
-    try:
-        float(cell)
-    except ValueError:
-        return False
-    return True
-
-
-def _number(path: Path, line: int, name: str, cell: str) -> float:
-    try:
-        return float(cell)
-    except ValueError:
-        raise VvkError(f"{path}:{line}: field '{name}' is not a number: {cell!r}") from None
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

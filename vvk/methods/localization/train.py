@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -21,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from vvk.data.ava import Annotations
 from vvk.errors import VvkError
+from vvk.eval.features import with_progress
 from vvk.eval.frame_map import Boxes
 from vvk.methods.localization.data import (
     KeyFrameClips,
@@ -67,7 +67,9 @@ def train_localizer(
                         collate_fn=collate_key_frames, num_workers=preset.num_workers)  # fmt: skip
     losses = []
     batches = itertools.chain.from_iterable(itertools.repeat(loader))  # epochs, reshuffled each time
-    for batch in _shown(itertools.islice(batches, preset.steps), preset.steps, "training", progress):
+    for batch in with_progress(
+        itertools.islice(batches, preset.steps), preset.steps, "training" if progress else None
+    ):
         logits = _logits(model, batch, device)
         loss = localization_loss(logits, batch["targets"].to(device), multi_label=multi_label)
         value = loss.item()  # one read per step: this loop is short, and a bad step must not update
@@ -117,27 +119,11 @@ def predict_scores(
     model.to(device).eval()
     loader = DataLoader(data, batch_size=batch_size, collate_fn=collate_key_frames, num_workers=num_workers)
     scores: list[np.ndarray] = []
-    for batch in _shown(loader, len(loader), "scoring", progress):
+    for batch in with_progress(loader, len(loader), "scoring" if progress else None):
         per_box = box_scores(_logits(model, batch, device), multi_label=multi_label).float().cpu()  # (K, C)
         counts = torch.bincount(batch["batch_index"], minlength=len(batch["index"])).tolist()
         scores.extend(t.numpy() for t in per_box.split(counts))  # (K, C) -> B x (N, C)
     return scores
-
-
-def _shown(items: Iterable, total: int, label: str, show: bool) -> Iterator:
-    """``items``, advancing a transient progress bar of ``total`` on stderr when ``show``."""
-    if not show:
-        yield from items
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(label, total=total)
-        for item in items:
-            yield item
-            bar.advance(task)
 
 
 def frame_boxes(
