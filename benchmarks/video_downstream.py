@@ -21,13 +21,15 @@ Arms, per seed (``train.seed`` of the pretraining, and the seed of every later s
 
 Each backbone is then scored, with the same budgets, on:
 
-(a) fine-tuning (``vvk finetune --preset tiny``: the whole network, ``--finetune-steps``
-    steps) on the training videos' camera-motion classes; top-1 on the held-out videos, with
-    the preset's multi-view testing;
+(a) fine-tuning (``vvk finetune --preset tiny --set flip=0``: the whole network,
+    ``--finetune-steps`` steps; no flips, since a mirrored pan-left is a pan-right) on the
+    training videos' camera-motion classes; top-1 on the held-out videos, with the preset's
+    multi-view testing;
 (b) action localization with ground-truth boxes (``vvk eval action-localization``, ``tiny``
-    preset with ``--localization-steps`` steps: a linear RoI head on the frozen backbone, the
-    local branch ``res5_1`` for ConST-CL's Y backbone); frame-mAP at IoU 0.5 on the held-out
-    videos' key frames.
+    preset with ``--localization-steps`` steps, frames decoded at ``--localization-size``: at
+    the set's 64 px a stride-32 ``res5`` is 2 x 2 cells, too coarse for a sprite's box; a
+    linear RoI head on the frozen backbone, the local branch ``res5_1`` for ConST-CL's Y
+    backbone); frame-mAP at IoU 0.5 on the held-out videos' key frames.
 
 Writes benchmarks/results/video_downstream.json (``--out``), one record per ``--label``: every
 run, and per arm the mean ± std over seeds of each score and its per-seed difference from the
@@ -94,13 +96,13 @@ def run_one(arm: str, seed: int, work: Path, args) -> dict:
     started = time.perf_counter()
     tuned = finetune(data=root / "train.csv", val=root / "val.csv", weights=weights,
                      backbone=None if weights else arch, preset="tiny", steps=args.finetune_steps, seed=seed,
-                     out=work / f"{arm}-{seed}-finetune", progress=False)  # fmt: skip
+                     overrides=["flip=0"], out=work / f"{arm}-{seed}-finetune", progress=False)  # fmt: skip
     record["finetune_seconds"] = round(time.perf_counter() - started, 1)
     record["finetune_top1"] = round(tuned.evaluation["top1"], 4)
     record["finetune_schemes"] = tuned.evaluation["schemes"]
     record["finetune_chance"] = tuned.evaluation["chance"]
     backbone, _ = load_backbone(weights, seed=seed) if weights else load_backbone(backbone=arch, seed=seed)
-    preset = replace(LOCALIZATION["tiny"], steps=args.localization_steps)
+    preset = replace(LOCALIZATION["tiny"], steps=args.localization_steps, size=args.localization_size)
     started = time.perf_counter()
     localized = action_localization(backbone, root, annotations=root / "annotations" / "val.csv",
                                     train_annotations=root / "annotations" / "train.csv",
@@ -138,6 +140,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pretrain-steps", type=int, default=1500)
     parser.add_argument("--finetune-steps", type=int, default=300)
     parser.add_argument("--localization-steps", type=int, default=300)
+    parser.add_argument("--localization-size", type=int, default=128, help="short side of its clips")
     parser.add_argument("--videos-per-class", type=int, default=16)
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--size", type=int, default=64)
@@ -146,7 +149,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS, help="the JSON file to write")
     args = parser.parse_args()
     args.label = args.label or (
-        f"pre{args.pretrain_steps}-ft{args.finetune_steps}-loc{args.localization_steps}"
+        f"pre{args.pretrain_steps}-ft{args.finetune_steps}-loc{args.localization_steps}at{args.localization_size}"
         f"-{args.videos_per_class}x{args.frames}f{args.size}px"
     )
     return args
@@ -167,7 +170,9 @@ def main() -> None:
                 "protocol": {"data": str(root), "videos_per_class": args.videos_per_class,
                              "frames": args.frames, "size": args.size, "pretrain_steps": args.pretrain_steps,
                              "finetune_steps": args.finetune_steps,
-                             "localization_steps": args.localization_steps, "finetune_preset": "tiny",
+                             "localization_steps": args.localization_steps,
+                             "localization_size": args.localization_size, "finetune_preset": "tiny",
+                             "finetune_overrides": ["flip=0"],
                              "localization_preset": "tiny", "pretrain_preset": "tiny"},
                 "machine": machine_info(),
             }  # fmt: skip
