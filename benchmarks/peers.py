@@ -183,6 +183,9 @@ def roi_align(args) -> dict:
     rois = 64 if args.quick else 512
     inputs = roi_inputs("cpu", k=rois)
     variants = roi_variants(inputs, ["reference"])
+    # the same inputs in float64: which side float32 rounding moved further from the exact result
+    inputs64 = roi_inputs("cpu", dtype=torch.float64, k=rois)
+    variants64 = roi_variants(inputs64, ["reference"])
     out = {
         "rois": rois,
         "features": list(inputs["features"].shape),
@@ -197,10 +200,19 @@ def roi_align(args) -> dict:
             part: relative_error(a, b)
             for part, a, b in zip(("output", "grad"), results[ours], results[peer], strict=True)
         }
+        exact = _output_and_grad(variants64[f"{op}/torchvision_loop"], inputs64["features"])
+        to_exact = {
+            name: max(relative_error(a.double(), b) for a, b in zip(result, exact, strict=True))
+            for name, result in results.items()
+        }
         check = {
-            "ok": max(errors.values()) <= TOLERANCE,
-            "tolerance": f"{TOLERANCE} relative",
+            # within the tolerance of the peer, or no further from the float64 result than the peer
+            # is plus the tolerance: 512 rois summed into one input gradient put both sides about
+            # 2.6e-6 from it in float32, and 1.1e-6 from each other, by rounding alone
+            "ok": max(errors.values()) <= TOLERANCE or to_exact[ours] <= to_exact[peer] + TOLERANCE,
+            "tolerance": f"{TOLERANCE} relative to the peer, or to the peer's distance from float64",
             "relative_error": errors,
+            "float64_relative_error": {"vvk": to_exact[ours], "peer": to_exact[peer]},
         }
         calls = {name: lambda fn=fn: _output_and_grad(fn, inputs["features"]) for name, fn in fns.items()}
         out["comparisons"].append(record(peer, ours, interleave(calls, args.rounds), check))
