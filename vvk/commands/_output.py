@@ -111,3 +111,12 @@ class ProgressBar:
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def run_ended(result: Any, *, loss: bool = True) -> str:
+    """How a training run ended, for its last line: ``finished after 300 steps in 42 s, loss
+    0.1234`` (``result``: a method's run result with status, step, seconds and losses)."""
+    done = f"{result.status} after {result.step} steps in {result.seconds:.0f} s"
+    if not loss:
+        return done
+    return done + (f", loss {result.losses['loss']:.4f}" if "loss" in result.losses else ", no loss logged")

@@ -10,7 +10,7 @@ import click
 import typer
 
 from vvk.commands._options import JsonOpt, as_flags, read_data
-from vvk.commands._output import Output
+from vvk.commands._output import Output, run_ended
 from vvk.errors import VvkError
 
 # vvk.methods.finetune.PRESETS, spelled here so that --help needs no torch (a test keeps them equal).
@@ -146,15 +146,14 @@ def _first_line(plan) -> str:
 
 def _summary(result) -> str:
     """The last line: status, steps, time, the last loss and the test's top-1 / top-5 per scheme."""
-    done = f"{result.status} after {result.step} steps in {result.seconds:.0f} s"
-    loss = f"loss {result.losses['loss']:.4f}" if "loss" in result.losses else "no loss logged"
+    ended = run_ended(result)
     scores = result.evaluation
     if not scores:
-        return f"finetune: {done}, {loss} (not tested)"
+        return f"finetune: {ended} (not tested)"
     schemes = "; ".join(
         f"{name} views top-1 {s['top1']:.3f} top-5 {s['top5']:.3f}" for name, s in scores["schemes"].items()
     )
-    return (f"finetune: {done}, {loss}; val ({scores['videos']} videos, {scores['classes']} classes, chance "
+    return (f"finetune: {ended}; val ({scores['videos']} videos, {scores['classes']} classes, chance "
             f"{scores['chance']:.3f}, {scores['weights']} weights): {schemes}")  # fmt: skip
 
 

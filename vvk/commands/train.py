@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from vvk.commands._options import JsonOpt, as_flags
-from vvk.commands._output import Output
+from vvk.commands._output import Output, run_ended
 from vvk.errors import VvkError
 
 app = typer.Typer(
@@ -192,7 +192,7 @@ def _first_line(plan) -> str:
 
 def _summary(result) -> str:
     """The last line: status, steps, time and the final AP."""
-    done = f"{result.status} after {result.step} steps in {result.seconds:.0f} s"
+    done = run_ended(result, loss=False)
     scores = result.evaluation
     if not scores:
         return f"detector: {done} (no --val: not scored)"
@@ -319,10 +319,9 @@ def _tracker_first_line(plan) -> str:
 
 def _tracker_summary(result) -> str:
     """The last line: status, steps, time, the last loss and the final OTB scores."""
-    done = f"{result.status} after {result.step} steps in {result.seconds:.0f} s"
-    loss = f"loss {result.losses['loss']:.4f}" if "loss" in result.losses else "no loss logged"
+    ended = run_ended(result)
     scores = result.evaluation
     if not scores:
-        return f"tracker: {done}, {loss} (no --val: not scored)"
-    return (f"tracker: {done}, {loss}; val ({scores['sequences']} sequences, {scores['frames']} frames): "
+        return f"tracker: {ended} (no --val: not scored)"
+    return (f"tracker: {ended}; val ({scores['sequences']} sequences, {scores['frames']} frames): "
             f"success {scores['success']:.3f}, precision {scores['precision']:.3f}")  # fmt: skip
