@@ -213,3 +213,33 @@ def test_train_tracker_stopped_by_sigterm_saves_a_checkpoint_and_takes_its_worke
     step = int(last.split("step ")[1].split(";")[0])
     assert (run / "checkpoints" / "latest").read_text().strip() == f"step-{step:08d}"
     wait_for(lambda: not any(running(pid) for pid in workers), timeout=10, what="the loader worker to end")
+
+
+def test_an_interrupt_inside_a_finaliser_prints_no_traceback(monkeypatch):
+    """While a command runs, a KeyboardInterrupt raised in a ``__del__`` (the unraisable hook's
+    case) is not reported; other unraisable exceptions still reach the hook before it."""
+    import gc
+
+    from vvk.cli import _quiet_interrupted_finalisers
+
+    reported = []
+
+    def record(unraisable):
+        reported.append(unraisable.exc_type)
+
+    monkeypatch.setattr(sys, "unraisablehook", record)
+
+    class Interrupted:
+        def __del__(self):
+            raise KeyboardInterrupt
+
+    class Broken:
+        def __del__(self):
+            raise ValueError("a real problem")
+
+    with _quiet_interrupted_finalisers():
+        Interrupted()
+        Broken()
+        gc.collect()
+    assert reported == [ValueError]
+    assert sys.unraisablehook is record  # the previous hook is back afterwards

@@ -199,12 +199,31 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def _quiet_interrupted_finalisers() -> Iterator[None]:
+    """A Ctrl-C whose handler runs inside an object's finaliser (llvmlite frees LLVM objects in
+    ``__del__`` while Copy-Paste's numba kernels render) cannot propagate from there: Python
+    prints it as an "Exception ignored" traceback. The command reports the interrupt in one
+    line; that print is dropped, every other unraisable exception still shown."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if not issubclass(unraisable.exc_type, KeyboardInterrupt):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vvk`` console script; returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = _debug_enabled(args)
     try:
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), _quiet_interrupted_finalisers():
             # Not standalone, Typer returns instead of exiting: the command's return value (None),
             # or the code of an Exit, which is also what it makes of a KeyboardInterrupt (130).
             code = _command().main(args=args, prog_name="vvk", standalone_mode=False)
