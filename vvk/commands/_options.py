@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated
 
 import click
@@ -36,6 +37,12 @@ DecoderOpt = Annotated[
     ),
 ]
 
+# What every training command (pretrain, train detector|tracker, finetune) takes for its run.
+RunOutOpt = Annotated[Path | None, typer.Option("--out", help="Run folder (default: a new one in runs/).")]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue the run in --out, on its data, with its preset.")
+]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Also print the resolved preset.")]
 
 DATA_HELP = "Video folders, CSV/TSV lists, video files, or - (paths on stdin)."
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Any
 
 import click
 import typer
 
-from vvk.commands._options import JsonOpt, as_flags, read_data
+from vvk.commands._options import JsonOpt, ResumeOpt, RunOutOpt, VerboseOpt, as_flags, read_data
 from vvk.commands._output import Output, run_ended
 from vvk.errors import VvkError
 
@@ -62,15 +61,13 @@ def finetune(
         typer.Option(metavar="T,S", help="Test views: T clips x S crops, e.g. 10,3 (default: the preset's)."),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the data order, augmentation and init.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Run folder (default: a new one in runs/).")] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --out, on its data, with its preset.")
-    ] = False,
+    out: RunOutOpt = None,
+    resume: ResumeOpt = False,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", metavar="KEY=VALUE", help="Override a preset field, e.g. train.lr=0.1."),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also print the resolved preset.")] = False,
+    verbose: VerboseOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Train a video classifier on labelled videos and test it on --val.

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from vvk.commands._options import DecoderOpt, JsonOpt, as_flags, read_data
+from vvk.commands._options import DecoderOpt, JsonOpt, ResumeOpt, RunOutOpt, VerboseOpt, as_flags, read_data
 from vvk.commands._output import Output
 from vvk.errors import VvkError
 from vvk.methods.registry import MethodInfo, methods_for
@@ -51,10 +51,8 @@ def _options(
         int | None, typer.Option(min=1, help="Optimizer steps (default: the preset's; tiny: 1000).")
     ] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Clips per process per step.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Run folder (default: a new one in runs/).")] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --out, with its data and preset.")
-    ] = False,
+    out: RunOutOpt = None,
+    resume: ResumeOpt = False,
     allow_new_data: Annotated[
         bool, typer.Option("--allow-new-data", help="With --resume: go on with other --data.")
     ] = False,
@@ -69,7 +67,7 @@ def _options(
         bool, typer.Option("--shared-backbone", help="One modality-agnostic transformer for all inputs.")
     ] = False,
     decoder: DecoderOpt = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also print the resolved preset.")] = False,
+    verbose: VerboseOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Pretrain a video backbone; without --data, a short demo on a built-in example set.

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from vvk.commands._options import JsonOpt, as_flags
+from vvk.commands._options import JsonOpt, ResumeOpt, RunOutOpt, VerboseOpt, as_flags
 from vvk.commands._output import Output, run_ended
 from vvk.errors import VvkError
 
@@ -91,15 +91,13 @@ def detector(
     teacher: Annotated[
         str | None, typer.Option(help="ViLD: stand-in, a stand-in file or a CLIP from vvk weights list.")
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="Run folder (default: a new one in runs/).")] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --out, on its data, with its preset.")
-    ] = False,
+    out: RunOutOpt = None,
+    resume: ResumeOpt = False,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", metavar="KEY=VALUE", help="Override a preset field, e.g. train.lr=0.01."),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also print the resolved preset.")] = False,
+    verbose: VerboseOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Train a detector on COCO-format data; without --data, a demo on a built-in example set.
@@ -260,15 +258,13 @@ def tracker(
     ] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Optimizer steps (default: the preset's).")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Pairs per process per step.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Run folder (default: a new one in runs/).")] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --out, on its data, with its preset.")
-    ] = False,
+    out: RunOutOpt = None,
+    resume: ResumeOpt = False,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", metavar="KEY=VALUE", help="Override a preset field, e.g. train.lr=0.01."),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also print the resolved preset.")] = False,
+    verbose: VerboseOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Train a SiamFC tracker on pairs of frames of one object track.
