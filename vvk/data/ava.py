@@ -302,20 +302,13 @@ def read_ucf24(path: str | os.PathLike, *, fps: Mapping[str, float]) -> Annotati
 
 def _ucf24_tubes(entry, skipped: Counter[str]) -> list[tuple[int, int, int, np.ndarray]]:
     """(start frame, end frame, label, boxes) of a video's tubes that fit it."""
-    try:
-        numf, tubes = int(entry["numf"]), list(entry["annotations"])
-    except (KeyError, TypeError, ValueError):
-        skipped["bad_tube"] += 1
-        return []
+    from vvk.data.track_pairs import ucf24_tubes
+
     kept = []
-    for tube in tubes:
+    for _, tube, sf, ef, boxes in ucf24_tubes(entry, skipped):
         try:
-            sf, ef, label = int(tube["sf"]), int(tube["ef"]), int(tube["label"])
-            boxes = np.asarray(tube["boxes"], dtype=np.float64)  # before any sum: uint8 wraps
+            label = int(tube["label"])
         except (KeyError, TypeError, ValueError):
-            skipped["bad_tube"] += 1
-            continue
-        if not 0 <= sf < ef <= numf or boxes.shape != (ef - sf, 4):
             skipped["bad_tube"] += 1
             continue
         kept.append((sf, ef, label, boxes))

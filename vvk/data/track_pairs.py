@@ -343,6 +343,30 @@ def read_ucf24_annotations(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def ucf24_tubes(entry: Any, skipped: Counter[str]) -> list[tuple[int, Any, int, int, np.ndarray]]:
+    """``(index, tube, start frame, end frame, boxes (N, 4) float64)`` of the tubes of one video
+    of the UCF101-24 pickle (``db[video]``) that fit the video; the others counted as
+    ``bad_tube``."""
+    try:
+        numf, tubes = int(entry["numf"]), list(entry["annotations"])
+    except (KeyError, TypeError, ValueError):
+        skipped["bad_tube"] += 1
+        return []
+    kept = []
+    for index, tube in enumerate(tubes):
+        try:
+            sf, ef = int(tube["sf"]), int(tube["ef"])
+            boxes = np.asarray(tube["boxes"], dtype=np.float64)  # before any sum: uint8 wraps
+        except (KeyError, TypeError, ValueError):
+            skipped["bad_tube"] += 1
+            continue
+        if not 0 <= sf < ef <= numf or boxes.shape != (ef - sf, 4):
+            skipped["bad_tube"] += 1
+            continue
+        kept.append((index, tube, sf, ef, boxes))
+    return kept
+
+
 def _ucf24_tracks(root: Path, counts: Counter[str]) -> list[Track]:
     db = read_ucf24_annotations(root / UCF24_ANNOTATIONS)["db"]
     videos = _video_files(root)
@@ -352,21 +376,7 @@ def _ucf24_tracks(root: Path, counts: Counter[str]) -> list[Track]:
         if video is None:
             counts["missing_video"] += 1
             continue
-        try:
-            numf, tubes = int(db[key]["numf"]), list(db[key]["annotations"])
-        except (KeyError, TypeError, ValueError):
-            counts["bad_tube"] += 1
-            continue
-        for k, tube in enumerate(tubes):
-            try:
-                sf, ef = int(tube["sf"]), int(tube["ef"])
-                boxes = np.asarray(tube["boxes"], dtype=np.float64)  # before any sum: uint8 wraps
-            except (KeyError, TypeError, ValueError):
-                counts["bad_tube"] += 1
-                continue
-            if not 0 <= sf < ef <= numf or boxes.shape != (ef - sf, 4):
-                counts["bad_tube"] += 1
-                continue
+        for k, _, sf, ef, boxes in ucf24_tubes(db[key], counts):
             rows = np.arange(sf, ef)
             available = np.ones(len(rows), dtype=bool)
             tracks.append(_finish(f"{key}#{k}", video, (), rows, boxes, available, counts, UCF24_FRAME_SIZE))
