@@ -215,6 +215,47 @@ def test_train_tracker_stopped_by_sigterm_saves_a_checkpoint_and_takes_its_worke
     wait_for(lambda: not any(running(pid) for pid in workers), timeout=10, what="the loader worker to end")
 
 
+# --------------------------------------------------------------------------------------------
+# vvk finetune, vvk eval action-localization
+
+
+def test_finetune_stopped_by_sigterm_saves_a_checkpoint_and_tests_nothing(shared_data, tmp_path):
+    videos = twelve_real_videos(shared_data)
+    data = tmp_path / "videos"
+    link_videos(data / "ucf", videos[:9])  # two labelled classes of real clips
+    link_videos(data / "other", videos[9:])
+    run = tmp_path / "run"
+    with vvk_process("finetune", "--data", str(data), "--val", str(data), "--steps", "1000",
+                     "--out", str(run), "--set", "train.log_every=1", cwd=tmp_path) as proc:  # fmt: skip
+        metrics = run / "metrics.jsonl"
+        wait_for(lambda: metrics.is_file() and metrics.read_text().count("\n") >= 1, timeout=300,
+                 what="the first training step")  # fmt: skip
+        os.killpg(proc.pid, signal.SIGTERM)
+        code, stderr = finish(proc, timeout=120)
+    assert code == 130, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("vvk: error: interrupted after step ") and "--resume" in last
+    step = int(last.split("step ")[1].split(";")[0])
+    assert (run / "checkpoints" / "latest").read_text().strip() == f"step-{step:08d}"
+    assert not (run / "evaluation.json").exists() and not (run / "predictions.jsonl").exists()
+    assert "Traceback" not in stderr
+
+
+def test_interrupted_action_localization_writes_no_result(shared_data, tmp_path):
+    ucf24, out = shared_data / "video" / "ucf24", tmp_path / "result.json"
+    annotations = ucf24 / "pyannot_with_class_names.pkl"
+    with vvk_process("eval", "action-localization", "--data", str(ucf24), "--annotations", str(annotations),
+                     "--backbone", "r3d-tiny", "--preset", "tiny", "--steps", "100000", "--out", str(out),
+                     cwd=tmp_path) as proc:  # fmt: skip
+        time.sleep(15)  # indexing and decoding the clips, then training: 100,000 steps outlast it
+        assert proc.poll() is None, "finished before the interrupt"
+        os.killpg(proc.pid, signal.SIGINT)
+        code, stderr = finish(proc)
+    assert code == 130, stderr
+    assert stderr.splitlines()[-1] == "vvk: error: interrupted" and "Traceback" not in stderr
+    assert sorted(os.listdir(tmp_path)) == []  # neither the result nor a temporary file of it
+
+
 def test_an_interrupt_inside_a_finaliser_prints_no_traceback(monkeypatch):
     """While a command runs, a KeyboardInterrupt raised in a ``__del__`` (the unraisable hook's
     case) is not reported; other unraisable exceptions still reach the hook before it."""
