@@ -303,8 +303,9 @@ def _copy_record(plan: Plan, dst: PlannedImage, rendered: RenderedCopy) -> dict[
 
 
 # A spawned worker imports torch and vvk and unpickles the plan before its first image: 4.4 s
-# on the 2-core AMD EPYC of docs/benchmarks.md. A run of 200 small outputs takes less than two
-# of those on one core, which is why two workers started up front were slower than one.
+# on the 2-core AMD EPYC vvk is measured on (`python -c "import torch, vvk.augment.render"`,
+# twice). A run of 200 small outputs takes less than two of those on one core, which is why two
+# workers started up front were slower than one (issue 22).
 WORKER_START_S = 4.4
 
 
