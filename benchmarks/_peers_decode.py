@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import av
 import numpy as np
 from _peers_common import interleave, record, skipped, version
 from video_input import FRAMES, SIZE, STRIDE
@@ -95,18 +96,29 @@ def torchcodec_clip(clip: Clip, size=SIZE) -> np.ndarray:
     return frames.permute(0, 2, 3, 1).numpy()  # (T, 3, H, W) -> (T, H, W, 3)
 
 
-def _usable_torchcodec() -> None:
+def _importable(module: str) -> dict:
+    importlib.import_module(module)
+    return {}
+
+
+def _usable_torchcodec() -> dict:
     usable, detail = torchcodec_status()
     if not usable:
-        raise RuntimeError(f"{detail} (torchcodec needs the system FFmpeg: apt-get install ffmpeg)")
+        raise RuntimeError(
+            f"{detail} (torchcodec needs the system FFmpeg, or PyAV's: "
+            "LD_LIBRARY_PATH=$(python benchmarks/pyav_ffmpeg.py) python benchmarks/peers.py)"
+        )
+    from torchcodec._core import get_ffmpeg_library_versions
+
+    return {"ffmpeg": get_ffmpeg_library_versions()["ffmpeg_version"]}  # the one it loaded
 
 
-PEERS = {  # name -> (decode function, distributions whose versions matter, import check)
-    "decord": (decord_clip, ("decord",), partial(importlib.import_module, "decord")),
+PEERS = {  # name -> (decode function, distributions whose versions matter, check: {details} or raise)
+    "decord": (decord_clip, ("decord",), partial(_importable, "decord")),
     "mmaction2 PyAVDecode": (
         mmaction_clip,
         ("mmaction2", "mmcv-lite", "mmengine", "av"),
-        partial(importlib.import_module, "mmaction.datasets.transforms"),
+        partial(_importable, "mmaction.datasets.transforms"),
     ),
     "torchcodec": (torchcodec_clip, ("torchcodec",), _usable_torchcodec),
 }
@@ -147,11 +159,12 @@ def run(root: Path, *, rounds: int, quick: bool) -> dict:
         "unit": f"seconds per round: every clip, {FRAMES} frames at stride {STRIDE} -> {SIZE[0]}x{SIZE[1]}",
         "clips": len(data),
         "videos": sorted({c.path for c in data}),
+        "vvk_ffmpeg": av.ffmpeg_version_info,  # PyAV's own
         "comparisons": [],
     }
     for peer, (decode, distributions, check_import) in PEERS.items():
         try:
-            check_import()
+            details = check_import()
         except Exception as error:  # noqa: BLE001 - a peer that does not run here is reported, not fatal
             out["comparisons"].append(skipped(peer, error))
             continue
@@ -165,6 +178,8 @@ def run(root: Path, *, rounds: int, quick: bool) -> dict:
         }
         seconds = interleave(calls, rounds)
         out["comparisons"].append(
-            record(peer, VVK, seconds, agreement, clips=len(decoded), versions=version(*distributions))
+            record(
+                peer, VVK, seconds, agreement, clips=len(decoded), versions=version(*distributions), **details
+            )
         )
     return out
