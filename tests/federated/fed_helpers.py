@@ -111,3 +111,10 @@ def fail_on_round(partition: int, round: str, message, context, call_next):
     if context.node_config["partition-id"] == partition and message.metadata.group_id == round:
         raise RuntimeError(f"client {partition} crashed")
     return call_next(message, context)
+
+
+def fail_queries(message, context, call_next):
+    """A Flower mod: every ClientApp raises on the server's question which client it holds."""
+    if message.metadata.message_type == "query":
+        raise RuntimeError("cannot load its client")
+    return call_next(message, context)

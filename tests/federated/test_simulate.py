@@ -12,9 +12,8 @@ kernels may sum in another order and the two runs would differ in the last bits.
 from __future__ import annotations
 
 import functools
-import time
 
-from fed_helpers import NAMES, fail_on_round, fields, same_states
+from fed_helpers import NAMES, fail_on_round, fail_queries, fields, same_states
 
 from vvk.federated import simulate
 from vvk.methods.federate.rounds import choose_clients, run_rounds
@@ -24,16 +23,13 @@ KW = {"rounds": 2, "clients_per_round": 2, "clients_per_target": 2, "seed": 0, "
 
 def test_simulate_runs_what_run_rounds_runs(domains, models):
     source, targets = domains
-    start = time.perf_counter()
     seen = []
     records = simulate("dualadapt", source, targets, **KW, num_cpus=1, on_round=seen.append)
-    took = time.perf_counter() - start
     expected = run_rounds("dualadapt", source, targets, **KW)
     assert seen == records and [r.round for r in records] == [0, 1, 2]
     assert [fields(r) for r in records] == [fields(r) for r in expected]
     assert same_states(models["serve"], models["run_rounds"])  # every round's global model, bit for bit
     assert all(s > 0 for r in records[1:] for s in r.client_seconds)
-    assert took < 120, f"simulate took {took:.0f} s"
 
 
 def test_a_client_whose_clientapp_raises_is_dropped_and_the_run_finishes(domains, tmp_path, caplog):
@@ -49,3 +45,15 @@ def test_a_client_whose_clientapp_raises_is_dropped_and_the_run_finishes(domains
     assert line.startswith(f"round 1: client {NAMES[first]} dropped for the round: replied with error")
     assert f"client {first} crashed" in line
     assert (out / "checkpoints" / "latest").read_text() == "step-00000002\n"
+
+
+def test_nodes_that_cannot_say_their_client_end_the_wait_at_once(domains, caplog):
+    """The start waits up to START_TIMEOUT_S for slow actors, but not for nodes that have all
+    failed to answer: a simulation's nodes are all there from the start. (Waiting the timeout
+    would outlast the test's time limit.)"""
+    source, targets = domains
+    records = simulate("fedavg-st", source, targets, **{**KW, "rounds": 1}, num_cpus=1, mods=[fail_queries])
+    assert [r.round for r in records] == [0, 1]
+    assert sorted(records[1].dropped) == sorted(records[1].clients) and len(records[1].clients) == 2
+    line = next(m for m in caplog.messages if m.startswith("no node holds clients"))
+    assert "(every node has answered or failed)" in line

@@ -85,7 +85,10 @@ class ServerPlan:
         evals: ``{name: (X (N, 3, S, S), y (N,))}`` the server measures accuracy on each round.
         out: the run folder (checkpoints, resume), or None for none.
         reply_timeout: seconds a round waits for replies (None: for ever).
-        node_timeout: seconds the start waits for every client's node to connect.
+        node_timeout: seconds the start waits for every client's node to connect and answer.
+        expected_nodes: how many nodes the run will ever have, where that is known (a
+            simulation's SuperNodes): the start stops waiting once that many have connected and
+            each has answered or failed. None (a deployment): nodes may connect at any time.
     """
 
     method: str
@@ -100,6 +103,7 @@ class ServerPlan:
     device: str = "cpu"
     reply_timeout: float | None = 1800.0
     node_timeout: float = 300.0
+    expected_nodes: int | None = None
 
     def identity(self) -> dict:
         """What a resumed run must share with the run in ``out``."""
@@ -123,6 +127,7 @@ def plan_run(
     device: str = "cpu",
     reply_timeout: float | None = 1800.0,
     node_timeout: float = 300.0,
+    expected_nodes: int | None = None,
 ) -> ServerPlan:
     """A checked ``ServerPlan``: the same checks as ``run_rounds``. ``target_names``: the target
     domains' names (the clients are named after them); ``eval_targets``: ``DomainDataset``s."""
@@ -151,6 +156,7 @@ def plan_run(
         device=str(device),
         reply_timeout=reply_timeout,
         node_timeout=node_timeout,
+        expected_nodes=expected_nodes,
     )
 
 
@@ -167,9 +173,10 @@ class _Nodes:
         live = set(self.grid.get_node_ids())
         return all(self.by_name.get(n) in live for n in names)
 
-    def find(self, wait: float) -> None:
-        """Ask every node not asked yet, until each client has a node or ``wait`` seconds passed.
-        A node that does not answer is asked again at the next ``find``, not within this one."""
+    def find(self, wait: float) -> bool:
+        """Ask every node not asked yet, until each client has a node, ``wait`` seconds passed, or
+        no node can come any more (``settled``). A node that does not answer is asked again at
+        the next ``find``, not within this one. Returns whether it stopped for the last reason."""
         deadline = time.monotonic() + wait
         unanswered: set[int] = set()
         while True:
@@ -179,8 +186,16 @@ class _Nodes:
             unanswered |= self._ask(new, timeout=max(deadline - time.monotonic(), _QUERY_MIN_S))
             self.asked |= set(new) - unanswered
             if set(self.plan.clients) <= set(self.by_name) or time.monotonic() >= deadline:
-                return
+                return False
+            if self.settled(live, unanswered):
+                return True
             time.sleep(_POLL_S)
+
+    def settled(self, live: set[int], unanswered: set[int]) -> bool:
+        """Whether every node the run will have (``plan.expected_nodes``, where known) is
+        connected and has answered or failed: waiting longer finds nothing."""
+        expected = self.plan.expected_nodes
+        return expected is not None and len(live) >= expected and live <= self.asked | unanswered
 
     def _ask(self, nodes: list[int], timeout: float) -> set[int]:
         """Query ``nodes`` for their clients; the nodes that did not answer."""
@@ -238,10 +253,11 @@ def serve(
     if len(records) > plan.rounds:
         return records
     nodes = _Nodes(grid, plan)
-    nodes.find(plan.node_timeout)
+    settled = nodes.find(plan.node_timeout)
     missing = [n for n in plan.clients if n not in nodes.by_name]
     if missing:
-        logger.warning(f"no node holds clients {', '.join(missing)} after {plan.node_timeout:g} s: "
+        when = "(every node has answered or failed)" if settled else f"after {plan.node_timeout:g} s"
+        logger.warning(f"no node holds clients {', '.join(missing)} {when}: "
                        "they are dropped from the rounds that choose them")  # fmt: skip
     xy = plan.source.tensors()
     for r in range(len(records), plan.rounds + 1):

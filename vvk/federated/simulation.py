@@ -22,6 +22,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from vvk.errors import VvkError
@@ -30,6 +31,12 @@ from vvk.methods.federate.rounds import DualAdaptPreset, RoundRecord, make_clien
 from .checkpoints import RoundCheckpoints
 from .client import ClientData, SavedClients, make_client_app, save_client
 from .server import make_server_app, plan_run, serve
+
+START_TIMEOUT_S = 1800.0
+"""The most the start waits for the SuperNodes to say which client each holds: the answers come
+from Ray actors that must start first (import torch and vvk, load the client's data) on the CPUs
+given, which a busy machine stretches past a minute. Nodes that all answer, or fail to, end the
+wait at once (``ServerPlan.expected_nodes``)."""
 
 
 def simulate(
@@ -71,7 +78,8 @@ def simulate(
     names = [d.name for d in targets]
     plan = plan_run(method, source, names, rounds=rounds, clients_per_round=clients_per_round, seed=seed,
                     preset=preset, clients_per_target=clients_per_target, eval_targets=evals, out=out,
-                    device="cpu", reply_timeout=reply_timeout, node_timeout=60.0)  # fmt: skip
+                    device="cpu", reply_timeout=reply_timeout, node_timeout=START_TIMEOUT_S)  # fmt: skip
+    plan = replace(plan, expected_nodes=len(plan.clients))  # one SuperNode per client, all from the start
     for d in targets:
         if list(d.classes) != list(source.classes):
             raise VvkError(f"{d.name}: its classes differ from the source's ({source.name})")
