@@ -301,14 +301,24 @@ def tracking(args, data: Path) -> dict:
 # --- detection ---------------------------------------------------------------------------------
 
 
-def _detections_check(outputs: dict[str, list], size: int) -> dict:
-    """Different networks: only the outputs' form is checked (boxes, scores, labels per image)."""
+EVERY_SCORE = 100  # detections per image when no score threshold applies: the same work on both sides
+
+
+def _detections_check(outputs: dict[str, list], size: int, count: int | None) -> dict:
+    """Different networks: only the outputs' form is checked (boxes, scores and labels per image,
+    boxes inside it; ``count`` detections each where given)."""
     problems = []
     for name, images in outputs.items():
         for result in images:
             boxes, scores = result["boxes"], result["scores"]
-            if boxes.ndim != 2 or boxes.shape[1] != 4 or len(scores) != len(boxes) != len(result["labels"]):
+            if (
+                boxes.ndim != 2
+                or boxes.shape[1] != 4
+                or not len(scores) == len(boxes) == len(result["labels"])
+            ):
                 problems.append(f"{name}: shapes")
+            elif count is not None and len(boxes) != count:
+                problems.append(f"{name}: {len(boxes)} detections, not {count}")
             elif len(boxes) and not (
                 torch.isfinite(boxes).all() and boxes.min() >= 0 and boxes.max() <= size
             ):
@@ -327,9 +337,14 @@ def _infer(model, images: list):
 
 
 def detection(args) -> dict:
+    """Each pair twice: with each model's own thresholds (at random initialisation vvk's
+    RetinaNets keep no box, SSDlite keeps 300: the networks' cost), then with no score threshold
+    and ``EVERY_SCORE`` detections on both (post-processing at its most: every anchor's scores
+    go to the top-k and NMS)."""
     from detection_inference import PAIRS, torchvision_detector
 
     import vvk.models
+    from vvk.methods.detection.predict import set_thresholds
 
     out = {"batch": 1, "weights": "random", "versions": version("torchvision"), "comparisons": []}
     for vvk_name, tv_name, size in PAIRS[:1] if args.quick else PAIRS:
@@ -339,12 +354,16 @@ def detection(args) -> dict:
             tv_name: torchvision_detector(tv_name, size).eval(),
             vvk_name: vvk.models.build(vvk_name).eval(),
         }
-        calls = {name: lambda m=model, x=images: _infer(m, x) for name, model in models.items()}
-        outputs = {name: call() for name, call in calls.items()}
-        seconds = interleave(calls, args.rounds)
-        out["comparisons"].append(
-            record(tv_name, vvk_name, seconds, _detections_check(outputs, size), input=size)
-        )
+        for thresholds, count in (("their own", None), ("none", EVERY_SCORE)):
+            if count is not None:
+                for model in models.values():
+                    set_thresholds(model, min_score=0.0, max_dets=count)
+            calls = {name: lambda m=model, x=images: _infer(m, x) for name, model in models.items()}
+            check = _detections_check({name: call() for name, call in calls.items()}, size, count)
+            seconds = interleave(calls, args.rounds)
+            out["comparisons"].append(
+                record(tv_name, vvk_name, seconds, check, input=size, thresholds=thresholds)
+            )
     return out
 
 
