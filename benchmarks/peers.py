@@ -336,24 +336,38 @@ def _infer(model, images: list):
         return model(images)
 
 
+def _same_features(folded, unfolded, image) -> dict:
+    """Folding's check: the backbone's features at every level equal up to float rounding."""
+    with torch.inference_mode():
+        ours, theirs = folded.backbone(image[None]), unfolded.backbone(image[None])
+    worst = max(relative_error(ours[k].double(), theirs[k].double()) for k in theirs)
+    return {"ok": list(ours) == list(theirs) and worst <= 1e-5, "tolerance": "1e-5 relative, every level",
+            "max_relative_error": worst}  # fmt: skip
+
+
 def detection(args) -> dict:
     """Each pair twice: with each model's own thresholds (at random initialisation vvk's
     RetinaNets keep no box, SSDlite keeps 300: the networks' cost), then with no score threshold
     and ``EVERY_SCORE`` detections on both (post-processing at its most: every anchor's scores
-    go to the top-k and NMS)."""
+    go to the top-k and NMS). vvk's model is the one ``vvk detect`` runs (batch norms folded into
+    the convs); the same model unfolded is timed beside it."""
+    import copy
+
     from detection_inference import PAIRS, torchvision_detector
 
     import vvk.models
     from vvk.methods.detection.predict import set_thresholds
+    from vvk.models.layers import fold_batch_norms
 
     out = {"batch": 1, "weights": "random", "versions": version("torchvision"), "comparisons": []}
     for vvk_name, tv_name, size in PAIRS[:1] if args.quick else PAIRS:
         torch.manual_seed(0)
         images = [torch.rand(3, size, size)]
-        models = {
-            tv_name: torchvision_detector(tv_name, size).eval(),
-            vvk_name: vvk.models.build(vvk_name).eval(),
-        }
+        unfolded, vvk_model = f"{vvk_name}, norms not folded", vvk.models.build(vvk_name).eval()
+        models = {tv_name: torchvision_detector(tv_name, size).eval(), unfolded: copy.deepcopy(vvk_model)}
+        fold_batch_norms(vvk_model)
+        models[vvk_name] = vvk_model
+        folding = _same_features(vvk_model, models[unfolded], images[0])
         for thresholds, count in (("their own", None), ("none", EVERY_SCORE)):
             if count is not None:
                 for model in models.values():
@@ -361,9 +375,11 @@ def detection(args) -> dict:
             calls = {name: lambda m=model, x=images: _infer(m, x) for name, model in models.items()}
             check = _detections_check({name: call() for name, call in calls.items()}, size, count)
             seconds = interleave(calls, args.rounds)
-            out["comparisons"].append(
-                record(tv_name, vvk_name, seconds, check, input=size, thresholds=thresholds)
-            )
+            setting = {"input": size, "thresholds": thresholds}
+            out["comparisons"] += [
+                record(tv_name, vvk_name, seconds, check, **setting),
+                record(unfolded, vvk_name, seconds, folding, **setting),
+            ]
     return out
 
 

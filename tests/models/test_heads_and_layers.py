@@ -10,7 +10,7 @@ from torch import nn
 
 from vvk.models.heads import RetinaNetHead, build_retinanet
 from vvk.models.heads.projection import ProjectionMLP
-from vvk.models.layers import MBConv, SqueezeExcitation
+from vvk.models.layers import ConvNormAct, MBConv, SqueezeExcitation, fold_batch_norms
 from vvk.models.profile import count_macs, human_count
 
 
@@ -112,3 +112,50 @@ def test_human_count():
         "88.02G",
         "1.88T",
     ]
+
+
+def _with_learnt_statistics(model: nn.Module) -> nn.Module:
+    """Batch norms with the non-trivial statistics and affines a trained model has."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) * 2 + 0.1)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
+    return model
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_folded_batch_norms_give_the_same_outputs_and_leave_training_blocks(dims):
+    blocks = nn.Sequential(
+        ConvNormAct(3, 8, 3, dims=dims, activation="swish"),
+        ConvNormAct(8, 8, 3, groups=8, dims=dims),  # depthwise
+        ConvNormAct(8, 4, 1, dims=dims),
+    )
+    blocks = _with_learnt_statistics(blocks).eval()
+    x = torch.randn(2, 3, *(6,) * dims)
+    expected = blocks(x)
+    blocks[2].train()  # a block still learning keeps its norm
+    assert fold_batch_norms(blocks) == 2
+    assert isinstance(blocks[0].bn, nn.Identity) and isinstance(blocks[2].bn, nn.BatchNorm2d | nn.BatchNorm3d)
+    assert not any(k.startswith(("0.bn", "1.bn")) for k in blocks.state_dict())
+    blocks[2].eval()
+    torch.testing.assert_close(blocks(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_folded_detector_backbone_gives_the_same_features():
+    """The backbone and FPN of RetinaNet SpineNet-Mobile-49 (MBConv blocks, SE, swish), folded as
+    ``vvk detect`` folds it: every level's features as before, up to float rounding."""
+    import vvk.models
+
+    model = _with_learnt_statistics(vvk.models.build("retinanet-spinenet-mobile-49")).eval()
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        expected = model.backbone(x)
+        assert fold_batch_norms(model) > 100
+        folded = model.backbone(x)
+    assert list(folded) == list(expected)
+    for level in expected:
+        torch.testing.assert_close(folded[level], expected[level], rtol=1e-4, atol=1e-4)

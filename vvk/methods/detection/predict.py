@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vvk.errors import VvkError
 from vvk.methods.detection.outputs import FORMATS, check_outputs, results_file, write_drawing
+from vvk.models.layers import fold_batch_norms
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 MASK_THRESHOLD = 0.5  # mask probabilities above this are the object (torchvision's, tf-models')
@@ -532,6 +533,7 @@ def detect_images(
     ids = image_ids_for(images, gt=gt) if format == "coco-results" or gt is not None else None
     where = pick_device(device)
     model = load_detector(weights, device=where)
+    fold_batch_norms(model)  # this model only predicts: a norm layer less per conv block
     categories = _categories(model, vocab=vocab, queries=queries, weights=os.fspath(weights))
     summary = {"images": len(images), "failed": 0, "detections": 0}
     started = time.monotonic()
