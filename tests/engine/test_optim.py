@@ -100,3 +100,38 @@ def test_config_validation():
     assert TrainConfig().replace(lr=0.5).lr == 0.5
     assert TrainConfig(batch_size=4, grad_accum=3).clips_per_step(world_size=2) == 24
     assert math.isclose(TrainConfig().to_json()["lr"], 0.1)
+
+
+def test_ema_averages_floating_buffers_when_asked_and_copies_counts():
+    model = nn.BatchNorm1d(2)
+    ema = EMA(model, decay=0.5, average_buffers=True)
+    with torch.no_grad():
+        model.running_mean.fill_(4.0)
+        model.num_batches_tracked.fill_(7)
+    ema.update(model)
+    assert ema.module.running_mean.tolist() == [2.0, 2.0]  # 0.5 * 0 + 0.5 * 4
+    assert ema.module.num_batches_tracked.item() == 7
+
+
+def test_nesterov_reaches_the_sgd_step():
+    def two_steps(nesterov: bool) -> torch.Tensor:
+        model = nn.Linear(2, 1, bias=False)
+        with torch.no_grad():
+            model.weight.fill_(1.0)
+        opt = build_optimizer(model, TrainConfig(lr=0.1, momentum=0.9, weight_decay=0.0, nesterov=nesterov))
+        for _ in range(2):
+            opt.zero_grad()
+            model(torch.ones(1, 2)).sum().backward()  # gradient 1 for each weight
+            opt.step()
+        return model.weight.detach()
+
+    # Momentum buffers 1 then 1.9. Plain: 1 - 0.1 * (1 + 1.9); Nesterov steps along g + 0.9 * buf:
+    # 1 - 0.1 * ((1 + 0.9) + (1 + 0.9 * 1.9)).
+    torch.testing.assert_close(two_steps(False), torch.full((1, 2), 1 - 0.1 * 2.9))
+    torch.testing.assert_close(two_steps(True), torch.full((1, 2), 1 - 0.1 * (1.9 + 2.71)))
+
+
+@pytest.mark.parametrize("changes", [{"optimizer": "adamw"}, {"optimizer": "lars"}, {"momentum": 0.0}])
+def test_nesterov_needs_sgd_with_momentum(changes):
+    with pytest.raises(VvkError, match="nesterov"):
+        TrainConfig(nesterov=True, **changes)

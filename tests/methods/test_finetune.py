@@ -31,6 +31,8 @@ K400_RS50_YAML = {
     "aug_aspect": (0.5, 2.0), "val_feature_shape": (32, 256, 256), "num_test_clips": 10, "num_test_crops": 3,
     "average_decay": 0.9999, "initial_learning_rate": 0.8, "train_steps": 73682, "warmup_steps": 1050,
     "checkpoint_interval": 210, "max_to_keep": 3, "mixed_precision_dtype": "bf16",
+    "nesterov": True,  # video_classification.py's add_trainer: the sgd optimizer's default there
+    "trainable_weights_only": False,  # the EMA averages every variable, batch-norm statistics too
 }  # fmt: skip
 
 
@@ -62,6 +64,8 @@ def test_rs_preset_is_the_reference_yaml():
         y["mixed_precision_dtype"],
     )
     assert (t.checkpoint_every, t.keep_checkpoints) == (y["checkpoint_interval"], y["max_to_keep"])
+    assert t.nesterov == y["nesterov"]
+    assert t.ema_buffers == ("copy" if y["trainable_weights_only"] else "average")
 
 
 def test_the_scaling_presets_are_the_model_gardens_depth_and_frames_on_the_rs_recipe():

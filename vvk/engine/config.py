@@ -18,8 +18,10 @@ Optimizer = Literal["sgd", "lars", "adamw"]
 Schedule = Literal["cosine", "constant", "step"]
 Precision = Literal["fp32", "bf16", "fp16"]
 ReplicaGrads = Literal["mean", "sum"]
+EmaBuffers = Literal["copy", "average"]
 _CHOICES = {
     "optimizer": Optimizer,
+    "ema_buffers": EmaBuffers,
     "schedule": Schedule,
     "precision": Precision,
     "replica_grads": ReplicaGrads,
@@ -82,6 +84,7 @@ class TrainConfig:
         lr: peak learning rate (after warm-up).
         optimizer: sgd (with momentum), lars (SGD + layer-wise trust ratio, SimCLR's) or adamw.
         momentum: SGD/LARS momentum; AdamW's beta1.
+        nesterov: Nesterov momentum (sgd only; Keras SGD's ``nesterov=True``).
         betas2: AdamW's beta2.
         weight_decay: decoupled for AdamW, L2 for SGD/LARS; never on biases, norms or the
             names a model lists in ``no_weight_decay()``.
@@ -100,6 +103,9 @@ class TrainConfig:
             step then grows with the number of processes, and a rate taken from such a recipe
             means what it meant there only with as many processes as it had replicas.
         ema_decay: keep an exponential moving average of the weights (0: off).
+        ema_buffers: the average's floating buffers (batch-norm statistics) are copied from the
+            model, or averaged like the weights (TF's ``ExponentialMovingAverage`` over all
+            variables, as the Model Garden's ``trainable_weights_only: false`` does).
         precision: autocast dtype; fp16 also scales the loss. bf16/fp16 matter on a GPU.
         checkpoint_every: steps between checkpoints (0: only at the end and on a signal).
         keep_checkpoints: how many recent checkpoints stay on disk.
@@ -118,6 +124,7 @@ class TrainConfig:
     lr: float = 0.1
     optimizer: Optimizer = "sgd"
     momentum: float = 0.9
+    nesterov: bool = False
     betas2: float = 0.999
     weight_decay: float = 1e-4
     warmup_steps: int = 0
@@ -128,6 +135,7 @@ class TrainConfig:
     grad_clip: float = 0.0
     replica_grads: ReplicaGrads = "mean"
     ema_decay: float = 0.0
+    ema_buffers: EmaBuffers = "copy"
     precision: Precision = "fp32"
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
@@ -151,6 +159,8 @@ class TrainConfig:
         for name, kind in _CHOICES.items():
             check(self, name, getattr(self, name) in get_args(kind), f"one of {', '.join(get_args(kind))}")
         check(self, "warmup_steps", 0 <= self.warmup_steps <= self.steps, f"in [0, steps = {self.steps}]")
+        sgd = self.optimizer == "sgd" and self.momentum > 0
+        check(self, "nesterov", not self.nesterov or sgd, "true only with optimizer sgd and momentum > 0")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -173,7 +173,11 @@ def _train(
     seed_all(config.seed + ctx.rank)  # augmentation and dropout differ per rank; data order is seeded apart
     model.to(ctx.device).train()
     optimizer = build_optimizer(model, config, world_size=ctx.world_size)
-    ema = EMA(model, config.ema_decay) if config.ema_decay else None
+    ema = (
+        EMA(model, config.ema_decay, average_buffers=config.ema_buffers == "average")
+        if config.ema_decay
+        else None
+    )
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.precision == "fp16")
     saved = _restore(run, ctx, model, ema, optimizer, scaler) if resume else None
     step = saved["step"] if saved else 0

@@ -90,7 +90,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig, *, world_size: int = 
     if config.optimizer == "sgd":
         for g in groups:
             g.pop("lars")
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
     if config.optimizer == "lars":
         return LARS(groups, lr=config.lr, momentum=config.momentum)
     for g in groups:
