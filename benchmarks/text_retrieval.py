@@ -33,8 +33,9 @@ RESULTS = Path(__file__).parent / "results" / "text_retrieval.json"
 
 
 def run_seed(seed: int, root: Path, work: Path, steps: int) -> dict:
-    from vvk.eval.text_retrieval import clip_spec, load_vatt, random_vatt, text_retrieval
     from vvk.methods.pretrain import pretrain
+    from vvk.methods.vatt.retrieval import clip_spec, load_vatt, random_vatt
+    from vvk.methods.vatt.retrieval import vatt_text_retrieval as text_retrieval
 
     started = time.perf_counter()
     run = pretrain("vatt", data=root / "train.csv", captions=root / "captions.tsv", preset="tiny",

@@ -14,20 +14,11 @@ from safetensors.torch import load_file
 
 from vvk.data.samplers import Caption
 from vvk.errors import VvkError
-from vvk.eval.text_retrieval import (
-    VideoTextTower,
-    _captions_of,
-    embed_texts,
-    load_vatt,
-    match_ranks,
-    random_vatt,
-    rank_metrics,
-    text_video_metrics,
-    vatt_preset_for,
-)
+from vvk.eval.text_retrieval import _captions_of, match_ranks, rank_metrics, text_video_metrics
 from vvk.examples.synthetic import SyntheticSpec, synthesize
 from vvk.methods.pretrain import pretrain
 from vvk.methods.vatt import PRESETS
+from vvk.methods.vatt.retrieval import VideoTextTower, embed_texts, load_vatt, random_vatt, vatt_preset_for
 from vvk.models.backbones.vatt_text import tokenize
 
 

@@ -136,8 +136,8 @@ def text_retrieval(
     EXAMPLES: vvk eval text-retrieval --data set/val.csv --captions set/captions.tsv --weights runs/vatt-1
               vvk eval text-retrieval --data clips/ --captions captions.tsv --backbone vatt-video-tiny --json
     """
-    from vvk.eval.text_retrieval import clip_spec, load_vatt, random_vatt
-    from vvk.eval.text_retrieval import text_retrieval as run_text_retrieval
+    from vvk.methods.vatt.retrieval import clip_spec, load_vatt, random_vatt
+    from vvk.methods.vatt.retrieval import vatt_text_retrieval as run_text_retrieval
 
     if compare_random and weights is None:
         raise VvkError("--compare-random needs --weights (the VATT run to compare)")

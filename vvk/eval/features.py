@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from vvk.data.sources import Data
 from vvk.errors import VvkError
+from vvk.models.checkpoint import backbone_file
 
 # What can embed a clip: video backbones, and VATT's modality-agnostic one (video is one of its inputs).
 VIDEO_TASKS = ("video-backbone", "multimodal-backbone")
@@ -49,7 +50,6 @@ def load_backbone(
         (backbone, info) where ``info`` has ``"source"`` and, for a pretrain run folder,
         ``"preset"`` (the resolved preset of the run).
     """
-    from vvk.methods.pretrain import backbone_file
     from vvk.models import build, load
 
     if weights is None and backbone is None:
@@ -76,7 +76,6 @@ def load_backbone(
 def random_twin(weights: str | os.PathLike, *, seed: int = 0) -> nn.Module:
     """The architecture of a checkpoint (with its recorded arguments) at random initialisation:
     the baseline a pretrained backbone is compared with."""
-    from vvk.methods.pretrain import backbone_file
     from vvk.models import build
     from vvk.models.checkpoint import read_arch
     from vvk.weights import resolve

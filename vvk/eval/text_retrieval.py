@@ -1,9 +1,7 @@
-"""Zero-shot text-video retrieval in VATT's video-text space.
+"""Zero-shot text-video retrieval in a video-text space.
 
-Each video is embedded by VATT's video side of that space (video transformer -> AGG token ->
-FAC head: video-audio space -> video-text space, ``z_vt``), averaged over ``num_clips`` evenly
-spaced clips; each caption by the text transformer and the FAC head's text projection
-(``z_tv``). Cosine similarity ranks them both ways:
+Each video is embedded by the video tower, averaged over ``num_clips`` evenly spaced clips;
+each caption by the text tower. Cosine similarity ranks them both ways:
 
 - text -> video: each caption ranks all the videos; its own video is the match.
 - video -> text: each video that has captions ranks all the captions; any of its own is a
@@ -14,18 +12,15 @@ Videos without a caption stay in the gallery of text -> video as distractors. Ra
 before it, so a model whose embeddings collapsed to one point gets the worst rank, not the best.
 The median rank of an even count is the mean of the two middle ranks.
 
-The model is a whole VATT training module (text transformer and FAC head included), so it comes
-from a ``vvk pretrain vatt`` run folder (its latest checkpoint), or, for the random-init
-baseline, from a VATT preset built with a seed.
+The protocol takes the two towers of a video-text space (a video module whose ``"pooled"``
+output is a clip's embedding, and a function embedding captions); VATT's come from
+``vvk.methods.vatt.retrieval``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -38,7 +33,6 @@ from vvk.errors import VvkError
 from vvk.eval.features import ClipReader, ClipSpec
 
 KS = (1, 5, 10)
-PRESET_FILE = "preset.json"  # what `vvk pretrain` writes into its run folder (vvk.methods.pretrain)
 Captions = str | os.PathLike | Mapping[str, Sequence[Caption]]
 
 
@@ -72,120 +66,6 @@ def text_video_metrics(similarity: Tensor, owner: Tensor, ks: Sequence[int] = KS
     return {**{f"t2v_{k}": v for k, v in t2v.items()}, **{f"v2t_{k}": v for k, v in v2t.items()}}
 
 
-# ---- the model -----------------------------------------------------------------------------
-
-
-def load_vatt(
-    weights: str | os.PathLike | None = None, *, backbone: str | None = None, seed: int = 0
-) -> tuple[nn.Module, Any, str]:
-    """(VATT training module in eval mode, its preset, where it came from): the latest
-    checkpoint of the ``vvk pretrain vatt`` run folder ``weights``, or the VATT preset whose
-    video transformer is ``backbone`` at random initialisation (seeded with ``seed``)."""
-    if (weights is None) == (backbone is None):
-        raise VvkError(
-            "give weights=RUN (a vvk pretrain vatt run folder) or backbone=NAME (random initialisation)",
-            params=("weights", "backbone"),
-        )
-    if backbone is not None:
-        preset = vatt_preset_for(backbone)
-        return random_vatt(preset, seed=seed), preset, f"random:{backbone}"
-    from vvk.methods import vatt
-    from vvk.models.checkpoint import load_weights
-
-    preset, checkpoint = _read_vatt_run(Path(weights))
-    model = vatt.build(preset)
-    load_weights(model, checkpoint)
-    return model.eval(), preset, str(weights)
-
-
-def random_vatt(preset: Any, *, seed: int = 0) -> nn.Module:
-    """VATT built from ``preset`` at random initialisation; with the run's seed these are the
-    weights its training started from (``vvk pretrain`` seeds before it builds)."""
-    from vvk.methods import vatt
-
-    torch.manual_seed(seed)
-    return vatt.build(preset).eval()
-
-
-def vatt_preset_for(backbone: str) -> Any:
-    """The VATT preset whose video transformer is ``backbone``; a ``vatt-ut-*`` name is the same
-    preset with one modality-agnostic transformer (``vatt-ut-tiny``: ``tiny``, shared)."""
-    from vvk.methods.vatt import PRESETS
-
-    shared = backbone.startswith("vatt-ut-")
-    video = backbone.replace("vatt-ut-", "vatt-video-", 1)
-    for preset in PRESETS.values():
-        if preset.backbone == video:
-            return dataclasses.replace(preset, shared_backbone=shared)
-    names = sorted({n for p in PRESETS.values() for n in (p.backbone, p.backbone.replace("-video-", "-ut-"))})
-    raise VvkError(
-        f"backbone={backbone}: not the video transformer of a VATT preset",
-        hint=f"one of {', '.join(names)}",
-        params=("backbone",),
-    )
-
-
-def _read_vatt_run(folder: Path) -> tuple[Any, Path]:
-    """The resolved preset and the latest checkpoint of a ``vvk pretrain vatt`` run folder."""
-    from vvk.engine.state import RunDir
-    from vvk.methods.overrides import from_dict
-    from vvk.methods.vatt import PRESETS
-
-    if not folder.exists():
-        raise VvkError(f"weights={folder}: no such run folder", params=("weights",))
-    needs = "text retrieval needs a vvk pretrain vatt run folder (its text transformer and FAC head)"
-    if not folder.is_dir() or not (folder / PRESET_FILE).is_file():
-        raise VvkError(f"weights={folder}: not a pretrain run folder; {needs}", params=("weights",))
-    try:
-        record = json.loads((folder / PRESET_FILE).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise VvkError(f"{folder / PRESET_FILE}: malformed JSON at line {e.lineno}") from e
-    if record.get("method") != "vatt":
-        raise VvkError(
-            f"weights={folder}: a {record.get('method')} run, not a VATT run; {needs}", params=("weights",)
-        )
-    if record.get("preset") not in PRESETS:
-        raise VvkError(f"{folder / PRESET_FILE}: preset '{record.get('preset')}' is not a preset of vatt")
-    preset = from_dict(PRESETS[record["preset"]], record.get("resolved", {}), what=str(folder / PRESET_FILE))
-    latest = RunDir(folder).latest()
-    if latest is None:
-        raise VvkError(f"weights={folder}: the run has no checkpoint yet", params=("weights",))
-    return preset, latest / "model.safetensors"
-
-
-def clip_spec(preset: Any, **given: int | None) -> ClipSpec:
-    """The evaluation clips: the given values, else the preset's (as it trained)."""
-    values = {name: getattr(preset, name) if given.get(name) is None else given[name] for name in
-              ("frames", "stride", "size", "crop")}  # fmt: skip
-    return ClipSpec(**values)
-
-
-class VideoTextTower(nn.Module):
-    """VATT's video side of the video-text space: AGG token -> z_va -> z_vt (the FAC head)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, video: Tensor) -> dict[str, Tensor]:
-        head = self.model.head
-        pooled = self.model.backbone(video)["pooled"]  # (B, D): the video AGG token
-        return {"pooled": head.va_to_vat(head.video_to_va(pooled))}  # (B, vat_dim)
-
-
-@torch.no_grad()
-def embed_texts(model: nn.Module, texts: Sequence[str], *, batch_size: int = 64) -> Tensor:
-    """(C, vat_dim) L2-normalised ``z_tv`` of ``texts``, tokenised as VATT trained on them."""
-    from vvk.models.backbones.vatt_text import tokenize
-
-    tower = model.text if model.text is not None else model.backbone  # the shared one reads ids too
-    chunks = []
-    for first in range(0, len(texts), batch_size):
-        ids = tokenize(texts[first : first + batch_size], context_length=model.words_per_caption)
-        chunks.append(F.normalize(model.head.text_to_vat(tower(ids)["pooled"]).float(), dim=-1))
-    return torch.cat(chunks)
-
-
 # ---- the protocol --------------------------------------------------------------------------
 
 
@@ -201,7 +81,8 @@ def read_caption_table(captions: Captions) -> dict[str, list[Caption]]:
 
 
 def text_retrieval(
-    model: nn.Module,
+    video_tower: nn.Module,
+    embed_texts: Callable[[Sequence[str]], Tensor],
     data: Data,
     captions: Captions,
     *,
@@ -213,10 +94,10 @@ def text_retrieval(
     progress: bool = False,
     label: str = "text retrieval",
 ) -> dict[str, Any]:
-    """Text -> video and video -> text recall@k and median rank of ``model`` (a VATT training
-    module, ``load_vatt``) over the videos of ``data`` and the captions of them in ``captions``
-    (captions of other videos are ignored). Clips of ``clips.frames`` at ``fps`` (VATT's
-    sampling rate; None: each video's own)."""
+    """Text -> video and video -> text recall@k and median rank over the videos of ``data`` and
+    the captions of them in ``captions`` (captions of other videos are ignored).
+    ``video_tower``: clips (B, 3, T, H, W) -> ``{"pooled": (B, D)}``; ``embed_texts``: captions
+    -> (C, D), L2-normalised. Clips of ``clips.frames`` at ``fps`` (None: each video's own)."""
     from vvk.data import UniformClips, open_video_dataset
 
     table = read_caption_table(captions)
@@ -225,9 +106,9 @@ def text_retrieval(
     video_ids = [dataset.clips[i][0].video_id for i in range(len(dataset))]
     texts, owner = _captions_of(table, video_ids, data, captions)
     reader = ClipReader(clips, decoder=decoder)
-    z, _ = reader.embed(VideoTextTower(model), dataset, progress=label if progress else None)  # (V, N, D)
+    z, _ = reader.embed(video_tower, dataset, progress=label if progress else None)  # (V, N, D)
     videos = F.normalize(z.mean(dim=1), dim=-1)  # (V, N, D) -> (V, D): the clips averaged
-    similarity = embed_texts(model.eval(), texts) @ videos.T  # (C, V)
+    similarity = embed_texts(texts) @ videos.T  # (C, V)
     return {
         **text_video_metrics(similarity, owner, ks),
         "videos": len(video_ids),

@@ -57,7 +57,6 @@ from vvk.paths import default_run_dir
 logger = logging.getLogger("vvk.methods")
 
 METHODS = tuple(m.name for m in methods_for("pretrain"))
-BACKBONE_FILE = "backbone.safetensors"
 PRESET_FILE = "preset.json"
 DEFAULT_PRESET = "tiny"
 # Steps of the demo on the built-in example set when none are asked for, whatever the preset.
@@ -221,6 +220,7 @@ def run_pretrain(plan: PretrainPlan, *, progress: bool = True) -> PretrainResult
     from vvk.engine import train
     from vvk.engine.state import seed_all
     from vvk.models import save
+    from vvk.models.checkpoint import BACKBONE_FILE
 
     module = get_method(plan.method)
     config, run_dir = plan.config, plan.run_dir
@@ -328,21 +328,3 @@ def _builtin_example() -> Path:
     from vvk.examples.synthetic import example_dir
 
     return example_dir()
-
-
-def backbone_file(spec: str | os.PathLike) -> str:
-    """``weights`` may name a run folder: its exported backbone. A path to nothing that cannot be
-    a checkpoint file, a registry name or an hf-hub spec is taken for a missing run folder."""
-    path = Path(spec)
-    if path.is_dir():
-        candidate = path / BACKBONE_FILE
-        if not candidate.is_file():
-            raise VvkError(
-                f"weights={spec}: a folder without {BACKBONE_FILE} (not a finished pretrain run)",
-                params=("weights",),
-            )
-        return str(candidate)
-    folder_like = os.sep in str(spec) and not path.suffix and not str(spec).startswith("hf-hub:")
-    if folder_like and not os.path.lexists(path):
-        raise VvkError(f"weights={spec}: no such run folder", params=("weights",))
-    return str(spec)

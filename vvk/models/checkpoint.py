@@ -39,6 +39,7 @@ logger = logging.getLogger("vvk.models")
 
 FORMAT = "vvk-checkpoint"
 FORMAT_VERSION = 1
+BACKBONE_FILE = "backbone.safetensors"  # what a pretraining or fine-tuning run folder exports
 _MAX_LISTED_KEYS = 12
 
 
@@ -179,3 +180,21 @@ def _describe_keys(missing: Sequence[str], unexpected: Sequence[str]) -> str:
             more = f" (+{len(keys) - _MAX_LISTED_KEYS} more)" if len(keys) > _MAX_LISTED_KEYS else ""
             parts.append(f"{len(keys)} {label} key(s): {shown}{more}")
     return "; ".join(parts)
+
+
+def backbone_file(spec: str | os.PathLike) -> str:
+    """``weights`` may name a run folder: its exported backbone. A path to nothing that cannot be
+    a checkpoint file, a registry name or an hf-hub spec is taken for a missing run folder."""
+    path = Path(spec)
+    if path.is_dir():
+        candidate = path / BACKBONE_FILE
+        if not candidate.is_file():
+            raise VvkError(
+                f"weights={spec}: a folder without {BACKBONE_FILE} (not a finished pretrain run)",
+                params=("weights",),
+            )
+        return str(candidate)
+    folder_like = os.sep in str(spec) and not path.suffix and not str(spec).startswith("hf-hub:")
+    if folder_like and not os.path.lexists(path):
+        raise VvkError(f"weights={spec}: no such run folder", params=("weights",))
+    return str(spec)

@@ -80,11 +80,12 @@ class FinetunePreset:
     eval_batch_size: int = 8  # clips per forward pass at test time (memory, not the recipe)
     # Global batch 1024 (train_data.global_batch_size) = 64 per process on 16 processes, each
     # replica's loss divided by their number (video_classification.py task's train_step): DDP's
-    # mean. SGD momentum 0.9 with Nesterov (factory add_trainer's nesterov=True),
-    # cosine from 0.8 (trainer.optimizer_config.learning_rate) after a linear warm-up from 0;
-    # L2 4e-5 (losses.l2_weight_decay, as keras l2(4e-5 / 2) on conv and Dense kernels only:
-    # SGD weight decay, never on biases or batch norm); EMA 0.9999 (optimizer_config.ema; its
-    # trainable_weights_only false averages the batch-norm statistics too); bf16 (runtime.mixed_precision_dtype); a checkpoint every 210 steps, 3 kept
+    # mean. SGD momentum 0.9 with Nesterov (factory add_trainer's nesterov=True), cosine from
+    # 0.8 (trainer.optimizer_config.learning_rate) after a linear warm-up from 0; L2 4e-5
+    # (losses.l2_weight_decay, as keras l2(4e-5 / 2) on conv and Dense kernels only: SGD weight
+    # decay, never on biases or batch norm); EMA 0.9999 (optimizer_config.ema; its
+    # trainable_weights_only false averages the batch-norm statistics too); bf16
+    # (runtime.mixed_precision_dtype); a checkpoint every 210 steps, 3 kept
     # (trainer.checkpoint_interval, max_to_keep); a metrics line every 500 (summary_interval).
     train: TrainConfig = dataclasses.field(
         default_factory=lambda: TrainConfig(

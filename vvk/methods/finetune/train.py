@@ -41,7 +41,7 @@ from vvk.errors import VvkError
 from vvk.methods.finetune.preset import DEFAULT_PRESET, EVAL_FIELDS, PRESETS, FinetunePreset, shortcuts
 from vvk.methods.finetune.preset import resolve_finetune_preset as resolve
 from vvk.methods.overrides import from_dict, to_dict
-from vvk.methods.pretrain import BACKBONE_FILE, PRESET_FILE
+from vvk.methods.pretrain import PRESET_FILE
 from vvk.methods.runs import (
     absolute,
     check_device,
@@ -320,6 +320,7 @@ def run_finetune(plan: FinetunePlan, *, progress: bool = True) -> FinetuneResult
         train_augment,
     )
     from vvk.models import save
+    from vvk.models.checkpoint import BACKBONE_FILE
 
     config, run_dir = plan.config, plan.run_dir
     started = time.monotonic()

@@ -31,7 +31,7 @@ import torch
 from vvk.atomic import atomic_write_text
 from vvk.errors import VvkError
 from vvk.methods.tracking.siamfc import PRESETS, build
-from vvk.models.checkpoint import load_file, load_weights, read_arch, save, sidecar_path
+from vvk.models.checkpoint import BACKBONE_FILE, load_file, load_weights, read_arch, save, sidecar_path
 from vvk.models.pretrained import load as load_model
 from vvk.models.registry import ARCH_ATTR, get_entry
 from vvk.models.registry import build as build_model
@@ -41,7 +41,6 @@ from vvk.weights import HF_PREFIX, lookup, resolve, verify_file
 logger = logging.getLogger("vvk.methods")
 
 TRACKER_FILE = "tracker.safetensors"
-BACKBONE_FILE = "backbone.safetensors"  # what a `vvk pretrain` run exports (vvk.methods.pretrain)
 ARCH_NAME = "siamfc"
 RANDOM_PREFIX = "random:"
 _WHAT = f"a tracker file, a run folder holding {TRACKER_FILE}, a `vvk pretrain` run folder, or random:PRESET"
