@@ -182,18 +182,26 @@ def _describe_keys(missing: Sequence[str], unexpected: Sequence[str]) -> str:
     return "; ".join(parts)
 
 
+def exported_file(spec: str | os.PathLike, filename: str, *, run: str) -> str:
+    """``weights`` may name a run folder: the ``filename`` it exported (``run``: what kind of
+    run writes it, for the error); anything else is returned as it is."""
+    path = Path(spec)
+    if not path.is_dir():
+        return str(spec)
+    candidate = path / filename
+    if not candidate.is_file():
+        raise VvkError(
+            f"weights={spec}: a folder without {filename} (not a finished {run})", params=("weights",)
+        )
+    return str(candidate)
+
+
 def backbone_file(spec: str | os.PathLike) -> str:
     """``weights`` may name a run folder: its exported backbone. A path to nothing that cannot be
     a checkpoint file, a registry name or an hf-hub spec is taken for a missing run folder."""
     path = Path(spec)
     if path.is_dir():
-        candidate = path / BACKBONE_FILE
-        if not candidate.is_file():
-            raise VvkError(
-                f"weights={spec}: a folder without {BACKBONE_FILE} (not a finished pretrain run)",
-                params=("weights",),
-            )
-        return str(candidate)
+        return exported_file(spec, BACKBONE_FILE, run="pretrain run")
     folder_like = os.sep in str(spec) and not path.suffix and not str(spec).startswith("hf-hub:")
     if folder_like and not os.path.lexists(path):
         raise VvkError(f"weights={spec}: no such run folder", params=("weights",))

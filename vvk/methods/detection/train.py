@@ -507,13 +507,6 @@ def learning_curve(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
 
 def detector_file(spec: str | os.PathLike) -> str:
     """``weights`` may name a training run's folder: its exported detector."""
-    path = Path(spec)
-    if path.is_dir():
-        candidate = path / DETECTOR_FILE
-        if not candidate.is_file():
-            raise VvkError(
-                f"weights={spec}: a folder without {DETECTOR_FILE} (not a finished detector run)",
-                params=("weights",),
-            )
-        return str(candidate)
-    return str(spec)
+    from vvk.models.checkpoint import exported_file
+
+    return exported_file(spec, DETECTOR_FILE, run="detector run")
