@@ -19,6 +19,7 @@ other jobs falls on all of them alike; the figure is the median over ``--runs`` 
 random weights the score thresholds decide how much post-processing runs: the RetinaNets
 (focal-loss prior 0.01, threshold 0.05) keep nothing, SSDlite (softmax over 91 classes,
 threshold 0.001) keeps its top 300 per class into NMS, as it would at the start of training.
+vvk's models run as ``vvk detect`` runs them, their batch norms folded into the convs.
 
 Writes ``detection_inference.json`` (CPU fp32) or ``detection_inference_<device>_<dtype>.json``
 into ``--out`` (default ``benchmarks/results``), with the machine and its load average at the
@@ -47,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _machine import machine_info  # noqa: E402
 
 import vvk.models  # noqa: E402
+from vvk.models.layers import fold_batch_norms  # noqa: E402
 from vvk.models.profile import count_macs, count_params  # noqa: E402
 
 PAIRS = [("retinanet-spinenet-mobile-49", "ssdlite320_mobilenet_v3_large", 384),
@@ -122,6 +124,8 @@ def main() -> None:
             model.eval()
             rows.append({"name": name, "source": source, "input": [3, size, size],
                          "params": count_params(model), "macs": macs_of(model, images)})  # fmt: skip
+            if source == "vvk":
+                fold_batch_norms(model)  # as `vvk detect` runs it (counted before: the registry's)
             model.to(device)
             on_device = [img.to(device) for img in images]
 
