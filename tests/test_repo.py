@@ -54,7 +54,6 @@ LOWER_LAYERS = ("models", "data", "kernels", "engine", "eval")
 # Imports of vvk.methods from a lower layer that stay, each deferred to the call that needs it:
 LAYERING_EXCEPTIONS = {
     "vvk/models/detectors/qmd.py": {"vvk.methods.vild.teacher"},  # the text teacher, on first use
-    "vvk/eval/texture.py": {"vvk.methods.texture.losses"},  # SITT's VGG-19, for vgg_network() only
 }
 
 

@@ -13,6 +13,7 @@ from vvk.eval.texture import (
     RandomTextureNetwork,
     edge_correlation,
     gram_distance,
+    imagenet_normalised,
     random_texture_network,
     translation_report,
 )
@@ -110,3 +111,26 @@ def test_translation_report(dtd):
     report = translation_report(content, texture, texture)
     assert report["gram_translated_texture"] == 0.0
     assert report["edges_content_translated"] == pytest.approx(report["edges_content_texture"])
+
+
+def test_an_imagenet_network_sees_normalised_inputs(dtd):
+    """``imagenet_normalised`` feeds a network what an ImageNet model expects: the wrapped
+    network sees exactly (x - mean) / std of what the bare one sees, and the distance changes."""
+
+    def recording(seen: list):
+        def network(x):
+            seen.append(x)
+            return [x]
+
+        return network
+
+    a, b = dtd["banded"][0], dtd["bubbly"][0]
+    bare, wrapped = [], []
+    raw = gram_distance(a, b, network=recording(bare))
+    normalised = gram_distance(a, b, network=imagenet_normalised(recording(wrapped)))
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    assert len(bare) == len(wrapped) > 0
+    for x, seen in zip(bare, wrapped, strict=True):
+        torch.testing.assert_close(seen, (x - mean) / std)
+    assert normalised > 0 and raw > 0 and normalised != pytest.approx(raw, rel=1e-3)

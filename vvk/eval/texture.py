@@ -27,8 +27,9 @@ Two measures, each blind to what the other looks at:
   natural textures?", ICLR) show that the Gram statistics of random, untrained filters already
   describe textures well enough to synthesise them. That is the choice here because no
   pretrained VGG can be downloaded on the machines vvk is developed and tested on; when VGG-19
-  weights are present, ``vgg_network()`` gives Gatys' own layers, and ``network=`` takes any
-  feature extractor. Distances are comparable only when made with the same network and side.
+  weights are present, ``imagenet_normalised`` turns them into Gatys' own layers, and
+  ``network=`` takes any feature extractor. Distances are comparable only when made with the
+  same network and side.
 - ``edge_correlation``: how well an image keeps another's shapes: the Pearson correlation of the
   two Sobel edge-magnitude maps (greyscale), pixel by pixel, after resizing the second image to
   the first's size.
@@ -102,15 +103,13 @@ def random_texture_network() -> RandomTextureNetwork:
     return RandomTextureNetwork()
 
 
-def vgg_network(name: str | None = None) -> FeatureNetwork:
-    """Gatys et al.'s layers (VGG-19 relu1_1 ... relu5_1) as a ``network=`` for ``gram_distance``,
-    with ImageNet normalisation; needs the VGG-19 weights ``name`` (SITT's perceptual-loss weights
-    by default) in the cache, a ``VvkError`` otherwise."""
-    from vvk.methods.texture.losses import VGG19_WEIGHTS, VGGPerceptualLoss
-
-    loss = VGGPerceptualLoss.from_registry(name or VGG19_WEIGHTS)
+def imagenet_normalised(network: FeatureNetwork) -> FeatureNetwork:
+    """``network`` (an ImageNet-trained feature extractor) as a ``network=`` for
+    ``gram_distance``: its [0, 1] inputs normalised with ImageNet's statistics first. Gatys et
+    al.'s own layers are ``imagenet_normalised(VGGPerceptualLoss.from_registry().features)``
+    (SITT's VGG-19, relu1_1 ... relu5_1, ``vvk.methods.texture.losses``)."""
     mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
-    return lambda x: loss.features((x - mean) / std)
+    return lambda x: network((x - mean) / std)
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:
