@@ -6,6 +6,16 @@ import json
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from vvk.atomic import atomic_write_text
+
+
+def write_json(path: Path, data: Any) -> None:
+    """``data`` as indented JSON in ``path``, written whole or not at all: a benchmark killed
+    while writing leaves the file it had before."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def save_records(path: Path, results: dict, key: str) -> None:
@@ -13,8 +23,7 @@ def save_records(path: Path, results: dict, key: str) -> None:
     invocations wrote there (read now, so that runs of one script in parallel each add theirs;
     a record of the same name is replaced)."""
     earlier = json.loads(path.read_text()).get(key, {}) if path.is_file() else {}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**results, key: {**earlier, **results[key]}}, indent=2) + "\n")
+    write_json(path, {**results, key: {**earlier, **results[key]}})
 
 
 def spread(values: Sequence[float]) -> dict[str, float]:

@@ -34,6 +34,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from _records import write_json
+
 from vvk.augment import CopyPasteOptions, augment_coco
 from vvk.augment.copy_paste import paste
 from vvk.augment.dataset_writer import build_plan
@@ -283,7 +285,7 @@ def main() -> None:
         "categories": distribution,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(RESULTS, result)
     print(json.dumps(result, indent=2))
 
 

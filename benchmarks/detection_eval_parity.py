@@ -25,6 +25,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
+from _records import write_json
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -135,7 +136,7 @@ def main() -> None:
         "runs": runs,
     }
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(RESULTS, summary)
     print(f"max |vvk - pycocotools| over {len(runs)} files x 12 stats: {summary['max_abs_diff']:.3g}")
 
 

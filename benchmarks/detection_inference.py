@@ -46,6 +46,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _machine import machine_info  # noqa: E402
+from _records import write_json  # noqa: E402
 
 import vvk.models  # noqa: E402
 from vvk.models.layers import fold_batch_norms  # noqa: E402
@@ -159,7 +160,7 @@ def main() -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "" if (device.type, args.dtype) == ("cpu", "fp32") else f"_{device.type}_{args.dtype}"
-    (args.out / f"detection_inference{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out / f"detection_inference{suffix}.json", result)
     print(json.dumps(result))
 
 

@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _machine import machine_info  # noqa: E402
+from _records import write_json  # noqa: E402
 from detection_inference import synchronize  # noqa: E402
 
 from vvk.methods.detection.preset import FAMILIES, PRESETS  # noqa: E402
@@ -129,7 +130,7 @@ def main() -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"detection_train_step_{args.preset}_{device.type}_{args.dtype}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(path, result)
     print(json.dumps(result))
 
 

@@ -39,6 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _machine import machine_info  # noqa: E402
+from _records import write_json  # noqa: E402
 from federate_adaptation import SIZE, SOURCE, TARGETS  # noqa: E402
 
 from vvk.testing import shared_data_reason, shared_data_root  # noqa: E402
@@ -128,7 +129,7 @@ def main() -> None:
         "same_accuracies": a["accuracy_by_round"] == b["accuracy_by_round"],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out, report)
     print(
         json.dumps(
             {

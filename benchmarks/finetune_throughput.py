@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _machine import machine_info  # noqa: E402
+from _records import write_json  # noqa: E402
 
 from vvk.data import RandomClip, collate, open_video_dataset  # noqa: E402
 from vvk.engine import autocast  # noqa: E402
@@ -135,7 +136,7 @@ def main() -> None:
         "presets": results,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "finetune_throughput.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json(args.out / "finetune_throughput.json", record)
 
 
 if __name__ == "__main__":

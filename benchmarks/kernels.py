@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torchvision
+from _records import write_json
 
 from vvk.kernels import available_backends, contrastive_loss, roi_align_3d, roi_align_tube
 
@@ -254,7 +255,7 @@ class Sections:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.results, indent=2) + "\n")
+        write_json(self.path, self.results)
 
 
 def _gpu_step(impl: str, n: int, d: int, dtype, reps: int = 5, warmup: bool = True) -> dict:

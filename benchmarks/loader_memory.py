@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _records import write_json
 
 from vvk.data.datasets import BadFiles, open_video_dataset
 from vvk.data.loader import make_loader
@@ -109,7 +110,7 @@ def main() -> None:
         "series": [{k: round(v, 1) if isinstance(v, float) else v for k, v in s.items()} for s in series],
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(RESULTS, result)
     print(json.dumps({k: v for k, v in result.items() if k != "series"}, indent=2))
 
 

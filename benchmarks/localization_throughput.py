@@ -44,6 +44,7 @@ from torch.utils.data import Dataset
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _machine import machine_info  # noqa: E402
+from _records import write_json  # noqa: E402
 
 from vvk.errors import VvkError  # noqa: E402
 from vvk.eval.features import load_backbone  # noqa: E402
@@ -222,7 +223,7 @@ def main() -> None:
         "cases": results,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "localization_throughput.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json(args.out / "localization_throughput.json", record)
 
 
 if __name__ == "__main__":

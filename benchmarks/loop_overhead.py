@@ -39,6 +39,8 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
+from _records import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 LOG_EVERY = 10
 
@@ -250,7 +252,7 @@ def main() -> None:
         )
     args.out.mkdir(parents=True, exist_ok=True)
     name = "loop_overhead_gpu.json" if args.device.startswith("cuda") else "loop_overhead.json"
-    (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out / name, result)
     print(json.dumps(result))
 
 

@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _machine import machine_info  # noqa: E402
+from _records import write_json  # noqa: E402
 
 from vvk.data import collate, open_video_dataset  # noqa: E402
 from vvk.engine import autocast  # noqa: E402
@@ -128,7 +129,7 @@ def main() -> None:
         **measure(args.method, preset, batch, device, args.warmup, args.steps),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "pretrain_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out / "pretrain_throughput.json", result)
     print(json.dumps(result))
 
 

@@ -75,7 +75,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _machine import machine_info  # noqa: E402
-from _records import save_records, spread  # noqa: E402
+from _records import save_records, spread, write_json  # noqa: E402
 from _seeds import seed_results  # noqa: E402
 
 from vvk.data.images import load_rgb  # noqa: E402
@@ -307,7 +307,7 @@ def sitt_images(split: Split, seed: int, work: Path, args) -> tuple[dict[str, li
                 "perceptual": summary["perceptual"],
                 "warnings": summary["warnings"],
             }
-        done.write_text(json.dumps(made, indent=2) + "\n")
+        write_json(done, made)
     images = {name: manifest_images(folder / name, name, split) for name in counts}
     for name, count in counts.items():
         if len(images[name]) != count:

@@ -56,6 +56,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _machine import machine_info  # noqa: E402
+from _records import write_json  # noqa: E402
 
 from vvk.eval.texture import translation_report  # noqa: E402
 from vvk.methods.texture.images import read_content, read_texture  # noqa: E402
@@ -102,7 +103,7 @@ def trained_model(texture: Path, photos: list[Path], run_dir: Path, args) -> dic
     if run.status != "finished":
         raise SystemExit(f"texture training of {texture.name} stopped: {run.status}")
     record = {**run.record(), "steps": run.step, "overrides": overrides}
-    record_file.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(record_file, record)
     return record
 
 
@@ -317,7 +318,7 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     results["load_average_1min_end"] = round(os.getloadavg()[0], 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.out, results)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _machine import machine_info  # noqa: E402
+from _records import write_json  # noqa: E402
 
 from vvk.data.otb import read_otb  # noqa: E402
 from vvk.eval.tracking import evaluate_otb, read_results  # noqa: E402
@@ -141,7 +142,7 @@ def main() -> None:
         }
         print(json.dumps(record), flush=True)
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(record, indent=2) + "\n")
+        write_json(RESULTS, record)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

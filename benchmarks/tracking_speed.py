@@ -43,6 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _machine import machine_info  # noqa: E402
+from _records import write_json  # noqa: E402
 
 from vvk.data.images import load_rgb  # noqa: E402
 from vvk.methods.tracking.io import load_tracker  # noqa: E402
@@ -135,7 +136,7 @@ def main() -> None:
                 print(json.dumps({"run": key, **record}), flush=True)
     results["load_average_1min_end"] = round(os.getloadavg()[0], 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.out, results)
 
 
 if __name__ == "__main__":

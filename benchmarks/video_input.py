@@ -35,6 +35,7 @@ import av
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _records import write_json
 
 from vvk.data.datasets import BadFiles, ClipDataset
 from vvk.data.decoders import available_decoders, get_decoder, torchcodec_status
@@ -154,7 +155,7 @@ def main() -> None:
         "loader_clips_per_s": loader,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(RESULTS, result)
     print(
         json.dumps(
             {k: result[k] for k in ("median_clips_per_s", "median_speedup_vs_naive", "loader_clips_per_s")},
