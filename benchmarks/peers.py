@@ -34,7 +34,8 @@ does not install or import here is recorded as skipped with the reason. Comparis
   pairs, random weights); different networks, so the check is on the form of the outputs only.
 
 Writes ``benchmarks/results/peers.json`` (``--out``): the machine, the threads, and per comparison
-its records; comparisons not run this time keep their earlier records.
+its records (under the comparison's name, with ``(N threads)`` after it for ``--threads N``
+other than 1); comparisons not run this time keep their earlier records.
 """
 
 from __future__ import annotations
@@ -451,7 +452,8 @@ def main() -> None:
             quick=args.quick,
             seconds=round(time.perf_counter() - started, 1),
         )
-        results["comparisons"][name] = entry
+        # one record per comparison and thread count: a 2-thread run keeps the 1-thread record
+        results["comparisons"][name if args.threads == 1 else f"{name} ({args.threads} threads)"] = entry
         save_records(args.out, results, "comparisons")
         print(json.dumps({"comparison": name, **summary(entry)}), flush=True)
     print(f"wrote {args.out}")
