@@ -31,3 +31,15 @@ def spread(values: Sequence[float]) -> dict[str, float]:
     deviation = statistics.stdev(values) if len(values) > 1 else 0.0
     return {"mean": round(statistics.mean(values), 4), "std": round(deviation, 4),
             "min": min(values), "max": max(values)}  # fmt: skip
+
+
+def over_seeds(values: Sequence[float]) -> dict:
+    """``spread(values)`` with the values themselves, seed by seed."""
+    return {**spread(values), "per_seed": list(values)}
+
+
+def paired_differences(runs: Sequence[dict], baseline: Sequence[dict], key: str) -> list[float]:
+    """``run[key] - baseline[key]`` for each run whose seed the baseline ran too, in ``runs``'
+    order, to 4 decimals."""
+    by_seed = {r["seed"]: r for r in baseline}
+    return [round(r[key] - by_seed[r["seed"]][key], 4) for r in runs if r["seed"] in by_seed]

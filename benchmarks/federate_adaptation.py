@@ -56,7 +56,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _machine import machine_info  # noqa: E402
-from _records import save_records, spread  # noqa: E402
+from _records import over_seeds, paired_differences, save_records, spread  # noqa: E402
 from _seeds import seed_results  # noqa: E402
 
 from vvk.testing import shared_data_reason, shared_data_root  # noqa: E402
@@ -147,16 +147,14 @@ def summarise(runs: list[dict]) -> dict:
     for arm, mine in by_arm.items():
         if not mine:
             continue
-        out[arm] = {"mean_accuracy": {**spread([r["mean_accuracy"] for r in mine]),
-                                      "per_seed": [r["mean_accuracy"] for r in mine]},
+        out[arm] = {"mean_accuracy": over_seeds([r["mean_accuracy"] for r in mine]),
                     **{t: spread([r["accuracy"][t] for r in mine]) for t in mine[0]["accuracy"]},
                     "bytes_up_per_client_round": mine[0]["bytes_up_per_client_round"],
                     "bytes_down_per_client_round": mine[0]["bytes_down_per_client_round"]}  # fmt: skip
         for base in ("source-only", "fedavg-st"):
-            paired = {r["seed"]: r["mean_accuracy"] for r in by_arm[base]}
-            diffs = [round(r["mean_accuracy"] - paired[r["seed"]], 4) for r in mine if r["seed"] in paired]
+            diffs = paired_differences(mine, by_arm[base], "mean_accuracy")
             if arm != base and diffs:
-                out[arm][f"minus_{base}"] = {**spread(diffs), "per_seed": diffs}
+                out[arm][f"minus_{base}"] = over_seeds(diffs)
     return out
 
 

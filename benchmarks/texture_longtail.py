@@ -75,7 +75,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _machine import machine_info  # noqa: E402
-from _records import save_records, spread, write_json  # noqa: E402
+from _records import over_seeds, paired_differences, save_records, write_json  # noqa: E402
 from _seeds import seed_results  # noqa: E402
 
 from vvk.data.images import load_rgb  # noqa: E402
@@ -382,18 +382,15 @@ def summarise(runs: list[dict]) -> dict:
     for arm in ARMS:
         mine = sorted((r for r in runs if r["arm"] == arm), key=lambda r: r["seed"])
         if mine:
-            out[arm] = {key: {**spread([r[key] for r in mine]), "per_seed": [r[key] for r in mine]}
+            out[arm] = {key: over_seeds([r[key] for r in mine])
                         for key in ("top1", "tail_top1", "head_top1") if key in mine[0]}  # fmt: skip
-    base = {r["seed"]: r for r in runs if r["arm"] == "balanced"}
+    balanced = [r for r in runs if r["arm"] == "balanced"]
     for arm in ("plain", "sitt"):
-        pairs = sorted(((r, base[r["seed"]]) for r in runs if r["arm"] == arm and r["seed"] in base),
-                       key=lambda pair: pair[0]["seed"])  # fmt: skip
-        if pairs:
+        mine = sorted((r for r in runs if r["arm"] == arm), key=lambda r: r["seed"])
+        if paired_differences(mine, balanced, "top1"):
             out[f"{arm}_minus_balanced"] = {
-                key: {**spread([round(a[key] - b[key], 4) for a, b in pairs]),
-                      "per_seed": [round(a[key] - b[key], 4) for a, b in pairs]}
-                for key in ("top1", "tail_top1")
-            }  # fmt: skip
+                key: over_seeds(paired_differences(mine, balanced, key)) for key in ("top1", "tail_top1")
+            }
     return out
 
 

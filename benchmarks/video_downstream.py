@@ -51,7 +51,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _machine import machine_info  # noqa: E402
-from _records import save_records, spread  # noqa: E402
+from _records import over_seeds, paired_differences, save_records  # noqa: E402
 from _seeds import seed_results  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "video_downstream.json"
@@ -123,13 +123,11 @@ def summarise(runs: list[dict]) -> dict:
         mine = sorted((r for r in runs if r["arm"] == arm), key=lambda r: r["seed"])
         if not mine:
             continue
-        out[arm] = {score: {**spread([r[score] for r in mine]), "per_seed": [r[score] for r in mine]}
-                    for score in SCORES}  # fmt: skip
-        paired = {r["seed"]: r for r in runs if r["arm"] == baseline}
+        out[arm] = {score: over_seeds([r[score] for r in mine]) for score in SCORES}
+        random = [r for r in runs if r["arm"] == baseline]
         for score in SCORES:
-            diffs = [round(r[score] - paired[r["seed"]][score], 4) for r in mine if r["seed"] in paired]
-            if diffs:
-                out[arm][f"{score}_minus_random"] = {**spread(diffs), "per_seed": diffs}
+            if diffs := paired_differences(mine, random, score):
+                out[arm][f"{score}_minus_random"] = over_seeds(diffs)
     return out
 
 
