@@ -72,6 +72,24 @@ def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str]:
     return proc.returncode, stderr
 
 
+def wait_for_first_step(run: Path) -> None:
+    """Until the training run in ``run`` (logging every step) has written its first metrics line."""
+    metrics = run / "metrics.jsonl"
+    wait_for(lambda: metrics.is_file() and metrics.read_text().count("\n") >= 1, timeout=300,
+             what="the first training step")  # fmt: skip
+
+
+def checkpointed_interrupt(code: int, stderr: str, run: Path) -> int:
+    """The step a training command stopped at: it exited 130 with the one line that names the
+    step and ``--resume``, and ``run``'s latest checkpoint is that step."""
+    assert code == 130, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("vvk: error: interrupted after step ") and "--resume" in last
+    step = int(last.split("step ")[1].split(";")[0])
+    assert (run / "checkpoints" / "latest").read_text().strip() == f"step-{step:08d}"
+    return step
+
+
 # --------------------------------------------------------------------------------------------
 # vvk augment copy-paste
 
@@ -163,17 +181,10 @@ def test_interrupted_pretrain_saves_a_checkpoint_and_exits_130(shared_data, tmp_
     run = tmp_path / "run"
     with vvk_process("pretrain", "cvrl", "--data", str(videos), "--steps", "1000", "--out", str(run),
                      "--set", "train.log_every=1", cwd=tmp_path) as proc:  # fmt: skip
-        metrics = run / "metrics.jsonl"
-        wait_for(lambda: metrics.is_file() and metrics.read_text().count("\n") >= 1, timeout=300,
-                 what="the first training step")  # fmt: skip
+        wait_for_first_step(run)
         os.killpg(proc.pid, signum) if group else proc.send_signal(signum)
         code, stderr = finish(proc, timeout=120)
-    assert code == 130, stderr
-    last = stderr.strip().splitlines()[-1]
-    assert last.startswith("vvk: error: interrupted after step ") and "--resume" in last
-    step = int(last.split("step ")[1].split(";")[0])
-    assert 1 <= step < 1000
-    assert (run / "checkpoints" / "latest").read_text().strip() == f"step-{step:08d}"
+    assert 1 <= checkpointed_interrupt(code, stderr, run) < 1000
     assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
 
 
@@ -200,18 +211,12 @@ def test_train_tracker_stopped_by_sigterm_saves_a_checkpoint_and_takes_its_worke
     with vvk_process("train", "tracker", "--data", str(otb), "--steps", "1000", "--batch-size", "2",
                      "--out", str(run), "--set", "train.num_workers=1", "--set", "train.log_every=1",
                      cwd=tmp_path) as proc:  # fmt: skip
-        metrics = run / "metrics.jsonl"
-        wait_for(lambda: metrics.is_file() and metrics.read_text().count("\n") >= 1, timeout=300,
-                 what="the first training step")  # fmt: skip
+        wait_for_first_step(run)
         workers = children(proc.pid)
         assert workers  # the loader's worker
         os.killpg(proc.pid, signal.SIGTERM)
         code, stderr = finish(proc, timeout=120)
-    assert code == 130, stderr
-    last = stderr.strip().splitlines()[-1]
-    assert last.startswith("vvk: error: interrupted after step ") and "--resume" in last
-    step = int(last.split("step ")[1].split(";")[0])
-    assert (run / "checkpoints" / "latest").read_text().strip() == f"step-{step:08d}"
+    checkpointed_interrupt(code, stderr, run)
     wait_for(lambda: not any(running(pid) for pid in workers), timeout=10, what="the loader worker to end")
 
 
@@ -227,16 +232,10 @@ def test_finetune_stopped_by_sigterm_saves_a_checkpoint_and_tests_nothing(shared
     run = tmp_path / "run"
     with vvk_process("finetune", "--data", str(data), "--val", str(data), "--steps", "1000",
                      "--out", str(run), "--set", "train.log_every=1", cwd=tmp_path) as proc:  # fmt: skip
-        metrics = run / "metrics.jsonl"
-        wait_for(lambda: metrics.is_file() and metrics.read_text().count("\n") >= 1, timeout=300,
-                 what="the first training step")  # fmt: skip
+        wait_for_first_step(run)
         os.killpg(proc.pid, signal.SIGTERM)
         code, stderr = finish(proc, timeout=120)
-    assert code == 130, stderr
-    last = stderr.strip().splitlines()[-1]
-    assert last.startswith("vvk: error: interrupted after step ") and "--resume" in last
-    step = int(last.split("step ")[1].split(";")[0])
-    assert (run / "checkpoints" / "latest").read_text().strip() == f"step-{step:08d}"
+    checkpointed_interrupt(code, stderr, run)
     assert not (run / "evaluation.json").exists() and not (run / "predictions.jsonl").exists()
     assert "Traceback" not in stderr
 
