@@ -364,7 +364,8 @@ def detection(args) -> dict:
     for vvk_name, tv_name, size in PAIRS[:1] if args.quick else PAIRS:
         torch.manual_seed(0)
         images = [torch.rand(3, size, size)]
-        unfolded, vvk_model = f"{vvk_name}, norms not folded", vvk.models.build(vvk_name).eval()
+        unfolded = f"{vvk_name}, norms not folded"
+        vvk_model = vvk.models.build(vvk_name).eval()
         models = {tv_name: torchvision_detector(tv_name, size).eval(), unfolded: copy.deepcopy(vvk_model)}
         fold_batch_norms(vvk_model)
         models[vvk_name] = vvk_model
