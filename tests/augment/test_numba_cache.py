@@ -1,16 +1,22 @@
 """The compiled mask kernels are cached in vvk's cache folder, never inside the installed
-package (which may be read-only), and a user's own NUMBA_CACHE_DIR wins."""
+package (which may be read-only), and a user's own NUMBA_CACHE_DIR wins; a stop signal that
+arrives while numba compiles waits until the kernel is whole."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import numba
+import numba.core.event
+import numpy as np
 import pytest
 
 import vvk.augment
+import vvk.augment.runs  # noqa: F401  (registers the hold on numba's compiler lock)
 
 PACKAGE = Path(vvk.augment.__file__).parent
 
@@ -51,3 +57,34 @@ def test_kernels_are_cached_outside_the_package(tmp_path, user_dir):
     assert any(name.startswith("runs.merge_spans-") for name in cached(where))
     assert not elsewhere.exists()
     assert package_files() == before  # nothing written, nothing rewritten under vvk/augment
+
+
+class InterruptOnce(numba.core.event.Listener):
+    """Sends SIGINT to this process the first time numba takes its compiler lock: the moment a
+    Ctrl-C that used to leave a half-built kernel arrived."""
+
+    def __init__(self) -> None:
+        self.sent = False
+
+    def on_start(self, _event) -> None:
+        if not self.sent:
+            self.sent = True
+            signal.raise_signal(signal.SIGINT)
+
+    def on_end(self, _event) -> None:
+        pass
+
+
+def test_an_interrupt_during_a_compile_arrives_once_the_kernel_is_whole():
+    @numba.njit
+    def double(x):
+        return 2 * x
+
+    seen: list[int] = []  # the compiled signatures when the handler ran
+    before = signal.signal(signal.SIGINT, lambda *_: seen.append(len(double.signatures)))
+    try:
+        with numba.core.event.install_listener("numba:compiler_lock", InterruptOnce()):
+            assert double(np.int64(21)) == 42
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert seen == [1]  # delivered once, after the compile (without the hold: [0], inside it)

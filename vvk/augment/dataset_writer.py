@@ -43,6 +43,7 @@ from vvk.augment.render import (
 from vvk.data.coco import CocoDataset, find_coco_layout, load_coco
 from vvk.data.images import ImageProbe, ImageReadError, load_rgb, probe_image, write_jpeg
 from vvk.errors import VvkError
+from vvk.interrupts import STOP_SIGNALS, HeldStopSignals
 from vvk.staging import check_destination, staged_folder
 
 Progress = Callable[[int, int], None]  # (destinations done, destinations in all)
@@ -214,7 +215,6 @@ def _planned(
 # Rendering, in this process or in a pool of spawned ones
 
 _WORKER: dict[str, Any] = {}
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
@@ -223,12 +223,12 @@ def _init_worker(plan: Plan, image_dir: Path, threads: int | None, parent: int |
         _die_with(parent)
         # Ctrl-C, `timeout` and batch schedulers signal the whole process group: the parent
         # stops the pool and cleans up; a worker that died first would only add a traceback or
-        # a broken pool. Both were blocked since this process was spawned (``_spawning``): a
-        # pending one is dropped.
-        for s in _STOP_SIGNALS:
+        # a broken pool. Both were blocked since this process was spawned (``_LazyPool._start``):
+        # a pending one is dropped.
+        for s in STOP_SIGNALS:
             signal.signal(s, signal.SIG_IGN)
         if hasattr(signal, "pthread_sigmask"):
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     if threads is not None:
         import torch
 
@@ -356,7 +356,12 @@ class _LazyPool:
             initializer=_init_worker,
             initargs=(self.plan, self.image_dir, 1, os.getpid()),
         )
-        with _spawning():  # each submit while no worker is idle starts one
+        # Each submit while no worker is idle starts one. A worker inherits the signal mask of
+        # the thread that spawns it, so it starts with SIGINT and SIGTERM blocked: a Ctrl-C to the
+        # process group during its start-up (imports, unpickling the plan) is no traceback, and
+        # `_init_worker` then ignores them and unblocks. Here a signal waits until the workers'
+        # start-up data is written: cut short, it would leave them reading a truncated pickle.
+        with HeldStopSignals(block=True):
             return [self.executor.submit(_ready) for _ in range(helpers)]
 
     def results(self, total: int, workers: int | None, used: dict[str, int]) -> Iterator[list[dict]]:
@@ -390,32 +395,6 @@ class _LazyPool:
     def close(self) -> None:
         if self.executor is not None:
             self.executor.shutdown(wait=True, cancel_futures=True)
-
-
-@contextmanager
-def _spawning() -> Iterator[None]:
-    """SIGINT and SIGTERM wait while worker processes are started.
-
-    A worker inherits the signal mask of the thread that spawns it, so it starts with them
-    blocked: a Ctrl-C to the process group during its start-up (imports, unpickling the plan)
-    is no traceback; ``_init_worker`` then ignores them and unblocks. In this process a signal
-    that arrives meanwhile is held and delivered at the end: interrupted while writing a
-    worker's start-up data, the parent would leave it reading a truncated pickle.
-    """
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    held: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, _frame: held.append(signum)) for s in _STOP_SIGNALS}
-    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # a pending one reaches `held` here
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    if held:
-        signal.raise_signal(held[0])
 
 
 @contextmanager

@@ -13,18 +13,21 @@ The kernels answer exactly as their references do: pycocotools (``rleFrPoly`` fo
 Compiled with numba on first use and cached in vvk's cache folder (``<cache>/numba``, see
 ``vvk.paths``), not beside this file: an installed package may be read-only, and compiled code
 does not belong in a source tree. A ``NUMBA_CACHE_DIR`` of the user's (or numba's config file)
-wins.
+wins. Ctrl-C and SIGTERM wait while numba compiles or loads a kernel (``_CompilesHoldStopSignals``).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
 
 import numba
 import numba.core.config
+import numba.core.event
 import numpy as np
 
+from vvk.interrupts import HeldStopSignals
 from vvk.paths import cache_dir
 
 if not numba.core.config.CACHE_DIR:
@@ -33,6 +36,36 @@ if not numba.core.config.CACHE_DIR:
     # variable (rather than the config attribute) also reaches Copy-Paste's spawned workers.
     os.environ["NUMBA_CACHE_DIR"] = str(cache_dir() / "numba")
     numba.core.config.reload_config()
+
+
+class _CompilesHoldStopSignals(numba.core.event.Listener):
+    """Holds SIGINT and SIGTERM while the main thread holds numba's compiler lock (compiling a
+    kernel, or loading it from the cache), and delivers them once it lets go.
+
+    Interrupted in there, the handler's ``KeyboardInterrupt`` lands in LLVM's callbacks into
+    Python or in llvmlite's finalisers, which swallow it: the command went on with a half-built
+    kernel ("no compiled object yet for <Library 'window_spans'>", or a segmentation fault at
+    exit) and the interrupt was lost. The lock is re-entrant: only the outermost hold counts.
+    """
+
+    def __init__(self) -> None:
+        self._hold = HeldStopSignals()
+        self._depth = 0
+
+    def on_start(self, _event: numba.core.event.Event) -> None:
+        if threading.current_thread() is threading.main_thread():
+            if self._depth == 0:
+                self._hold.__enter__()
+            self._depth += 1
+
+    def on_end(self, _event: numba.core.event.Event) -> None:
+        if threading.current_thread() is threading.main_thread() and self._depth:
+            self._depth -= 1
+            if self._depth == 0:
+                self._hold.__exit__(None, None, None)  # a held signal's handler runs here
+
+
+numba.core.event.register("numba:compiler_lock", _CompilesHoldStopSignals())
 
 _kernel = numba.njit(cache=True, nogil=True)
 

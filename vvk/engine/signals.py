@@ -13,7 +13,7 @@ import signal
 import threading
 from types import FrameType
 
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+from vvk.interrupts import STOP_SIGNALS
 
 
 class StopRequest:
@@ -32,7 +32,7 @@ class StopRequest:
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():  # handlers only work there
-            self._previous = {s: signal.signal(s, self._handle) for s in _SIGNALS}
+            self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
         return self
 
     def _restore(self) -> None:
