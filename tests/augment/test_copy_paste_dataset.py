@@ -149,6 +149,30 @@ def test_auto_workers_start_helpers_only_when_the_work_repays_them():
     assert auto_workers(0, 1.0, cores=8) == 1
 
 
+def test_auto_workers_time_the_first_image_without_numbas_compile(monkeypatch):
+    """On a new numba cache the first destination also compiles the mask kernels (seconds): the
+    worker count must come from its rendering time alone."""
+    from numba.core.compiler_lock import global_compiler_lock
+
+    def render_while_compiling(index):
+        with global_compiler_lock:  # what numba holds while it compiles or loads a kernel
+            time.sleep(0.5)
+        return [{"destination_id": index}]
+
+    timed = []
+
+    def one_process(remaining, seconds_each, *, cores):
+        timed.append(seconds_each)
+        return 1
+
+    monkeypatch.setattr(dataset_writer, "_render_destination", render_while_compiling)
+    monkeypatch.setattr(dataset_writer, "auto_workers", one_process)
+    used = {}
+    results = list(dataset_writer._LazyPool(None, None).results(3, None, used))
+    assert [r[0]["destination_id"] for r in results] == [0, 1, 2] and used["workers"] == 1
+    assert len(timed) == 1 and timed[0] < 0.25  # 0.5 s of it was compiling
+
+
 def test_destination_rules_and_interrupted_runs(tiny_coco, tmp_path, monkeypatch):
     options = CopyPasteOptions(size=64)
     dst = tmp_path / "out"

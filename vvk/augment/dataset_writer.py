@@ -27,7 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from vvk import __version__
 from vvk.augment.jitter import Polygons, source_box
@@ -215,6 +215,7 @@ def _planned(
 # Rendering, in this process or in a pool of spawned ones
 
 _WORKER: dict[str, Any] = {}
+T = TypeVar("T")
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
@@ -371,9 +372,9 @@ class _LazyPool:
         helpers, starting = 0, []
         used["workers"] = 1
         if workers is None and total > 1:  # time one destination here, then decide
-            started = time.perf_counter()
-            done[0], ahead = _render_destination(0), 1
-            workers = auto_workers(total - 1, time.perf_counter() - started, cores=os.cpu_count() or 1)
+            done[0], seconds = _seconds_without_compiling(lambda: _render_destination(0))
+            ahead = 1
+            workers = auto_workers(total - 1, seconds, cores=os.cpu_count() or 1)
         helpers = min((workers or 1) - 1, total - ahead)
         if helpers > 0:
             starting = self._start(helpers)
@@ -395,6 +396,20 @@ class _LazyPool:
     def close(self) -> None:
         if self.executor is not None:
             self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _seconds_without_compiling(work: Callable[[], T]) -> tuple[T, float]:
+    """``work()``, and the seconds it took less those numba spent compiling or loading kernels
+    in it: the first destination compiles the mask kernels (seconds on a new numba cache, where
+    rendering takes a fraction of one), which would have started every helper for any dataset."""
+    import numba.core.event
+
+    started = time.perf_counter()
+    with numba.core.event.install_listener(
+        "numba:compiler_lock", numba.core.event.TimingListener()
+    ) as compiling:
+        result = work()
+    return result, time.perf_counter() - started - (compiling.duration if compiling.done else 0.0)
 
 
 @contextmanager
