@@ -69,3 +69,27 @@ def test_no_exception_inside_is_lost_and_a_held_interrupt_still_comes(received):
         signal.raise_signal(signal.SIGINT)
         raise ValueError
     assert received.log == [(signal.SIGINT, "outside")]
+
+
+def test_it_steps_aside_where_it_could_not_put_a_handler_back(received, monkeypatch):
+    import threading
+
+    errors = []
+
+    def in_a_thread():
+        try:
+            with HeldStopSignals():  # handlers cannot be set outside the main thread
+                pass
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    thread = threading.Thread(target=in_a_thread)
+    thread.start()
+    thread.join()
+    assert errors == []
+    real = signal.getsignal  # a handler installed from C reads as None
+    monkeypatch.setattr(signal, "getsignal", lambda s: None if s == signal.SIGTERM else real(s))
+    with HeldStopSignals():
+        received.now = "inside"
+        signal.raise_signal(signal.SIGINT)
+    assert received.log == [(signal.SIGINT, "inside")]

@@ -19,8 +19,9 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class HeldStopSignals:
-    """Context manager: SIGINT and SIGTERM wait until the block ends (main thread only, where
-    Python's handlers run; elsewhere it does nothing).
+    """Context manager: SIGINT and SIGTERM wait until the block ends (in the main thread, where
+    Python's handlers run, and when their handlers are Python's to change; otherwise it does
+    nothing).
 
     ``block=True`` also blocks them in this thread's signal mask, which the processes it spawns
     inherit: they start with both blocked and unblock once their own handlers are in place.
@@ -38,7 +39,11 @@ class HeldStopSignals:
 
     def __enter__(self) -> HeldStopSignals:
         self._held = []
-        if threading.current_thread() is threading.main_thread():
+        # Handlers only run in the main thread; one installed from C (an embedding application)
+        # reads as None and could not be put back.
+        if threading.current_thread() is threading.main_thread() and None not in map(
+            signal.getsignal, STOP_SIGNALS
+        ):
             self._previous = {s: signal.signal(s, self._hold) for s in STOP_SIGNALS}
             if self.block and hasattr(signal, "pthread_sigmask"):
                 signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
