@@ -44,8 +44,9 @@ class _CompilesHoldStopSignals(numba.core.event.Listener):
 
     Interrupted in there, the handler's ``KeyboardInterrupt`` lands in LLVM's callbacks into
     Python or in llvmlite's finalisers, which swallow it: the command went on with a half-built
-    kernel ("no compiled object yet for <Library 'window_spans'>", or a segmentation fault at
-    exit) and the interrupt was lost. The lock is re-entrant: only the outermost hold counts.
+    kernel ("no compiled object yet for <Library 'window_spans'>"; CI's one segmentation fault
+    on an interrupted copy-paste is the same interruption, as far as found) and the interrupt
+    was lost. The lock is re-entrant: only the outermost hold counts.
     """
 
     def __init__(self) -> None:
